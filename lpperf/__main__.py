@@ -1,0 +1,3 @@
+from lpperf.cli import main
+
+raise SystemExit(main())
