@@ -1,0 +1,483 @@
+"""Timing that cannot be fooled by asynchronous GPU work.
+
+Two explicit clocks, chosen by the device type, never by what happens to be installed:
+
+* ``cuda``: CUDA events on the current stream. Before every sample the device is
+  synchronised (so earlier work is not billed to this sample), the start and end
+  events are recorded on ``torch.cuda.current_stream(device)`` around the call, and
+  the elapsed time is read after ``end.synchronize()``. The callable's GPU work must
+  be on that stream (or joined to it). Asking for CUDA timing where CUDA is absent
+  raises :class:`CudaUnavailableError`.
+* ``cpu``: ``time.perf_counter`` around the call and nothing else (no torch.cuda
+  call in the timed region); the callable must be synchronous. If CUDA gets
+  initialised during the first call, the callable is using the GPU and a
+  ``ValueError`` says to time it on a CUDA device instead. (If CUDA was already
+  initialised before, that cannot be detected; the roofline guard in
+  ``lpperf.roofline`` is the second line of defence.)
+
+The first call (where ``torch.compile``, cuDNN autotuning and lazy init happen) and the
+warm-up calls are timed apart (host wall time, synchronised) and never enter the
+steady-state statistics. Sampling continues until a :class:`StoppingRule` is
+satisfied or one of its caps is hit; the result records which.
+
+pytest-benchmark: its default clock is a host clock, which times only the *launch* of
+asynchronous GPU work. Never hand it an unsynchronised GPU callable. Two supported
+ways, both documented below: :class:`SynchronizedTarget` for ``benchmark.pedantic``
+(synchronises in ``setup`` before the timer starts and inside the target before the
+timer stops), or ``--benchmark-timer lpperf.timing.synchronized_perf_counter``. Both
+measure host wall time including launch overhead; :func:`time_callable` is the CUDA
+event measurement, and its ``to_dict()`` can go into ``benchmark.extra_info``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from lpperf.memory import NvmlUnavailable, nvml_device_handle, nvml_session
+
+CLOCK_CUDA_EVENT = "cuda_event"
+CLOCK_HOST = "host_perf_counter"
+
+# NVML clock-event (formerly "throttle") reason bits, from nvml.h; the values are ABI.
+CLOCK_REASON_BITS: tuple[tuple[int, str], ...] = (
+    (0x1, "gpu_idle"),
+    (0x2, "applications_clocks_setting"),
+    (0x4, "sw_power_cap"),
+    (0x8, "hw_slowdown"),
+    (0x10, "sync_boost"),
+    (0x20, "sw_thermal_slowdown"),
+    (0x40, "hw_thermal_slowdown"),
+    (0x80, "hw_power_brake_slowdown"),
+    (0x100, "display_clock_setting"),
+    (0x200, "board_limit"),
+    (0x400, "reliability"),
+)
+
+
+class CudaUnavailableError(RuntimeError):
+    """CUDA timing was asked for where CUDA cannot be used."""
+
+
+# ---------------------------------------------------------------------------------
+# statistics and the stopping rule (pure, CPU-testable)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default method), q in [0, 100]."""
+    if not sorted_values:
+        raise ValueError("percentile of an empty sample list")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile q must be in [0, 100], got {q}")
+    position = (len(sorted_values) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    fraction = position - low
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * fraction
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingStats:
+    """Summary of steady-state samples, all in seconds. ``rel_iqr`` = IQR / median."""
+
+    count: int
+    median_s: float
+    p90_s: float
+    min_s: float
+    max_s: float
+    mean_s: float
+    iqr_s: float
+    rel_iqr: float
+
+    @classmethod
+    def from_samples(cls, samples_s: Sequence[float]) -> TimingStats:
+        if not samples_s:
+            raise ValueError("no timing samples to summarise")
+        if any(not math.isfinite(s) or s < 0 for s in samples_s):
+            raise ValueError(f"timing samples must be finite and >= 0 seconds, got {list(samples_s)}")
+        ordered = sorted(samples_s)
+        median = percentile(ordered, 50)
+        iqr = percentile(ordered, 75) - percentile(ordered, 25)
+        if median > 0:
+            rel_iqr = iqr / median
+        else:
+            rel_iqr = 0.0 if iqr == 0 else math.inf
+        return cls(
+            count=len(ordered),
+            median_s=median,
+            p90_s=percentile(ordered, 90),
+            min_s=ordered[0],
+            max_s=ordered[-1],
+            mean_s=sum(ordered) / len(ordered),
+            iqr_s=iqr,
+            rel_iqr=rel_iqr,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["rel_iqr"] = self.rel_iqr if math.isfinite(self.rel_iqr) else None
+        for name in ("median", "p90", "min", "max", "mean", "iqr"):
+            out[f"{name}_ms"] = out[f"{name}_s"] * 1e3
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class StoppingRule:
+    """When to stop sampling.
+
+    Converged: at least ``min_repeats`` samples, at least ``min_seconds`` of measured
+    (summed sample) time, and IQR/median at most ``max_rel_iqr``.
+    Capped (not converged): ``max_repeats`` samples or ``max_seconds`` of wall time in
+    the sampling loop (flushes and synchronisation included: the cap is a budget).
+    """
+
+    min_repeats: int = 10
+    min_seconds: float = 0.2
+    max_rel_iqr: float = 0.05
+    max_repeats: int = 1000
+    max_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.min_repeats < 1:
+            raise ValueError(f"min_repeats must be >= 1, got {self.min_repeats}")
+        if self.max_repeats < self.min_repeats:
+            raise ValueError(
+                f"max_repeats ({self.max_repeats}) must be >= min_repeats ({self.min_repeats})"
+            )
+        if self.min_seconds < 0 or self.max_seconds <= 0:
+            raise ValueError(
+                f"min_seconds must be >= 0 and max_seconds > 0, got {self.min_seconds}, {self.max_seconds}"
+            )
+        if self.max_rel_iqr < 0:
+            raise ValueError(f"max_rel_iqr must be >= 0, got {self.max_rel_iqr}")
+
+    def decide(self, samples_s: Sequence[float], wall_s: float) -> tuple[bool, bool, str]:
+        """(stop, converged, reason) after these samples and ``wall_s`` of sampling loop."""
+        count = len(samples_s)
+        if count >= self.min_repeats and sum(samples_s) >= self.min_seconds:
+            rel_iqr = TimingStats.from_samples(samples_s).rel_iqr
+            if rel_iqr <= self.max_rel_iqr:
+                return True, True, f"converged: IQR/median {rel_iqr:.4f} <= {self.max_rel_iqr}"
+        if count >= self.max_repeats:
+            return True, False, f"cap: max_repeats={self.max_repeats} reached"
+        if wall_s >= self.max_seconds:
+            return True, False, f"cap: max_seconds={self.max_seconds} reached after {count} samples"
+        return False, False, ""
+
+
+# ---------------------------------------------------------------------------------
+# clocks through NVML (read only; clocks are never locked or changed here)
+
+
+def decode_clock_reasons(mask: int) -> tuple[str, ...]:
+    """Names of the set NVML clock-event reason bits; unknown bits as ``unknown_0x...``."""
+    if mask < 0:
+        raise ValueError(f"clock reason mask must be >= 0, got {mask}")
+    names = [name for bit, name in CLOCK_REASON_BITS if mask & bit]
+    known = 0
+    for bit, _ in CLOCK_REASON_BITS:
+        known |= bit
+    unknown = mask & ~known
+    bit = 1
+    while unknown:
+        if unknown & bit:
+            names.append(f"unknown_{bit:#x}")
+            unknown &= ~bit
+        bit <<= 1
+    return tuple(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClockReading:
+    sm_mhz: int
+    mem_mhz: int
+    reasons_mask: int
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "reasons": list(self.reasons)}
+
+
+def read_clocks(cuda_index: int) -> ClockReading:
+    """Current SM/memory clocks and clock-event reasons of ``cuda:<cuda_index>``.
+
+    Raises :class:`NvmlUnavailable` when NVML cannot be used.
+    """
+    with nvml_session() as pynvml:
+        handle = nvml_device_handle(pynvml, cuda_index)
+        sm = pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)
+        mem = pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM)
+        # Newer drivers name it "clocks event reasons"; the old name is deprecated.
+        get_reasons = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+        if get_reasons is None:
+            get_reasons = pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        mask = int(get_reasons(handle))
+    return ClockReading(sm_mhz=int(sm), mem_mhz=int(mem), reasons_mask=mask, reasons=decode_clock_reasons(mask))
+
+
+def _try_read_clocks(cuda_index: int) -> tuple[ClockReading | None, str]:
+    try:
+        return read_clocks(cuda_index), ""
+    except NvmlUnavailable as exc:
+        return None, str(exc)
+    except Exception as exc:  # pynvml.NVMLError (e.g. not supported on this card); pynvml may be absent
+        return None, f"NVML clock query failed: {type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------------------------
+# devices
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The explicit timing branch: 'cpu' or a usable CUDA device; anything else is an error."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"timing supports 'cpu' and 'cuda[:N]' devices, got {device}")
+    if not torch.cuda.is_available():
+        raise CudaUnavailableError(
+            f"CUDA event timing was requested for {device}, but torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}). Run on a GPU machine "
+            "or time on device='cpu' with a synchronous callable."
+        )
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise CudaUnavailableError(f"{device} requested but only {torch.cuda.device_count()} CUDA devices are visible")
+    return torch.device("cuda", index)
+
+
+def _synchronize_initialized_cuda() -> None:
+    """Wait for all GPU work if this process ever touched CUDA (guard for host timing)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def l2_flush_bytes(l2_cache_bytes: int) -> int:
+    """Size of the buffer written to evict L2: twice the cache, so no line survives."""
+    if l2_cache_bytes <= 0:
+        raise ValueError(f"L2 cache size must be > 0 bytes, got {l2_cache_bytes}")
+    return 2 * l2_cache_bytes
+
+
+class L2Flusher:
+    """Evicts the L2 cache of a CUDA device by writing a buffer larger than it."""
+
+    def __init__(self, device: torch.device):
+        if device.type != "cuda":
+            raise ValueError(
+                f"L2 flushing is for CUDA devices (size from the device properties), got {device}"
+            )
+        l2 = torch.cuda.get_device_properties(device).L2_cache_size
+        self.nbytes = l2_flush_bytes(l2)
+        self._buffer = torch.empty(self.nbytes, dtype=torch.uint8, device=device)
+
+    def flush(self) -> None:
+        self._buffer.fill_(1)
+
+
+# ---------------------------------------------------------------------------------
+# measuring
+
+
+@dataclasses.dataclass
+class TimingResult:
+    """One measured callable. Seconds throughout; ``to_dict()`` adds milliseconds."""
+
+    device: str
+    clock: str
+    stats: TimingStats
+    samples_s: list[float]
+    converged: bool
+    stop_reason: str
+    first_call_s: float
+    warmup_s: float
+    warmup_calls: int
+    measurement_wall_s: float
+    l2_flush_bytes: int
+    rule: StoppingRule
+    clocks_before: ClockReading | None
+    clocks_after: ClockReading | None
+    clocks_unavailable_reason: str
+
+    @property
+    def median_ms(self) -> float:
+        return self.stats.median_s * 1e3
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "clock": self.clock,
+            "stats": self.stats.to_dict(),
+            "samples_s": list(self.samples_s),
+            "converged": self.converged,
+            "stop_reason": self.stop_reason,
+            "first_call_s": self.first_call_s,
+            "warmup_s": self.warmup_s,
+            "warmup_calls": self.warmup_calls,
+            "measurement_wall_s": self.measurement_wall_s,
+            "l2_flush_bytes": self.l2_flush_bytes,
+            "rule": dataclasses.asdict(self.rule),
+            "clocks_before": None if self.clocks_before is None else self.clocks_before.to_dict(),
+            "clocks_after": None if self.clocks_after is None else self.clocks_after.to_dict(),
+            "clocks_unavailable_reason": self.clocks_unavailable_reason,
+        }
+
+
+def _host_call_s(fn: Callable[[], object], device: torch.device) -> float:
+    """Synchronised host wall time of one call (first call and warm-up)."""
+    _synchronize(device)
+    start = time.perf_counter()
+    fn()
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def _cuda_sample_s(fn: Callable[[], object], device: torch.device) -> float:
+    torch.cuda.synchronize(device)
+    stream = torch.cuda.current_stream(device)
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record(stream)
+    fn()
+    end.record(stream)
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3  # elapsed_time is in ms
+
+
+def _host_sample_s(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_callable(
+    fn: Callable[[], object],
+    device: str | torch.device = "cpu",
+    *,
+    warmup: int = 3,
+    rule: StoppingRule | None = None,
+    flush_l2: bool = False,
+) -> TimingResult:
+    """Time ``fn()`` (no arguments; bind them with a lambda or functools.partial).
+
+    One first call and ``warmup`` further calls run untimed-by-statistics (their host
+    times are recorded), then samples are taken until ``rule`` says stop. With
+    ``flush_l2`` (CUDA only) the L2 cache is evicted before each sample, outside the
+    timed region. Clocks are read through NVML right before the first and right
+    after the last sample; if NVML is unusable the reason is recorded instead.
+    """
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0 calls, got {warmup}")
+    rule = StoppingRule() if rule is None else rule
+    device = resolve_device(device)
+    is_cuda = device.type == "cuda"
+    if flush_l2 and not is_cuda:
+        raise ValueError("flush_l2 needs a CUDA device; CPU caches are not flushed by lpperf")
+    flusher = L2Flusher(device) if flush_l2 else None
+
+    cuda_was_initialized = torch.cuda.is_initialized()
+    first_call_s = _host_call_s(fn, device)
+    if not is_cuda and not cuda_was_initialized and torch.cuda.is_initialized():
+        raise ValueError(
+            "the callable initialised CUDA during its first call, so it runs GPU work; host timing "
+            "on device='cpu' would time only the kernel launches. Pass device='cuda' (or 'cuda:N')."
+        )
+    warmup_s = sum(_host_call_s(fn, device) for _ in range(warmup))
+
+    if is_cuda:
+        clocks_before, clock_reason = _try_read_clocks(device.index)
+    else:
+        clocks_before, clock_reason = None, "host timing on CPU: no GPU clocks apply"
+
+    samples: list[float] = []
+    loop_start = time.perf_counter()
+    while True:
+        if flusher is not None:
+            flusher.flush()
+        samples.append(_cuda_sample_s(fn, device) if is_cuda else _host_sample_s(fn))
+        stop, converged, reason = rule.decide(samples, time.perf_counter() - loop_start)
+        if stop:
+            break
+    measurement_wall_s = time.perf_counter() - loop_start
+
+    clocks_after = None
+    if is_cuda:
+        clocks_after, after_reason = _try_read_clocks(device.index)
+        clock_reason = clock_reason or after_reason
+
+    return TimingResult(
+        device=str(device),
+        clock=CLOCK_CUDA_EVENT if is_cuda else CLOCK_HOST,
+        stats=TimingStats.from_samples(samples),
+        samples_s=samples,
+        converged=converged,
+        stop_reason=reason,
+        first_call_s=first_call_s,
+        warmup_s=warmup_s,
+        warmup_calls=warmup,
+        measurement_wall_s=measurement_wall_s,
+        l2_flush_bytes=0 if flusher is None else flusher.nbytes,
+        rule=rule,
+        clocks_before=clocks_before,
+        clocks_after=clocks_after,
+        clocks_unavailable_reason=clock_reason,
+    )
+
+
+# ---------------------------------------------------------------------------------
+# pytest-benchmark integration
+
+
+def synchronized_perf_counter() -> float:
+    """A pytest-benchmark timer that waits for the GPU before reading the host clock.
+
+    Use with ``--benchmark-timer lpperf.timing.synchronized_perf_counter``. pytest-benchmark
+    reads the timer before and after the target, so both ends are synchronised.
+    """
+    _synchronize_initialized_cuda()
+    return time.perf_counter()
+
+
+class SynchronizedTarget:
+    """Adapter that makes a callable safe to time with ``benchmark.pedantic``.
+
+    ``setup`` (run by pytest-benchmark before each round, outside its timer)
+    optionally flushes L2 and synchronises the device; calling the target runs
+    ``fn`` and synchronises again before returning, so the host timer sees the
+    finished GPU work::
+
+        target = SynchronizedTarget(step, "cuda:0")
+        benchmark.pedantic(target, setup=target.setup, rounds=30, warmup_rounds=3, iterations=1)
+
+    ``iterations`` must stay 1: pytest-benchmark does not allow a setup with more.
+    The time reported is host wall time per call, launch overhead included.
+    """
+
+    def __init__(self, fn: Callable[[], object], device: str | torch.device, *, flush_l2: bool = False):
+        self.fn = fn
+        self.device = resolve_device(device)
+        if flush_l2 and self.device.type != "cuda":
+            raise ValueError("flush_l2 needs a CUDA device; CPU caches are not flushed by lpperf")
+        self._flusher = L2Flusher(self.device) if flush_l2 else None
+
+    def setup(self) -> None:
+        if self._flusher is not None:
+            self._flusher.flush()
+        _synchronize(self.device)
+
+    def __call__(self) -> object:
+        result = self.fn()
+        _synchronize(self.device)
+        return result

@@ -1,0 +1,384 @@
+"""Timing statistics, the stopping rule, host timing, the CUDA branch and pytest-benchmark glue."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from lpperf import timing
+from lpperf.timing import (
+    CLOCK_CUDA_EVENT,
+    CLOCK_HOST,
+    CudaUnavailableError,
+    StoppingRule,
+    SynchronizedTarget,
+    TimingStats,
+    decode_clock_reasons,
+    l2_flush_bytes,
+    percentile,
+    read_clocks,
+    resolve_device,
+    synchronized_perf_counter,
+    time_callable,
+)
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+FAST_RULE = StoppingRule(min_repeats=5, min_seconds=0.0, max_rel_iqr=0.5, max_repeats=50, max_seconds=5.0)
+
+# ---------------------------------------------------------------------------------
+# statistics on known samples
+
+
+def test_percentile_hand_values():
+    values = [float(v) for v in range(1, 11)]
+    assert percentile(values, 50) == pytest.approx(5.5)
+    assert percentile(values, 90) == pytest.approx(9.1)
+    assert percentile(values, 25) == pytest.approx(3.25)
+    assert percentile(values, 75) == pytest.approx(7.75)
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 10.0
+    assert percentile([7.0], 90) == 7.0
+
+
+def test_percentile_agrees_with_numpy():
+    rng = random.Random(3)
+    values = sorted(rng.uniform(0, 1) for _ in range(37))
+    for q in (10, 25, 50, 75, 90, 99):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_stats_of_known_samples():
+    stats = TimingStats.from_samples([4.0, 1.0, 3.0, 2.0])  # order must not matter
+    assert stats.count == 4
+    assert stats.median_s == pytest.approx(2.5)
+    assert stats.p90_s == pytest.approx(3.7)  # position 0.9 * 3 = 2.7 -> 3 + 0.7
+    assert stats.min_s == 1.0 and stats.max_s == 4.0
+    assert stats.mean_s == pytest.approx(2.5)
+    assert stats.iqr_s == pytest.approx(3.25 - 1.75)
+    assert stats.rel_iqr == pytest.approx(1.5 / 2.5)
+    as_dict = stats.to_dict()
+    assert as_dict["median_ms"] == pytest.approx(2500.0)
+    assert as_dict["p90_ms"] == pytest.approx(3700.0)
+
+
+def test_stats_zero_median_edge_cases():
+    assert TimingStats.from_samples([0.0, 0.0, 0.0]).rel_iqr == 0.0
+    spread = TimingStats.from_samples([0.0, 0.0, 0.0, 1.0])  # median 0, IQR 0.25
+    assert spread.rel_iqr == math.inf
+    assert spread.to_dict()["rel_iqr"] is None  # JSON has no inf
+    json.dumps(spread.to_dict(), allow_nan=False)
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, -0.1], [1.0, math.nan], [math.inf]])
+def test_stats_reject_bad_samples(bad):
+    with pytest.raises(ValueError):
+        TimingStats.from_samples(bad)
+
+
+@pytest.mark.parametrize("q", [-1, 101])
+def test_percentile_rejects_q_out_of_range(q):
+    with pytest.raises(ValueError, match="percentile q"):
+        percentile([1.0], q)
+
+
+# ---------------------------------------------------------------------------------
+# stopping rule
+
+
+def test_rule_converges_once_counts_and_seconds_are_met():
+    rule = StoppingRule(min_repeats=10, min_seconds=5.0, max_rel_iqr=0.05, max_repeats=100, max_seconds=60)
+    assert rule.decide([1.0] * 9, wall_s=9) == (False, False, "")  # too few samples
+    stop, converged, reason = rule.decide([1.0] * 10, wall_s=10)
+    assert stop and converged and reason.startswith("converged")
+
+
+def test_rule_waits_for_min_seconds():
+    rule = StoppingRule(min_repeats=10, min_seconds=1.0, max_rel_iqr=0.05, max_repeats=100, max_seconds=60)
+    assert rule.decide([0.001] * 10, wall_s=0.01)[0] is False  # 10 ms of measurement < 1 s
+    assert rule.decide([0.125] * 10, wall_s=1.25)[:2] == (True, True)
+
+
+def test_rule_keeps_going_while_noisy_then_stops_at_max_repeats():
+    rule = StoppingRule(min_repeats=4, min_seconds=0.0, max_rel_iqr=0.05, max_repeats=20, max_seconds=60)
+    noisy = [1.0, 2.0] * 5  # IQR/median far above 5 %
+    assert rule.decide(noisy, wall_s=1)[0] is False
+    stop, converged, reason = rule.decide([1.0, 2.0] * 10, wall_s=1)
+    assert stop and not converged
+    assert "max_repeats=20" in reason
+
+
+def test_rule_stops_at_max_seconds():
+    rule = StoppingRule(min_repeats=4, min_seconds=0.0, max_rel_iqr=0.05, max_repeats=1000, max_seconds=30)
+    stop, converged, reason = rule.decide([1.0, 2.0, 1.0, 2.0], wall_s=30.5)
+    assert stop and not converged
+    assert "max_seconds=30" in reason
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_repeats": 0},
+        {"min_repeats": 10, "max_repeats": 5},
+        {"min_seconds": -1.0},
+        {"max_seconds": 0.0},
+        {"max_rel_iqr": -0.1},
+    ],
+)
+def test_rule_rejects_inconsistent_settings(kwargs):
+    with pytest.raises(ValueError):
+        StoppingRule(**kwargs)
+
+
+# ---------------------------------------------------------------------------------
+# host timing
+
+
+def test_host_timing_of_a_sleep_is_plausible():
+    result = time_callable(lambda: time.sleep(0.005), "cpu", warmup=1, rule=FAST_RULE)
+    assert result.clock == CLOCK_HOST
+    assert result.device == "cpu"
+    assert result.stats.count >= 5
+    assert result.stats.min_s >= 0.005  # sleep never returns early
+    assert result.stats.median_s < 0.005 + 0.05  # generous for a loaded 2-core machine
+    assert len(result.samples_s) == result.stats.count
+    assert result.clocks_before is None and "CPU" in result.clocks_unavailable_reason
+    assert result.l2_flush_bytes == 0
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_first_call_and_warmup_are_kept_out_of_steady_state():
+    calls = []
+
+    def compiled_once():
+        calls.append(1)
+        time.sleep(0.06 if len(calls) == 1 else 0.002)  # first call pays a "compile"
+
+    result = time_callable(compiled_once, "cpu", warmup=2, rule=FAST_RULE)
+    assert result.first_call_s >= 0.06
+    assert result.stats.max_s < 0.06
+    assert result.warmup_calls == 2
+    assert 2 * 0.002 <= result.warmup_s < 0.06
+    assert len(calls) == 1 + 2 + result.stats.count
+
+
+def test_sampling_stops_at_max_repeats_when_noisy():
+    durations = iter([0.0, 0.004] * 100)
+    rule = StoppingRule(min_repeats=3, min_seconds=0.0, max_rel_iqr=0.01, max_repeats=8, max_seconds=30)
+    result = time_callable(lambda: time.sleep(next(durations)), "cpu", warmup=0, rule=rule)
+    assert result.stats.count == 8
+    assert result.converged is False
+    assert "max_repeats" in result.stop_reason
+
+
+def test_sampling_stops_at_max_seconds():
+    durations = iter([0.0, 0.004] * 1000)
+    rule = StoppingRule(min_repeats=3, min_seconds=0.0, max_rel_iqr=0.01, max_repeats=100_000, max_seconds=0.1)
+    result = time_callable(lambda: time.sleep(next(durations)), "cpu", warmup=0, rule=rule)
+    assert result.converged is False
+    assert "max_seconds" in result.stop_reason
+    assert 0.1 <= result.measurement_wall_s < 1.0
+
+
+def test_converges_on_a_steady_callable():
+    rule = StoppingRule(min_repeats=5, min_seconds=0.02, max_rel_iqr=0.5, max_repeats=500, max_seconds=10)
+    result = time_callable(lambda: time.sleep(0.002), "cpu", warmup=0, rule=rule)
+    assert result.converged, result.stop_reason
+    assert sum(result.samples_s) >= 0.02 and result.stats.count >= 5
+
+
+def test_host_timing_refuses_a_callable_that_starts_cuda(monkeypatch):
+    cuda_state = {"initialized": False}
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: cuda_state["initialized"])
+
+    def launches_gpu_work():
+        cuda_state["initialized"] = True
+
+    with pytest.raises(ValueError, match="device='cuda'"):
+        time_callable(launches_gpu_work, "cpu", rule=FAST_RULE)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="warmup"):
+        time_callable(lambda: None, "cpu", warmup=-1)
+    with pytest.raises(ValueError, match="flush_l2 needs a CUDA device"):
+        time_callable(lambda: None, "cpu", flush_l2=True)
+    with pytest.raises(ValueError, match="'cpu' and 'cuda"):
+        resolve_device("meta")
+
+
+# ---------------------------------------------------------------------------------
+# CUDA branch without CUDA
+
+
+@no_cuda
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda", 1)])
+def test_cuda_timing_without_cuda_is_an_error_not_a_fallback(device):
+    calls = []
+    with pytest.raises(CudaUnavailableError, match=r"torch.cuda.is_available\(\) is False"):
+        time_callable(lambda: calls.append(1), device)
+    assert calls == []  # nothing was run, let alone host-timed
+    with pytest.raises(CudaUnavailableError):
+        SynchronizedTarget(lambda: None, device)
+
+
+def test_l2_flush_size_is_larger_than_the_cache():
+    h100_l2 = 50 * 1024 * 1024
+    assert l2_flush_bytes(h100_l2) == 2 * h100_l2
+    with pytest.raises(ValueError):
+        l2_flush_bytes(0)
+
+
+# ---------------------------------------------------------------------------------
+# clocks
+
+
+def test_decode_clock_reasons_known_masks():
+    assert decode_clock_reasons(0) == ()
+    assert decode_clock_reasons(0x1) == ("gpu_idle",)
+    assert decode_clock_reasons(0x4 | 0x40) == ("sw_power_cap", "hw_thermal_slowdown")
+    assert decode_clock_reasons(0x800 | 0x8) == ("hw_slowdown", "unknown_0x800")
+    with pytest.raises(ValueError):
+        decode_clock_reasons(-1)
+
+
+def test_clock_reason_bits_match_pynvml_constants():
+    pynvml = pytest.importorskip("pynvml")
+    by_name = dict((name, bit) for bit, name in timing.CLOCK_REASON_BITS)
+    expected = {
+        "gpu_idle": "nvmlClocksThrottleReasonGpuIdle",
+        "applications_clocks_setting": "nvmlClocksThrottleReasonApplicationsClocksSetting",
+        "sw_power_cap": "nvmlClocksThrottleReasonSwPowerCap",
+        "hw_slowdown": "nvmlClocksThrottleReasonHwSlowdown",
+        "sync_boost": "nvmlClocksThrottleReasonSyncBoost",
+        "sw_thermal_slowdown": "nvmlClocksThrottleReasonSwThermalSlowdown",
+        "hw_thermal_slowdown": "nvmlClocksThrottleReasonHwThermalSlowdown",
+        "hw_power_brake_slowdown": "nvmlClocksThrottleReasonHwPowerBrakeSlowdown",
+        "display_clock_setting": "nvmlClocksThrottleReasonDisplayClockSetting",
+    }
+    for name, constant in expected.items():
+        assert by_name[name] == getattr(pynvml, constant), name
+
+
+def _fake_clock_nvml(*, event_api: bool):
+    class NVMLError(Exception):
+        pass
+
+    module = types.SimpleNamespace(
+        NVMLError=NVMLError,
+        NVML_CLOCK_SM=1,
+        NVML_CLOCK_MEM=2,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda index: f"h{index}",
+        nvmlDeviceGetClockInfo=lambda handle, kind: {1: 1980, 2: 2619}[kind],
+        nvmlDeviceGetCurrentClocksThrottleReasons=lambda handle: 0x1,
+    )
+    if event_api:
+        module.nvmlDeviceGetCurrentClocksEventReasons = lambda handle: 0x4
+    return module
+
+
+@pytest.mark.parametrize("event_api, mask, names", [(True, 0x4, ("sw_power_cap",)), (False, 0x1, ("gpu_idle",))])
+def test_read_clocks_through_nvml(monkeypatch, event_api, mask, names):
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_clock_nvml(event_api=event_api))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    reading = read_clocks(0)
+    assert (reading.sm_mhz, reading.mem_mhz) == (1980, 2619)
+    assert reading.reasons_mask == mask
+    assert reading.reasons == names
+    assert reading.to_dict()["reasons"] == list(names)
+
+
+def test_clock_read_failure_is_recorded_not_raised(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    reading, reason = timing._try_read_clocks(0)
+    assert reading is None and "nvidia-ml-py" in reason
+
+
+# ---------------------------------------------------------------------------------
+# pytest-benchmark
+
+
+def test_synchronized_target_in_benchmark_pedantic(benchmark):
+    events = []
+
+    def step():
+        events.append("call")
+        return 42
+
+    target = SynchronizedTarget(step, "cpu")
+    original_setup = target.setup
+
+    def recording_setup():
+        events.append("setup")
+        original_setup()
+
+    result = benchmark.pedantic(target, setup=recording_setup, rounds=3, warmup_rounds=1, iterations=1)
+    assert result == 42
+    assert events and events[0] == "setup"
+    # every call was preceded by a setup (which synchronises) - never two calls in a row
+    assert all(prev == "setup" for prev, cur in zip(events, events[1:]) if cur == "call")
+
+
+def test_synchronized_perf_counter_is_a_monotonic_clock():
+    first = synchronized_perf_counter()
+    time.sleep(0.001)
+    assert synchronized_perf_counter() - first >= 0.001
+
+
+# ---------------------------------------------------------------------------------
+# on the card
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_events_time_the_gpu_work_not_the_launch():
+    device = torch.device("cuda", 0)
+    torch.cuda.init()
+    cycles = 20_000_000  # about 10 ms at ~2 GHz
+
+    def spin():
+        torch.cuda._sleep(cycles)
+
+    spin()
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    spin()  # no synchronise: host time sees only the launch
+    launch_s = time.perf_counter() - start
+    torch.cuda.synchronize(device)
+
+    rule = StoppingRule(min_repeats=5, min_seconds=0.0, max_rel_iqr=0.1, max_repeats=20, max_seconds=10)
+    result = time_callable(spin, device, warmup=1, rule=rule, flush_l2=True)
+    assert result.clock == CLOCK_CUDA_EVENT
+    assert result.device == "cuda:0"
+    assert result.l2_flush_bytes == 2 * torch.cuda.get_device_properties(0).L2_cache_size
+    assert result.stats.median_s > 10 * launch_s
+    assert 0.002 < result.stats.median_s < 0.1
+    if result.clocks_before is not None:
+        assert result.clocks_before.sm_mhz > 0 and result.clocks_after.mem_mhz > 0
+    else:
+        assert result.clocks_unavailable_reason
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_synchronized_target_waits_for_the_gpu():
+    device = torch.device("cuda", 0)
+    target = SynchronizedTarget(lambda: torch.cuda._sleep(20_000_000), device)
+    target.setup()
+    start = time.perf_counter()
+    target()
+    assert time.perf_counter() - start > 0.002  # the spin kernel finished before returning
