@@ -1,0 +1,79 @@
+"""The LivePortrait networks (human model), re-implemented; state dicts match the official checkpoints.
+
+    net = lpperf.models.build("warping_module")                      # official sizes, eval mode
+    tiny = lpperf.models.build("warping_module", block_expansion=8,  # smaller, for tests
+                               dense_motion_params={"num_blocks": 2})
+"""
+
+import copy
+import inspect
+import json
+from pathlib import Path
+
+from torch import nn
+
+from lpperf.models.appearance import AppearanceFeatureExtractor
+from lpperf.models.motion import MotionExtractor
+from lpperf.models.spade import SPADEDecoder
+from lpperf.models.stitching import RetargetingMLP
+from lpperf.models.warping import WarpingNetwork
+
+NAMES = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator",
+         "stitching", "lip", "eye")
+
+_CONFIG_PATH = Path(__file__).with_name("config.json")
+
+# name -> (class, path of its hyper-parameters in config.json)
+_REGISTRY = {
+    "appearance_feature_extractor": (AppearanceFeatureExtractor, ("appearance_feature_extractor_params",)),
+    "motion_extractor": (MotionExtractor, ("motion_extractor_params",)),
+    "warping_module": (WarpingNetwork, ("warping_module_params",)),
+    "spade_generator": (SPADEDecoder, ("spade_generator_params",)),
+    "stitching": (RetargetingMLP, ("stitching_retargeting_module_params", "stitching")),
+    "lip": (RetargetingMLP, ("stitching_retargeting_module_params", "lip")),
+    "eye": (RetargetingMLP, ("stitching_retargeting_module_params", "eye")),
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown network {name!r}; expected one of {NAMES}")
+
+
+def default_config(name: str) -> dict:
+    """The official hyper-parameters of network `name` (a fresh copy, safe to modify)."""
+    _check_name(name)
+    config = json.loads(_CONFIG_PATH.read_text())
+    for key in _REGISTRY[name][1]:
+        config = config[key]
+    return copy.deepcopy(config)
+
+
+def build(name: str, **overrides) -> nn.Module:
+    """Network `name` with the official hyper-parameters, `overrides` replacing any of them.
+
+    A dict-valued override (dense_motion_params) is merged into the default
+    dict, so only the changed entries need naming. Weights are PyTorch's
+    default initialisation (see lpperf.weights for loading or synthesising
+    real ones). Returned in eval mode, float32, on the CPU.
+    """
+    _check_name(name)
+    cls = _REGISTRY[name][0]
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(overrides) - accepted)
+    if unknown:
+        raise ValueError(f"{name} has no hyper-parameter(s) {unknown}; accepted: {sorted(accepted)}")
+    config = default_config(name)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            unknown = sorted(set(value) - set(config[key]))
+            if unknown:
+                raise ValueError(f"{name}.{key} has no entries {unknown}; accepted: {sorted(config[key])}")
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return cls(**config).eval()
+
+
+__all__ = ["NAMES", "build", "default_config", "AppearanceFeatureExtractor", "MotionExtractor",
+           "WarpingNetwork", "SPADEDecoder", "RetargetingMLP"]

@@ -1,0 +1,116 @@
+"""W, the warping module: estimates a dense 3-D flow from source and driving keypoints and
+warps the source feature volume with it."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lpperf.models.blocks import ConvBlock, Hourglass, coordinate_grid, keypoint_gaussians
+
+KEYPOINT_VARIANCE = 0.01
+
+
+class DenseMotionNetwork(nn.Module):
+    """Keypoints + compressed feature volume -> per-voxel mixture of K+1 candidate motions.
+
+    Candidate 0 is the identity (background); candidate k moves each voxel by
+    kp_source[k] - kp_driving[k]. A 3-D hourglass sees the feature warped by
+    every candidate plus the keypoint heatmap difference and predicts the
+    softmax mixing weights (and, optionally, an occlusion map).
+    """
+
+    def __init__(self, num_kp: int, feature_channel: int, block_expansion: int, num_blocks: int,
+                 max_features: int, reshape_depth: int, compress: int, estimate_occlusion_map: bool = True):
+        super().__init__()
+        self.num_kp = num_kp
+        self.num_blocks = num_blocks
+        self.hourglass = Hourglass(block_expansion, (num_kp + 1) * (compress + 1), num_blocks, max_features)
+        self.mask = nn.Conv3d(self.hourglass.out_filters, num_kp + 1, kernel_size=7, padding=3)
+        self.compress = nn.Conv3d(feature_channel, compress, kernel_size=1)
+        self.norm = nn.BatchNorm3d(compress)
+        if estimate_occlusion_map:
+            self.occlusion = nn.Conv2d(self.hourglass.out_filters * reshape_depth, 1, kernel_size=7, padding=3)
+        else:
+            self.occlusion = None
+
+    def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor,
+                kp_source: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch, _, depth, height, width = feature.shape
+        candidates = self.num_kp + 1
+        feature = F.relu(self.norm(self.compress(feature)))
+
+        grid = coordinate_grid(depth, height, width, dtype=kp_source.dtype, device=kp_source.device)
+        shifted = grid + (kp_source - kp_driving)[:, :, None, None, None, :]  # (B, K, D, H, W, 3)
+        motions = torch.cat([grid.expand(batch, 1, depth, height, width, 3), shifted], dim=1)
+
+        repeated = feature.unsqueeze(1).expand(batch, candidates, *feature.shape[1:])
+        warped = F.grid_sample(repeated.reshape(batch * candidates, *feature.shape[1:]),
+                               motions.reshape(batch * candidates, depth, height, width, 3),
+                               align_corners=False)
+        warped = warped.view(batch, candidates, -1, depth, height, width)
+
+        heatmap = (keypoint_gaussians(kp_driving, grid, KEYPOINT_VARIANCE)
+                   - keypoint_gaussians(kp_source, grid, KEYPOINT_VARIANCE))
+        heatmap = torch.cat([heatmap.new_zeros(batch, 1, depth, height, width), heatmap], dim=1)
+        hourglass_input = torch.cat([heatmap.unsqueeze(2), warped], dim=2).view(batch, -1, depth, height, width)
+
+        prediction = self.hourglass(hourglass_input)
+        mask = F.softmax(self.mask(prediction), dim=1)  # (B, K+1, D, H, W)
+        deformation = torch.einsum("bkdhw,bkdhwc->bdhwc", mask, motions)
+        out = {"mask": mask, "deformation": deformation}
+        if self.occlusion is not None:
+            out["occlusion_map"] = torch.sigmoid(self.occlusion(prediction.flatten(1, 2)))
+        return out
+
+
+class WarpingNetwork(nn.Module):
+    """W(feature_3d, kp_driving, kp_source) -> {'occlusion_map', 'deformation', 'out'}.
+
+    feature_3d (B, reshape_channel, D, H, W) from F; keypoints (B, num_kp, 3) in
+    the [-1, 1] grid frame. out (B, block_expansion * 2^num_down_blocks, H, W),
+    deformation (B, D, H, W, 3), occlusion_map (B, 1, H, W) or None when
+    estimate_occlusion_map is off.
+    """
+
+    def __init__(self, num_kp: int, block_expansion: int, max_features: int, num_down_blocks: int,
+                 reshape_channel: int, estimate_occlusion_map: bool, dense_motion_params: dict):
+        super().__init__()
+        depth = dense_motion_params["reshape_depth"]
+        if reshape_channel * depth != max_features:
+            raise ValueError(
+                f"reshape_channel * dense_motion_params['reshape_depth'] must equal max_features (the warped "
+                f"volume is read as 2-D channels); got {reshape_channel} * {depth} != {max_features}")
+        self.num_kp = num_kp
+        self.reshape_channel = reshape_channel
+        self.reshape_depth = depth
+        self.dense_motion_network = DenseMotionNetwork(
+            num_kp=num_kp, feature_channel=reshape_channel, estimate_occlusion_map=estimate_occlusion_map,
+            **dense_motion_params)
+        channels = block_expansion * 2 ** num_down_blocks
+        self.third = ConvBlock(max_features, channels, negative_slope=0.01)
+        self.fourth = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def _check_inputs(self, feature_3d: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> None:
+        step = 2 ** self.dense_motion_network.num_blocks
+        if (feature_3d.dim() != 5 or feature_3d.shape[1:3] != (self.reshape_channel, self.reshape_depth)
+                or feature_3d.shape[3] % step or feature_3d.shape[4] % step):
+            raise ValueError(
+                f"feature_3d must be (B, {self.reshape_channel}, {self.reshape_depth}, H, W) with H and W "
+                f"multiples of {step}; got shape {tuple(feature_3d.shape)}")
+        expected = (feature_3d.shape[0], self.num_kp, 3)
+        for name, kp in (("kp_driving", kp_driving), ("kp_source", kp_source)):
+            if tuple(kp.shape) != expected:
+                raise ValueError(f"{name} must have shape {expected} (reshape flat keypoints with "
+                                 f".view(B, -1, 3)); got {tuple(kp.shape)}")
+
+    def forward(self, feature_3d: torch.Tensor, kp_driving: torch.Tensor,
+                kp_source: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        self._check_inputs(feature_3d, kp_driving, kp_source)
+        dense_motion = self.dense_motion_network(feature_3d, kp_driving, kp_source)
+        deformation = dense_motion["deformation"]
+        occlusion_map = dense_motion.get("occlusion_map")
+        out = F.grid_sample(feature_3d, deformation, align_corners=False)
+        out = self.fourth(self.third(out.flatten(1, 2)))
+        if occlusion_map is not None:
+            out = out * occlusion_map
+        return {"occlusion_map": occlusion_map, "deformation": deformation, "out": out}
