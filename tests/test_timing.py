@@ -161,13 +161,13 @@ def test_first_call_and_warmup_are_kept_out_of_steady_state():
 
     def compiled_once():
         calls.append(1)
-        time.sleep(0.06 if len(calls) == 1 else 0.002)  # first call pays a "compile"
+        time.sleep(0.2 if len(calls) == 1 else 0.002)  # first call pays a "compile"
 
     result = time_callable(compiled_once, "cpu", warmup=2, rule=FAST_RULE)
-    assert result.first_call_s >= 0.06
-    assert result.stats.max_s < 0.06
+    assert result.first_call_s >= 0.2
+    assert result.stats.max_s < 0.2
     assert result.warmup_calls == 2
-    assert 2 * 0.002 <= result.warmup_s < 0.06
+    assert 2 * 0.002 <= result.warmup_s < 0.2
     assert len(calls) == 1 + 2 + result.stats.count
 
 
