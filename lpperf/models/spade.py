@@ -48,10 +48,13 @@ class SPADEResnetBlock(nn.Module):
             self.norm_s = SPADE(fin, label_channels)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        shortcut = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), LEAKY_SLOPE))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), LEAKY_SLOPE))
-        return shortcut + dx
+        # seg carries the network's dtype; x (the residual stream) may be kept wider than it.
+        # With one dtype throughout every cast below is a no-op.
+        dtype = seg.dtype
+        shortcut = self.conv_s(self.norm_s(x, seg).to(dtype)) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), LEAKY_SLOPE).to(dtype))
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), LEAKY_SLOPE).to(dtype))
+        return shortcut.to(x.dtype) + dx.to(x.dtype)
 
 
 class SPADEDecoder(nn.Module):
@@ -79,12 +82,18 @@ class SPADEDecoder(nn.Module):
     def middle_blocks(self) -> list[SPADEResnetBlock]:
         return [getattr(self, f"G_middle_{index}") for index in range(NUM_MIDDLE_BLOCKS)]
 
+    # dtype of the residual stream between blocks; None keeps the input's (the official
+    # behaviour). float32 under half-precision weights keeps fp16 overflow out of the stream.
+    residual_dtype: torch.dtype | None = None
+
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         if feature.dim() != 4 or feature.shape[1] != self.in_channels:
             raise ValueError(f"expected a feature batch (B, {self.in_channels}, H, W), got {tuple(feature.shape)}")
         x = self.fc(feature)
+        if self.residual_dtype is not None:
+            x = x.to(self.residual_dtype)
         for block in self.middle_blocks():
             x = block(x, feature)
         x = self.up_0(F.interpolate(x, scale_factor=2), feature)
         x = self.up_1(F.interpolate(x, scale_factor=2), feature)
-        return torch.sigmoid(self.conv_img(F.leaky_relu(x, LEAKY_SLOPE)))
+        return torch.sigmoid(self.conv_img(F.leaky_relu(x, LEAKY_SLOPE).to(feature.dtype)))

@@ -33,30 +33,46 @@ class DenseMotionNetwork(nn.Module):
         else:
             self.occlusion = None
 
-    def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor,
-                kp_source: torch.Tensor) -> dict[str, torch.Tensor]:
-        batch, _, depth, height, width = feature.shape
+    # grid_sample precision; None samples in the feature's dtype (the official behaviour). Set to
+    # float32 to keep sub-voxel precision when the network runs in half precision.
+    sample_dtype: torch.dtype | None = None
+
+    def source_terms(self, feature: torch.Tensor, kp_source: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What depends only on the source: the compressed, normalised feature and the source
+        keypoint heatmaps. Computed once per source when the caller caches it."""
+        _, _, depth, height, width = feature.shape
+        grid = coordinate_grid(depth, height, width, dtype=kp_source.dtype, device=kp_source.device)
+        return {"feature": F.relu(self.norm(self.compress(feature))),
+                "heatmap": keypoint_gaussians(kp_source, grid, KEYPOINT_VARIANCE)}
+
+    def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor,
+                source_terms: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        terms = self.source_terms(feature, kp_source) if source_terms is None else source_terms
+        compressed = terms["feature"]
+        batch = kp_driving.shape[0]
+        _, channels, depth, height, width = compressed.shape
         candidates = self.num_kp + 1
-        feature = F.relu(self.norm(self.compress(feature)))
+        # Keypoint geometry stays in the keypoints' dtype; only the network's tensors take its dtype.
+        compute_dtype = compressed.dtype
+        sample_dtype = self.sample_dtype or compute_dtype
 
         grid = coordinate_grid(depth, height, width, dtype=kp_source.dtype, device=kp_source.device)
         shifted = grid + (kp_source - kp_driving)[:, :, None, None, None, :]  # (B, K, D, H, W, 3)
         motions = torch.cat([grid.expand(batch, 1, depth, height, width, 3), shifted], dim=1)
 
-        repeated = feature.unsqueeze(1).expand(batch, candidates, *feature.shape[1:])
-        warped = F.grid_sample(repeated.reshape(batch * candidates, *feature.shape[1:]),
-                               motions.reshape(batch * candidates, depth, height, width, 3),
+        repeated = compressed.unsqueeze(1).expand(batch, candidates, channels, depth, height, width)
+        warped = F.grid_sample(repeated.reshape(batch * candidates, channels, depth, height, width).to(sample_dtype),
+                               motions.reshape(batch * candidates, depth, height, width, 3).to(sample_dtype),
                                align_corners=False)
-        warped = warped.view(batch, candidates, -1, depth, height, width)
+        warped = warped.to(compute_dtype).view(batch, candidates, channels, depth, height, width)
 
-        heatmap = (keypoint_gaussians(kp_driving, grid, KEYPOINT_VARIANCE)
-                   - keypoint_gaussians(kp_source, grid, KEYPOINT_VARIANCE))
+        heatmap = keypoint_gaussians(kp_driving, grid, KEYPOINT_VARIANCE) - terms["heatmap"]
         heatmap = torch.cat([heatmap.new_zeros(batch, 1, depth, height, width), heatmap], dim=1)
-        hourglass_input = torch.cat([heatmap.unsqueeze(2), warped], dim=2).view(batch, -1, depth, height, width)
+        hourglass_input = torch.cat([heatmap.to(compute_dtype).unsqueeze(2), warped], dim=2)
 
-        prediction = self.hourglass(hourglass_input)
+        prediction = self.hourglass(hourglass_input.view(batch, -1, depth, height, width))
         mask = F.softmax(self.mask(prediction), dim=1)  # (B, K+1, D, H, W)
-        deformation = torch.einsum("bkdhw,bkdhwc->bdhwc", mask, motions)
+        deformation = torch.einsum("bkdhw,bkdhwc->bdhwc", mask.to(motions.dtype), motions)
         out = {"mask": mask, "deformation": deformation}
         if self.occlusion is not None:
             out["occlusion_map"] = torch.sigmoid(self.occlusion(prediction.flatten(1, 2)))
@@ -103,13 +119,27 @@ class WarpingNetwork(nn.Module):
                 raise ValueError(f"{name} must have shape {expected} (reshape flat keypoints with "
                                  f".view(B, -1, 3)); got {tuple(kp.shape)}")
 
-    def forward(self, feature_3d: torch.Tensor, kp_driving: torch.Tensor,
-                kp_source: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    @property
+    def sample_dtype(self) -> torch.dtype | None:
+        return self.dense_motion_network.sample_dtype
+
+    @sample_dtype.setter
+    def sample_dtype(self, dtype: torch.dtype | None) -> None:
+        self.dense_motion_network.sample_dtype = dtype
+
+    def source_terms(self, feature_3d: torch.Tensor, kp_source: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The source-only work of the dense-motion network, to pass back as `source_terms`."""
+        return self.dense_motion_network.source_terms(feature_3d, kp_source)
+
+    def forward(self, feature_3d: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor,
+                source_terms: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor | None]:
         self._check_inputs(feature_3d, kp_driving, kp_source)
-        dense_motion = self.dense_motion_network(feature_3d, kp_driving, kp_source)
+        dense_motion = self.dense_motion_network(feature_3d, kp_driving, kp_source, source_terms)
         deformation = dense_motion["deformation"]
         occlusion_map = dense_motion.get("occlusion_map")
-        out = F.grid_sample(feature_3d, deformation, align_corners=False)
+        sample_dtype = self.sample_dtype or feature_3d.dtype
+        out = F.grid_sample(feature_3d.to(sample_dtype), deformation.to(sample_dtype),
+                            align_corners=False).to(feature_3d.dtype)
         out = self.fourth(self.third(out.flatten(1, 2)))
         if occlusion_map is not None:
             out = out * occlusion_map
