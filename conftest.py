@@ -1,0 +1,432 @@
+"""lpperf's pytest plugin: options, fixtures, GPU skipping, a synchronising benchmark clock, per-card history.
+
+It is the repository's top-level conftest.py, so every run from this checkout loads it. torch,
+pytest-benchmark and lpperf modules are imported inside hooks and fixtures, never at import time,
+so collection does not depend on a module that may be missing or broken. docs/GPU_SUITE.md explains
+how the pieces fit together.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SYNTHETIC_SEED = 0
+# pytest-benchmark's default --benchmark-storage; any other value was chosen by the user and is kept.
+_PYTEST_BENCHMARK_DEFAULT_STORAGE = "file://./.benchmarks"
+
+
+@dataclass(frozen=True)
+class LpperfThresholds:
+    """Pass/fail limits of the GPU suite (from pytest.ini, overridden on the command line)."""
+
+    min_speedup: float  # optimized recipe over fp32 eager, both measured in the same session
+    memory_budget_mib: int  # NVML-measured GPU memory of the test process
+    min_psnr_db: float  # optimized output against the fp32 reference
+    max_level_diff: int  # largest per-pixel difference, in 8-bit levels
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    """The card under test: the current CUDA device, or 'cpu' where there is none."""
+
+    name: str
+    cuda_available: bool
+    no_cuda_reason: str  # why GPU tests skip; empty when there is a GPU
+    driver: str | None
+    cuda: str | None
+    torch: str | None
+
+
+@dataclass(frozen=True)
+class _Settings:
+    weights_dir: Path | None
+    history_dir: Path
+    thresholds: LpperfThresholds
+
+
+def _optional_dir(text: str) -> Path | None:
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"{text!r} is not a directory; expected the folder holding the official .pth checkpoints")
+    return path
+
+
+def _folder(text: str) -> Path:
+    if not text:
+        raise ValueError("expected a folder path, got nothing")
+    return Path(text).expanduser()
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number > 0, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"expected a whole number > 0, got {text!r}")
+    return value
+
+
+def _level_diff(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number of 8-bit levels in [0, 255], got {text!r}") from None
+    if not 0 <= value <= 255:
+        raise ValueError(f"expected a whole number of 8-bit levels in [0, 255], got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _OptionSpec:
+    """One setting: ``--lpperf-<name>`` on the command line, ``lpperf_<name>`` in pytest.ini."""
+
+    name: str
+    metavar: str
+    parse: Callable[[str], object]
+    help: str
+    required: bool = True
+
+    @property
+    def flag(self) -> str:
+        return f"--lpperf-{self.name}"
+
+    @property
+    def ini(self) -> str:
+        return "lpperf_" + self.name.replace("-", "_")
+
+
+# The single definition of every option: pytest_addoption generates both the flag and the ini key
+# from it, _resolve_settings reads them (command line first, then ini). Defaults live in pytest.ini.
+_OPTIONS = (
+    _OptionSpec(
+        "weights",
+        "DIR",
+        _optional_dir,
+        "folder of official LivePortrait checkpoints; when set, every test runs on them instead of synthetic weights",
+        required=False,
+    ),
+    _OptionSpec(
+        "history",
+        "DIR",
+        _folder,
+        "root of the per-card benchmark history: pytest-benchmark stores runs in DIR/<card-slug> "
+        "unless --benchmark-storage is given",
+    ),
+    _OptionSpec("min-speedup", "X", _positive_float, "least speedup of the optimized recipe over fp32 eager"),
+    _OptionSpec("memory-budget-mib", "MIB", _positive_int, "most GPU memory (NVML, this process) a test may use"),
+    _OptionSpec("min-psnr", "DB", _positive_float, "least PSNR of optimized output against the fp32 reference"),
+    _OptionSpec("max-level-diff", "LEVELS", _level_diff, "largest per-pixel difference in 8-bit levels"),
+)
+
+_SETTINGS = pytest.StashKey[_Settings]()
+_CARD = pytest.StashKey[CardInfo]()
+_SESSION = pytest.StashKey[pytest.Session]()
+
+
+def synchronized_perf_counter() -> float:
+    """time.perf_counter() read after all queued work on the current CUDA device has finished.
+
+    pytest-benchmark brackets every round with two clock readings; with this clock the interval
+    covers the GPU work launched inside it, not only the host-side launches. It adds nothing until
+    CUDA is initialised, so CPU benchmarks time exactly as with perf_counter.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        version = pynvml.nvmlSystemGetDriverVersion()
+    finally:
+        pynvml.nvmlShutdown()
+    return version.decode() if isinstance(version, bytes) else version
+
+
+def _detect_card() -> CardInfo:
+    """The current CUDA device. Kept small and private so lpperf.environment can replace it."""
+    try:
+        import torch
+    except (ImportError, OSError) as error:
+        return CardInfo("cpu", False, f"no CUDA GPU: torch is not importable ({error})", None, None, None)
+    if not torch.cuda.is_available():
+        reason = f"no CUDA GPU: torch.cuda.is_available() is False (torch {torch.__version__})"
+        return CardInfo("cpu", False, reason, None, torch.version.cuda, torch.__version__)
+    name = torch.cuda.get_device_name(torch.cuda.current_device())
+    return CardInfo(name, True, "", _nvidia_driver(), torch.version.cuda, torch.__version__)
+
+
+def _resolve_settings(config: pytest.Config) -> _Settings:
+    values = {}
+    for spec in _OPTIONS:
+        from_command_line = config.getoption(spec.ini)
+        if from_command_line is not None:
+            text, origin = from_command_line, f"{spec.flag} on the command line"
+        else:
+            text, origin = str(config.getini(spec.ini)).strip(), f"{spec.ini} in {config.inipath or 'the ini file'}"
+        if not text and spec.required:
+            raise pytest.UsageError(
+                f"{spec.ini} is not set: add `{spec.ini} = ...` to pytest.ini or pass {spec.flag} {spec.metavar}."
+            )
+        try:
+            values[spec.name] = spec.parse(text)
+        except ValueError as error:
+            raise pytest.UsageError(f"{origin}: {error}.") from None
+    return _Settings(
+        weights_dir=values["weights"],
+        history_dir=values["history"],
+        thresholds=LpperfThresholds(
+            min_speedup=values["min-speedup"],
+            memory_budget_mib=values["memory-budget-mib"],
+            min_psnr_db=values["min-psnr"],
+            max_level_diff=values["max-level-diff"],
+        ),
+    )
+
+
+def _weights_label(settings: _Settings) -> str:
+    return "official" if settings.weights_dir is not None else f"synthetic(seed={SYNTHETIC_SEED})"
+
+
+def _file_storage_dir(storage: str) -> Path | None:
+    """The folder of a pytest-benchmark file storage URI (a bare path counts); None for other storages."""
+    if storage.startswith("file://"):
+        return Path(storage[len("file://") :])
+    return None if "://" in storage else Path(storage)
+
+
+def _uses_default_timer(config: pytest.Config) -> bool:
+    timer = getattr(config.option, "benchmark_timer", None)
+    if timer is None:
+        return False
+    from pytest_benchmark.timers import default_timer
+    from pytest_benchmark.utils import NameWrapper
+
+    return timer == str(NameWrapper(default_timer))
+
+
+def _check_baseline(config: pytest.Config, storage_dir: Path, card: CardInfo) -> None:
+    """Fail early, in one paragraph, where --benchmark-compare has no usable baseline.
+
+    pytest-benchmark itself skips an unreadable file with a warning (falling back to an older run,
+    or to none) and only complains about a missing baseline after the whole suite has run.
+    """
+    from pytest_benchmark.utils import get_machine_id
+
+    from lpperf import history
+
+    option = config.option
+    if not storage_dir.resolve().is_relative_to(Path.cwd().resolve()):
+        raise pytest.UsageError(
+            f"The benchmark history folder {storage_dir} is outside the current directory {Path.cwd()}; "
+            "pytest-benchmark reports compared runs relative to the current directory and crashes otherwise. "
+            "Run pytest from a folder that contains the history, or point --lpperf-history inside it."
+        )
+    machine_folder = storage_dir / get_machine_id()
+    try:
+        files = history.baseline_files(storage_dir, get_machine_id(), option.benchmark_compare)
+    except history.HistoryError as error:
+        raise pytest.UsageError(str(error)) from None
+    if not files:
+        selection = "" if option.benchmark_compare is True else f" matching {option.benchmark_compare!r}"
+        message = (
+            f"No benchmark baseline for card {card.name!r}: {machine_folder} holds no saved run{selection}. "
+            "Run `pytest -m gpu --benchmark-autosave` on main on this card first (the gpu workflow does it on "
+            "every push to main), or restore that folder from main's history."
+        )
+        if option.benchmark_compare_fail:
+            raise pytest.UsageError(message)
+        config.issue_config_time_warning(pytest.PytestConfigWarning(message + " Running without a comparison."), 2)
+        return
+    for path in files:
+        try:
+            history.read_run(path)
+        except history.HistoryError as error:
+            raise pytest.UsageError(f"Benchmark baseline unusable for --benchmark-compare: {error}") from None
+
+
+def _prepare_benchmark_history(config: pytest.Config, settings: _Settings, card: CardInfo) -> None:
+    from lpperf import history
+
+    option = config.option
+    if option.benchmark_storage == _PYTEST_BENCHMARK_DEFAULT_STORAGE:
+        option.benchmark_storage = f"file://{settings.history_dir / history.card_slug(card.name)}"
+    if option.benchmark_compare_fail and not option.benchmark_compare:
+        raise pytest.UsageError(
+            "--benchmark-compare-fail needs --benchmark-compare (which saved run to compare against)."
+        )
+    storage_dir = _file_storage_dir(option.benchmark_storage)
+    if option.benchmark_compare and storage_dir is not None:
+        _check_baseline(config, storage_dir, card)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lpperf", "lpperf GPU suite (defaults: the lpperf_* keys of pytest.ini)")
+    for spec in _OPTIONS:
+        group.addoption(spec.flag, dest=spec.ini, metavar=spec.metavar, default=None, help=f"{spec.help} [ini: {spec.ini}]")
+        parser.addini(spec.ini, help=f"{spec.help} (command line: {spec.flag})")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Runs before pytest-benchmark's own pytest_configure (trylast), which opens the storage.
+    settings = _resolve_settings(config)
+    card = _detect_card()
+    config.stash[_SETTINGS] = settings
+    config.stash[_CARD] = card
+    if hasattr(config.option, "benchmark_storage"):
+        _prepare_benchmark_history(config, settings, card)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SESSION] = session
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    card, settings = config.stash[_CARD], config.stash[_SETTINGS]
+    lines = [
+        f"lpperf: card {card.name} (driver {card.driver}, CUDA {card.cuda}, torch {card.torch}); "
+        f"weights {_weights_label(settings)}"
+    ]
+    if hasattr(config.option, "benchmark_storage"):
+        clock = (
+            "synchronising perf_counter (torch.cuda.synchronize before each reading)"
+            if _uses_default_timer(config)
+            else f"{config.option.benchmark_timer} (--benchmark-timer)"
+        )
+        lines.append(f"lpperf: benchmark history {config.option.benchmark_storage}; benchmark clock {clock}")
+    return lines
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so tests asking for cuda_device count as gpu tests
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    card = config.stash[_CARD]
+    skip_gpu = pytest.mark.skip(reason=card.no_cuda_reason)
+    synchronise = _uses_default_timer(config)
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "cuda_device" in fixtures and item.get_closest_marker("gpu") is None:
+            item.add_marker(pytest.mark.gpu)
+        if not card.cuda_available and item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip_gpu)
+        if synchronise and "benchmark" in fixtures:
+            # pytest-benchmark's documented per-test `timer` setting; a timer the test chose itself wins.
+            marker = item.get_closest_marker("benchmark")
+            settings = dict(marker.kwargs) if marker else {}
+            settings.setdefault("timer", synchronized_perf_counter)
+            item.add_marker(pytest.mark.benchmark(**settings), append=False)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    card = config.stash[_CARD]
+    machine_info.update(
+        card=card.name,
+        driver=card.driver,
+        cuda=card.cuda,
+        torch=card.torch,
+        weights=_weights_label(config.stash[_SETTINGS]),
+    )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark) -> None:
+    saved = compared_benchmark.get("machine_info", {})
+    for key in ("card", "weights"):
+        if saved.get(key) != machine_info.get(key):
+            raise pytest.UsageError(
+                f"The baseline in {benchmarksession.storage} was measured with {key} {saved.get(key)!r}, this run "
+                f"has {key} {machine_info.get(key)!r}; such timings are not comparable. Compare against the same "
+                "card and weights: drop --benchmark-storage to use this card's own history folder, and pass "
+                "--lpperf-weights exactly when the baseline did."
+            )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config):
+    # pytest-benchmark signals a failed --benchmark-compare-fail gate by raising out of pytest
+    # (a traceback, exit 1). Turn that into an ordinary failed run with one clear line.
+    try:
+        return (yield)
+    except Exception as error:
+        from pytest_benchmark.session import PerformanceRegression
+
+        if not isinstance(error, PerformanceRegression):
+            raise
+        config.stash[_SESSION].exitstatus = pytest.ExitCode.TESTS_FAILED
+        terminalreporter.write_line(
+            "lpperf gate FAILED: benchmarks regressed beyond --benchmark-compare-fail against the baseline "
+            f"in {config.option.benchmark_storage} (see 'Performance has regressed' above).",
+            red=True,
+            bold=True,
+        )
+        return None
+
+
+@pytest.fixture(scope="session")
+def lpperf_thresholds(pytestconfig: pytest.Config) -> LpperfThresholds:
+    return pytestconfig.stash[_SETTINGS].thresholds
+
+
+@pytest.fixture(scope="session")
+def lpperf_weights_dir(pytestconfig: pytest.Config) -> Path | None:
+    """The official checkpoint folder given with --lpperf-weights, or None (synthetic weights)."""
+    return pytestconfig.stash[_SETTINGS].weights_dir
+
+
+@pytest.fixture(scope="session")
+def lpperf_card(pytestconfig: pytest.Config) -> CardInfo:
+    return pytestconfig.stash[_CARD]
+
+
+@pytest.fixture(scope="session")
+def lpperf_sync_clock() -> Callable[[], float]:
+    """The clock the suite gives pytest-benchmark: perf_counter after a CUDA synchronize."""
+    return synchronized_perf_counter
+
+
+@pytest.fixture(scope="session")
+def cuda_device(lpperf_card: CardInfo):
+    """The CUDA device under test (select the card with CUDA_VISIBLE_DEVICES); skips where there is none."""
+    if not lpperf_card.cuda_available:
+        pytest.skip(lpperf_card.no_cuda_reason)
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+@pytest.fixture(scope="session")
+def lpperf_nets(cuda_device, lpperf_weights_dir: Path | None):
+    """The networks on the card: official checkpoints with --lpperf-weights, else synthetic weights."""
+    import lpperf.weights  # here, not at module level: collection must not depend on it
+
+    if lpperf_weights_dir is None:
+        return lpperf.weights.synthetic(SYNTHETIC_SEED, cuda_device)
+    return lpperf.weights.load_official(lpperf_weights_dir, cuda_device)
