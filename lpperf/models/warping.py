@@ -45,9 +45,9 @@ class DenseMotionNetwork(nn.Module):
         return {"feature": F.relu(self.norm(self.compress(feature))),
                 "heatmap": keypoint_gaussians(kp_source, grid, KEYPOINT_VARIANCE)}
 
-    def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor,
-                source_terms: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        terms = self.source_terms(feature, kp_source) if source_terms is None else source_terms
+    def hourglass_input(self, kp_driving: torch.Tensor, kp_source: torch.Tensor,
+                        terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hourglass input (B, (K+1)(compress+1), D, H, W) and the candidate motions (B, K+1, D, H, W, 3)."""
         compressed = terms["feature"]
         batch = kp_driving.shape[0]
         _, channels, depth, height, width = compressed.shape
@@ -69,8 +69,13 @@ class DenseMotionNetwork(nn.Module):
         heatmap = keypoint_gaussians(kp_driving, grid, KEYPOINT_VARIANCE) - terms["heatmap"]
         heatmap = torch.cat([heatmap.new_zeros(batch, 1, depth, height, width), heatmap], dim=1)
         hourglass_input = torch.cat([heatmap.to(compute_dtype).unsqueeze(2), warped], dim=2)
+        return hourglass_input.view(batch, -1, depth, height, width), motions
 
-        prediction = self.hourglass(hourglass_input.view(batch, -1, depth, height, width))
+    def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor,
+                source_terms: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        terms = self.source_terms(feature, kp_source) if source_terms is None else source_terms
+        hourglass_input, motions = self.hourglass_input(kp_driving, kp_source, terms)
+        prediction = self.hourglass(hourglass_input)
         mask = F.softmax(self.mask(prediction), dim=1)  # (B, K+1, D, H, W)
         deformation = torch.einsum("bkdhw,bkdhwc->bdhwc", mask.to(motions.dtype), motions)
         out = {"mask": mask, "deformation": deformation}
