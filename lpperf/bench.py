@@ -1,0 +1,286 @@
+"""The recipe waterfall: each row adds one optimization; speed, memory and parity side by side.
+
+Every row is measured in the same process on the same card, on the sample portrait and
+driving sequence, against the float32 reference (TF32 off) on the same weights:
+
+    rows = bench.waterfall(nets, device="cuda", batch=1)
+    print(bench.format_table(rows))
+
+Per row: ms per frame (median, p90 of CUDA-event samples after warm-up), frames/s,
+speedup over the first row, achieved TFLOP/s (checked against the card's measured
+peak: a faster-than-physics number raises), NVML process memory and torch's peak,
+parity (PSNR, largest 8-bit difference, NaN/Inf count) and compile time, kept apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import gc
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from lpperf import memory, parity, pipeline, recipes, roofline, sample, timing
+from lpperf.recipes import Engine
+
+log = logging.getLogger(__name__)
+
+PARITY_FRAMES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One waterfall row: a name and the complete list of steps it runs."""
+
+    name: str
+    steps: tuple[Callable[[Engine], None], ...]
+    precision: str  # the parity tolerance class: fp32, tf32, fp16 or bf16
+
+
+def waterfall_rows() -> list[Row]:
+    """The segment-anything-fast style waterfall: each row is the previous plus one step."""
+    r = recipes
+    chain: list[tuple[str, Callable[[Engine], None] | None, str]] = [
+        ("fp32 eager", None, "tf32"),
+        ("+ inference_mode + cudnn.benchmark", None, "tf32"),
+        ("+ fold spectral norm", r.fold_spectral_norm, "tf32"),
+        ("+ W source cache", r.warp_source_cache, "tf32"),
+        ("+ fp16 weights (.half())", r.half, "fp16"),
+        ("+ fp32 residual stream in G", r.residual_float32, "fp16"),
+        ("+ channels_last", r.channels_last, "fp16"),
+        ("+ compile whole step (default)", r.compile_step("default"), "fp16"),
+        ("+ CUDA graph (reduce-overhead)", r.compile_step("reduce-overhead"), "fp16"),
+    ]
+    rows, steps = [], []
+    for name, step, precision in chain:
+        if name.startswith("+ inference_mode"):
+            steps += [r.inference_mode, r.cudnn_benchmark]
+        elif step is not None:
+            if step.__name__ == "compile_step":
+                steps = [s for s in steps if s.__name__ != "compile_step"]
+            steps.append(step)
+        rows.append(Row(name, tuple(steps), precision))
+    return rows
+
+
+def peer_rows() -> list[Row]:
+    """Rows measured beside the waterfall: the official app's and speed script's settings,
+    and the bf16 variant of the fastest recipe."""
+    r = recipes.RECIPES
+    return [
+        Row("peer: autocast fp16 eager (official app)", r["autocast-fp16"].steps, "fp16"),
+        Row("peer: .half() + compile per net (official, mode=default)", r["official-default"].steps, "fp16"),
+        Row("fast-bf16", r["fast-bf16"].steps, "bf16"),
+    ]
+
+
+def recipe_row(name: str) -> Row:
+    recipe = recipes.RECIPES.get(name)
+    if recipe is None:
+        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(recipes.RECIPES)}")
+    precision = "fp32" if name == "reference" else "bf16" if "bf16" in name else "tf32" if name == "fp32-eager" else "fp16"
+    return Row(name, recipe.steps, precision)
+
+
+@dataclasses.dataclass
+class RowResult:
+    name: str
+    batch: int
+    applied: list[str]
+    skipped: dict[str, str]
+    timing: dict[str, Any]
+    ms_per_frame: float
+    p90_ms_per_frame: float
+    frames_per_second: float
+    speedup: float | None
+    tflops: float | None
+    compile_seconds: float | None
+    memory: dict[str, Any] | None
+    memory_unavailable: str
+    parity: dict[str, Any] | None
+    parity_failures: list[str]
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    batch: int = 1
+    warmup: int = 5
+    rule: timing.StoppingRule = timing.StoppingRule(min_repeats=20, min_seconds=0.5, max_rel_iqr=0.05,
+                                                     max_repeats=300, max_seconds=15.0)
+    parity_frames: int = PARITY_FRAMES
+
+
+def driving_batch(batch: int, offset: int = 0) -> torch.Tensor:
+    """`batch` consecutive frames of the sample driving sequence, starting at `offset`."""
+    frames = itertools.islice(sample.driving_frames(), offset, offset + batch)
+    return torch.cat(list(frames), dim=0)
+
+
+def reference_frames(nets: dict, device: torch.device, count: int) -> torch.Tensor:
+    """The float32, TF32-off frames every row is compared with (driving frames 0..count-1)."""
+    engine = recipes.build("reference", nets, device)
+    animator = engine.animator(sample.portrait(), reference=driving_batch(1))
+    outputs = [animator.step(frame.to(device)).float().cpu()
+               for frame in itertools.islice(sample.driving_frames(), count)]
+    _release(engine, animator)
+    return torch.cat(outputs)
+
+
+def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
+                reference: torch.Tensor | None, flops_per_frame: float | None,
+                peak: roofline.PeakThroughput | None) -> RowResult:
+    """Build the row's engine, run the first frames for parity, then time the per-frame step,
+    with NVML tracking the process's GPU memory throughout (where NVML is usable)."""
+    engine = recipes.build(row.steps, nets, device)
+    memory_report, memory_reason = None, "memory is measured through NVML on CUDA devices only"
+    with contextlib.ExitStack() as stack:
+        tracker = None
+        if device.type == "cuda":
+            availability = memory.available()
+            memory_reason = availability.reason
+            if availability:
+                tracker = stack.enter_context(memory.track_peak_memory(device))
+        animator = engine.animator(sample.portrait(), reference=driving_batch(1))
+        outputs = [animator.step(frame.to(device)).float().cpu()
+                   for frame in itertools.islice(sample.driving_frames(), config.parity_frames)]
+        driving = driving_batch(config.batch, offset=config.parity_frames).to(device)
+        result = timing.time_callable(lambda: animator.step(driving), device,
+                                      warmup=config.warmup, rule=config.rule)
+    if tracker is not None:
+        memory_report, memory_reason = tracker.report.to_dict(), ""
+
+    parity_dict, failures = None, []
+    if reference is not None:
+        report = parity.compare({}, {}, torch.cat(outputs), reference, precision=row.precision)
+        parity_dict = report.to_dict()
+        failures = report.failures(parity.Tolerance.for_precision(row.precision))
+    per_frame_s = result.stats.median_s / config.batch
+    tflops = None
+    if flops_per_frame:
+        tflops = (roofline.check(flops_per_frame, per_frame_s, peak, label=f"waterfall row {row.name!r}")
+                  if peak is not None else roofline.achieved_tflops(flops_per_frame, per_frame_s))
+    row_result = RowResult(
+        name=row.name, batch=config.batch, applied=list(engine.applied), skipped=dict(engine.skipped),
+        timing=result.to_dict(), ms_per_frame=per_frame_s * 1e3,
+        p90_ms_per_frame=result.stats.p90_s / config.batch * 1e3,
+        frames_per_second=1.0 / per_frame_s, speedup=None, tflops=tflops,
+        compile_seconds=engine.compile_seconds, memory=memory_report, memory_unavailable=memory_reason,
+        parity=parity_dict, parity_failures=failures)
+    _release(engine, animator)
+    return row_result
+
+
+def frame_flops(nets: dict, batch: int = 1) -> float:
+    """FLOPs of one per-frame step: M(driving) + S + W + G (keypoint math is negligible),
+    counted with torch's flop counter on meta tensors, so nothing is computed."""
+    with torch.device("meta"):
+        meta = {name: copy.deepcopy(net).to("meta") for name, net in nets.items()}
+        images = torch.empty(batch, 3, sample.PORTRAIT_SIZE, sample.PORTRAIT_SIZE)
+
+        def one_frame() -> None:
+            motion = meta[pipeline.MOTION_NET](images)
+            keypoints = motion["kp"].view(batch, -1, 3)
+            feature = meta[pipeline.FEATURE_NET](images)
+            stitching = meta.get(pipeline.STITCHING_NET)
+            if stitching is not None:
+                stitching(torch.cat([keypoints.flatten(1), keypoints.flatten(1)], dim=1))
+            warped = meta[pipeline.WARP_NET](feature, keypoints, keypoints)
+            meta[pipeline.DECODER_NET](warped["out"])
+
+        with torch.no_grad():
+            feature_flops = roofline.count_flops(meta[pipeline.FEATURE_NET], images).total
+            total = roofline.count_flops(one_frame).total
+    return (total - feature_flops) / batch
+
+
+def run(rows: Sequence[Row], nets: dict, device: str | torch.device = "cuda", config: BenchConfig = BenchConfig(),
+        progress: Callable[[str], None] = log.info) -> list[RowResult]:
+    """Measure every row in order; speedups are over the first row, all in this one run."""
+    device = torch.device(device)
+    progress("counting FLOPs per frame")
+    flops = frame_flops(nets)
+    peak = None
+    if device.type == "cuda":
+        progress("measuring the card's matmul peak")
+        peak = roofline.measure_peak(device)
+    progress("computing the float32 reference frames (TF32 off)")
+    reference = reference_frames(nets, device, config.parity_frames)
+    results = []
+    for row in rows:
+        progress(f"row: {row.name}")
+        try:
+            results.append(measure_row(row, nets, device, config, reference, flops, peak))
+        except torch.cuda.OutOfMemoryError as error:
+            results.append(_failed_row(row, config, f"out of GPU memory: {error}"))
+        _release()
+    baseline = results[0].ms_per_frame if results and not results[0].error else None
+    for result in results:
+        if baseline and not result.error:
+            result.speedup = baseline / result.ms_per_frame
+    return results
+
+
+def format_table(results: Iterable[RowResult]) -> str:
+    header = ("recipe", "ms/frame", "p90", "frames/s", "speedup", "TFLOP/s", "NVML MiB", "torch MiB",
+              "PSNR dB", "max lvl", "NaN/Inf", "compile s")
+    lines = [header]
+    for r in results:
+        frame = (r.parity or {}).get("frame") or {}
+        mem = r.memory or {}
+        lines.append((
+            r.name, _fmt(r.ms_per_frame, 2), _fmt(r.p90_ms_per_frame, 2), _fmt(r.frames_per_second, 1),
+            _fmt(r.speedup, 2, "x"), _fmt(r.tflops, 1),
+            _fmt(_mib(mem.get("process_peak_bytes")), 0), _fmt(_mib(mem.get("torch_max_reserved_bytes")), 0),
+            _fmt(frame.get("psnr_db"), 1), str(frame.get("max_level_diff", "-")),
+            str(frame.get("nonfinite_actual", "-")), _fmt(r.compile_seconds, 1)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    rendered = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(line))
+                for line in lines]
+    rendered.insert(1, "-" * len(rendered[0]))
+    return "\n".join(rendered)
+
+
+def _fmt(value: Any, digits: int, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "inf" if value == math.inf else "-"
+    if isinstance(value, str):
+        return value
+    return f"{value:.{digits}f}{suffix}"
+
+
+def _mib(value: int | None) -> float | None:
+    return None if value is None else value / 2**20
+
+
+def _memory_tracker(device: torch.device):
+    if device.type != "cuda":
+        return None
+    return memory.track_peak_memory(device)
+
+
+def _failed_row(row: Row, config: BenchConfig, error: str) -> RowResult:
+    return RowResult(name=row.name, batch=config.batch, applied=[], skipped={}, timing={}, ms_per_frame=math.nan,
+                     p90_ms_per_frame=math.nan, frames_per_second=math.nan, speedup=None, tflops=None,
+                     compile_seconds=None, memory=None, memory_unavailable="", parity=None, parity_failures=[],
+                     error=error)
+
+
+def _release(*objects: Any) -> None:
+    """Free a configuration's GPU memory (compiled graphs and CUDA-graph pools too) before the next."""
+    del objects
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    time.sleep(0)

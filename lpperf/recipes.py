@@ -1,0 +1,442 @@
+"""Inference optimizations: each one a small named step, composed into recipes.
+
+A step edits an :class:`Engine` (its private copy of the networks plus how the
+per-frame step runs). Steps that cannot apply on this machine (no CUDA, an
+unsupported op, a compile error) are skipped or fall back to eager, and the
+engine records which steps took effect and why the others did not:
+
+    engine = recipes.build("fast", nets, device="cuda")
+    animator = engine.animator(source)            # per-source work done here, once
+    frames = animator.step(driving_batch)        # M + keypoint math + S + W + G
+    engine.report()                               # {"applied": [...], "skipped": {...}, ...}
+
+The networks given to :func:`build` are never modified (steps work on a deep copy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.spectral_norm import SpectralNorm
+
+from lpperf import pipeline
+
+log = logging.getLogger(__name__)
+
+CONVOLUTIONAL_NETS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
+MEMORY_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+HEAVY_NETS = ("motion_extractor", "warping_module", "spade_generator")  # the per-frame networks
+
+
+class StepNotApplicable(RuntimeError):
+    """A step cannot apply here; the engine records the reason and carries on without it."""
+
+
+@dataclasses.dataclass
+class Engine:
+    """Networks plus the settings of the per-frame step; what a recipe builds."""
+
+    nets: dict[str, nn.Module]
+    device: torch.device
+    weight_dtype: torch.dtype = torch.float32
+    autocast_dtype: torch.dtype | None = None
+    inference_mode: bool = False
+    cudnn_benchmark: bool = False
+    allow_tf32: bool = True
+    channels_last: bool = False
+    warp_source_cache: bool = False
+    residual_dtype: torch.dtype | None = None
+    compile_nets_mode: str | None = None
+    compile_step_mode: str | None = None
+    inductor_freezing: bool = False
+    applied: list[str] = dataclasses.field(default_factory=list)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    compile_seconds: float | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """Grad mode, cuDNN/TF32 flags and autocast for the step, restored afterwards."""
+        grad = torch.inference_mode() if self.inference_mode else torch.no_grad()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(grad)
+            stack.enter_context(torch.backends.cudnn.flags(
+                enabled=True, benchmark=self.cudnn_benchmark, deterministic=False, allow_tf32=self.allow_tf32))
+            stack.enter_context(_matmul_tf32(self.allow_tf32))
+            if self.autocast_dtype is not None:
+                stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
+            if self.inductor_freezing:
+                stack.enter_context(_inductor_config(freezing=True))
+            yield
+
+    def animator(self, source: torch.Tensor, reference: torch.Tensor | None = None,
+                 **options) -> "OptimizedAnimator":
+        """An Animator over this engine's networks with `source` set (and the relative-motion
+        `reference` driving frame, if given); its step runs as the recipe says."""
+        nets = dict(self.nets)
+        if self.weight_dtype != torch.float32 or self.channels_last:
+            for name in CONVOLUTIONAL_NETS:
+                nets[name] = Boundary(nets[name], self.weight_dtype, self.channels_last).eval()
+        if self.compile_nets_mode is not None:
+            for name in HEAVY_NETS:
+                nets[name] = torch.compile(nets[name], mode=self.compile_nets_mode)
+        animator = OptimizedAnimator(pipeline.Animator(nets, **options), self)
+        animator.set_source(source.to(self.device))
+        if reference is not None:
+            animator.set_reference(reference.to(self.device))
+        return animator
+
+    def report(self) -> dict:
+        return {"applied": list(self.applied), "skipped": dict(self.skipped),
+                "compile_seconds": self.compile_seconds}
+
+
+class Boundary(nn.Module):
+    """Runs `net` in `dtype` (and channels-last layout): floating inputs are cast on the way in,
+    floating outputs come back as float32, so the keypoint math between networks stays float32."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype, channels_last: bool):
+        super().__init__()
+        self.net = net
+        self.dtype = dtype
+        self.channels_last = channels_last
+
+    def forward(self, *args, **kwargs):
+        args = [self._cast_in(a) for a in args]
+        kwargs = {key: self._cast_in(value) for key, value in kwargs.items()}
+        out = self.net(*args, **kwargs)
+        if isinstance(out, dict):
+            return {key: _float32(value) for key, value in out.items()}
+        return _float32(out)
+
+    def _cast_in(self, value):
+        # Images and feature volumes take the network's dtype; keypoints (3-D) stay float32.
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() < 4:
+            return value
+        value = value.to(self.dtype)
+        if self.channels_last and value.dim() in MEMORY_FORMATS:
+            value = value.contiguous(memory_format=MEMORY_FORMATS[value.dim()])
+        return value
+
+
+class OptimizedAnimator:
+    """A pipeline.Animator whose per-frame step runs under the engine's context, compiled if the
+    recipe says so, falling back to eager (and recording why) if compilation fails."""
+
+    def __init__(self, animator: pipeline.Animator, engine: Engine):
+        self.animator = animator
+        self.engine = engine
+        self._step = animator.step
+        if engine.compile_step_mode is not None:
+            self._step = torch.compile(animator.step, mode=engine.compile_step_mode)
+        self._compiled_once = engine.compile_step_mode is None and engine.compile_nets_mode is None
+
+    def __getattr__(self, name: str):
+        return getattr(self.animator, name)
+
+    def set_source(self, image: torch.Tensor, **kwargs) -> pipeline.SourceState:
+        with self.engine.context():
+            state = self.animator.set_source(image, **kwargs)
+        warp = self.engine.nets["warping_module"]
+        if isinstance(warp, SourceCachedWarp):
+            boundary = Boundary(warp.prepare, self.engine.weight_dtype, self.engine.channels_last)
+            with self.engine.context():
+                boundary(state.feature, state.keypoints)
+        return state
+
+    def set_reference(self, frame: torch.Tensor) -> pipeline.Motion:
+        with self.engine.context():
+            return self.animator.set_reference(frame)
+
+    def step(self, driving: torch.Tensor) -> torch.Tensor:
+        with self.engine.context():
+            if self._compiled_once:
+                return self._step(driving)
+            return self._first_compiled_step(driving)
+
+    def _first_compiled_step(self, driving: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        try:
+            out = self._step(driving)
+            if self.engine.is_cuda:
+                torch.cuda.synchronize(self.engine.device)
+        except Exception as error:  # noqa: BLE001 - any compiler failure means: run eager, say why
+            reason = f"torch.compile failed, running eager: {type(error).__name__}: {str(error)[:300]}"
+            log.warning(reason)
+            for name in ("compile_step", "compile_nets"):
+                if name in self.engine.applied:
+                    self.engine.applied.remove(name)
+                    self.engine.skipped[name] = reason
+            self.animator.nets.update(_uncompiled(self.animator.nets))
+            self._step = self.animator.step
+            out = self._step(driving)
+        self.engine.compile_seconds = time.perf_counter() - start
+        self._compiled_once = True
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# the steps
+
+
+def inference_mode(engine: Engine) -> None:
+    """torch.inference_mode instead of no_grad: no version counters, no view tracking."""
+    engine.inference_mode = True
+
+
+def cudnn_benchmark(engine: Engine) -> None:
+    """Let cuDNN time its algorithms per shape once and keep the fastest."""
+    _require_cuda(engine)
+    engine.cudnn_benchmark = True
+
+
+def tf32_off(engine: Engine) -> None:
+    """True float32 arithmetic in matmuls and convolutions: the parity reference."""
+    engine.allow_tf32 = False
+
+
+def autocast_fp16(engine: Engine) -> None:
+    """torch.autocast to float16 (the official app's default); weights stay float32."""
+    _require_cuda(engine)
+    engine.autocast_dtype = torch.float16
+
+
+def half(engine: Engine) -> None:
+    """float16 weights and activations (the official speed script's .half())."""
+    _require_cuda(engine)
+    _cast_nets(engine, torch.float16)
+
+
+def bfloat16(engine: Engine) -> None:
+    """bfloat16 weights and activations: float32's range, so no overflow; 8 bits of mantissa."""
+    _require_cuda(engine)
+    _cast_nets(engine, torch.bfloat16)
+
+
+def residual_float32(engine: Engine) -> None:
+    """Keep G's SPADE residual stream (and its instance-norm statistics) in float32 while the
+    convolutions run in half precision: the fp16 overflow past G_middle_4 cannot happen."""
+    if engine.weight_dtype == torch.float32 and engine.autocast_dtype is None:
+        raise StepNotApplicable("networks already run in float32")
+    engine.residual_dtype = torch.float32
+    _inner(engine.nets["spade_generator"]).residual_dtype = torch.float32
+    _inner(engine.nets["warping_module"]).sample_dtype = torch.float32
+
+
+def fold_spectral_norm(engine: Engine) -> None:
+    """Divide each spectral-norm weight by its sigma once (eval mode never updates u, v, so this is
+    exact) instead of recomputing W / (u^T W v) on every forward."""
+    folded = 0
+    for net in engine.nets.values():
+        for module in net.modules():
+            if _has_spectral_norm(module):
+                torch.nn.utils.remove_spectral_norm(module)
+                folded += 1
+    if not folded:
+        raise StepNotApplicable("no spectral-norm layers left to fold")
+
+
+def warp_source_cache(engine: Engine) -> None:
+    """Inside W, compute what depends only on the source once per source: the compressed,
+    normalised source feature and the source keypoint heatmaps."""
+    warp = engine.nets["warping_module"]
+    if not hasattr(warp, "source_terms"):
+        raise StepNotApplicable(f"{type(warp).__name__} cannot split off its source-only terms")
+    engine.nets["warping_module"] = SourceCachedWarp(warp)
+    engine.warp_source_cache = True
+
+
+class SourceCachedWarp(nn.Module):
+    """W whose source-only terms are computed by prepare() once per source, then reused."""
+
+    def __init__(self, warp: nn.Module):
+        super().__init__()
+        self.warp = warp
+        self.terms: dict[str, torch.Tensor] | None = None
+        self.train(warp.training)
+
+    def prepare(self, feature_3d: torch.Tensor, kp_source: torch.Tensor) -> None:
+        self.terms = self.warp.source_terms(feature_3d, kp_source)
+
+    def forward(self, feature_3d, kp_driving, kp_source):
+        if self.terms is None:
+            raise RuntimeError("SourceCachedWarp.prepare(feature, kp_source) must run once per source first")
+        return self.warp(feature_3d, kp_driving, kp_source, source_terms=self.terms)
+
+
+def channels_last(engine: Engine) -> None:
+    """NHWC (NDHWC for W's 3-D convolutions) so cuDNN's tensor-core kernels need no layout
+    round-trips."""
+    _require_cuda(engine)
+    for net in engine.nets.values():
+        for parameter in net.parameters():
+            _set_memory_format(parameter)
+    engine.channels_last = True
+
+
+def compile_nets(mode: str) -> Callable[[Engine], None]:
+    """torch.compile each heavy network separately (the official speed script's way)."""
+    _check_compile_mode(mode)
+
+    def step(engine: Engine) -> None:
+        _require_cuda(engine)
+        engine.compile_nets_mode = mode
+
+    step.__name__ = "compile_nets"
+    step.__doc__ = f"torch.compile(mode={mode!r}) on M, W and G separately."
+    return step
+
+
+def compile_step(mode: str) -> Callable[[Engine], None]:
+    """torch.compile the whole per-frame step (M + keypoint math + S + W + G) as one program;
+    with mode='reduce-overhead' it replays as one CUDA graph."""
+    _check_compile_mode(mode)
+
+    def step(engine: Engine) -> None:
+        _require_cuda(engine)
+        engine.compile_step_mode = mode
+
+    step.__name__ = "compile_step"
+    step.__doc__ = f"torch.compile(mode={mode!r}) on the whole per-frame step."
+    return step
+
+
+def inductor_freezing(engine: Engine) -> None:
+    """Inductor treats the weights as constants: folds BatchNorm into convolutions and
+    pre-packs weight layouts at compile time."""
+    _require_cuda(engine)
+    engine.inductor_freezing = True
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def _require_cuda(engine: Engine) -> None:
+    if not engine.is_cuda:
+        raise StepNotApplicable(f"needs a CUDA device; the engine runs on {engine.device}")
+
+
+def _check_compile_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown torch.compile mode {mode!r}; expected one of {COMPILE_MODES}")
+
+
+def _cast_nets(engine: Engine, dtype: torch.dtype) -> None:
+    if engine.weight_dtype != torch.float32:
+        raise StepNotApplicable(f"networks are already {engine.weight_dtype}")
+    for name in HEAVY_NETS + ("appearance_feature_extractor",):
+        engine.nets[name] = engine.nets[name].to(dtype)
+    engine.weight_dtype = dtype
+    engine.autocast_dtype = None
+
+
+def _has_spectral_norm(module: nn.Module) -> bool:
+    return any(isinstance(hook, SpectralNorm) for hook in module._forward_pre_hooks.values())
+
+
+def _set_memory_format(parameter: torch.Tensor) -> None:
+    if parameter.dim() in MEMORY_FORMATS:
+        parameter.data = parameter.data.contiguous(memory_format=MEMORY_FORMATS[parameter.dim()])
+
+
+def _inner(net: nn.Module) -> nn.Module:
+    """The network inside a recipe wrapper (SourceCachedWarp)."""
+    return getattr(net, "warp", net)
+
+
+def _float32(value):
+    return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def _uncompiled(nets: dict) -> dict:
+    return {name: getattr(net, "_orig_mod", net) for name, net in nets.items()}
+
+
+@contextlib.contextmanager
+def _matmul_tf32(allow: bool) -> Iterator[None]:
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@contextlib.contextmanager
+def _inductor_config(**settings) -> Iterator[None]:
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(**settings):
+        yield
+
+
+# --------------------------------------------------------------------------------------
+# recipes
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    steps: tuple[Callable[[Engine], None], ...]
+    description: str
+
+
+def _recipe(name: str, description: str, *steps: Callable[[Engine], None]) -> Recipe:
+    return Recipe(name, tuple(steps), description)
+
+
+FAST_STEPS = (inference_mode, cudnn_benchmark, fold_spectral_norm, warp_source_cache, half,
+              residual_float32, channels_last, compile_step("reduce-overhead"))
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    _recipe("fp32-eager", "float32, eager, torch defaults (TF32 convolutions on)"),
+    _recipe("reference", "float32, eager, TF32 off: the parity reference", tf32_off),
+    _recipe("autocast-fp16", "the official app's default: autocast float16, eager",
+            inference_mode, cudnn_benchmark, autocast_fp16),
+    _recipe("official", ".half() + torch.compile(mode='max-autotune') per network: the official "
+            "speed script", half, compile_nets("max-autotune")),
+    _recipe("official-default", ".half() + torch.compile(mode='default') per network: the official "
+            "recipe with a compile that finishes in minutes", half, compile_nets("default")),
+    _recipe("fast", "fp16 with a float32 residual stream, NHWC, source caching, whole step as one "
+            "CUDA graph", *FAST_STEPS),
+    _recipe("fast-bf16", "as fast, in bfloat16", *FAST_STEPS[:4], bfloat16, *FAST_STEPS[6:]),
+)}
+
+
+def build(recipe: str | Recipe | Sequence[Callable[[Engine], None]], nets: dict[str, nn.Module],
+          device: str | torch.device = "cuda") -> Engine:
+    """Deep-copy `nets` to `device` and apply the recipe's steps, skipping those that cannot apply."""
+    steps = _resolve(recipe)
+    device = torch.device(device)
+    engine = Engine(nets={name: copy.deepcopy(net).to(device).eval() for name, net in nets.items()},
+                    device=device)
+    for step in steps:
+        try:
+            step(engine)
+        except StepNotApplicable as reason:
+            engine.skipped[step.__name__] = str(reason)
+            log.info("step %s skipped: %s", step.__name__, reason)
+        else:
+            engine.applied.append(step.__name__)
+    return engine
+
+
+def _resolve(recipe: str | Recipe | Sequence[Callable[[Engine], None]]) -> tuple:
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
+        return RECIPES[recipe].steps
+    if isinstance(recipe, Recipe):
+        return recipe.steps
+    return tuple(recipe)
