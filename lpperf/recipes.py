@@ -91,7 +91,7 @@ class Engine:
         if self.compile_nets_mode is not None:
             for name in HEAVY_NETS:
                 nets[name] = torch.compile(nets[name], mode=self.compile_nets_mode)
-        animator = OptimizedAnimator(pipeline.Animator(nets, **options), self)
+        animator = OptimizedAnimator(nets, self, **options)
         animator.set_source(source.to(self.device))
         if reference is not None:
             animator.set_reference(reference.to(self.device))
@@ -130,45 +130,43 @@ class Boundary(nn.Module):
         return value
 
 
-class OptimizedAnimator:
-    """A pipeline.Animator whose per-frame step runs under the engine's context, compiled if the
-    recipe says so, falling back to eager (and recording why) if compilation fails."""
+class OptimizedAnimator(pipeline.Animator):
+    """A pipeline.Animator whose source, reference and per-frame step run under the engine's
+    context; the step is compiled if the recipe says so, falling back to eager (and recording
+    why) if compilation fails. animate() streams through the optimized step."""
 
-    def __init__(self, animator: pipeline.Animator, engine: Engine):
-        self.animator = animator
+    def __init__(self, nets: dict, engine: Engine, **options):
+        super().__init__(nets, **options)
         self.engine = engine
-        self._step = animator.step
+        self._eager_step = super().step
+        self._step = self._eager_step
         if engine.compile_step_mode is not None:
-            self._step = torch.compile(animator.step, mode=engine.compile_step_mode)
+            self._step = torch.compile(self._eager_step, mode=engine.compile_step_mode)
         self._compiled_once = engine.compile_step_mode is None and engine.compile_nets_mode is None
-
-    def __getattr__(self, name: str):
-        return getattr(self.animator, name)
 
     def set_source(self, image: torch.Tensor, **kwargs) -> pipeline.SourceState:
         with self.engine.context():
-            state = self.animator.set_source(image, **kwargs)
-        warp = self.engine.nets["warping_module"]
-        if isinstance(warp, SourceCachedWarp):
-            boundary = Boundary(warp.prepare, self.engine.weight_dtype, self.engine.channels_last)
-            with self.engine.context():
-                boundary(state.feature, state.keypoints)
+            state = super().set_source(image, **kwargs)
+            warp = self.engine.nets["warping_module"]
+            if isinstance(warp, SourceCachedWarp):
+                Boundary(warp.prepare, self.engine.weight_dtype, self.engine.channels_last)(
+                    state.feature, state.keypoints)
         return state
 
     def set_reference(self, frame: torch.Tensor) -> pipeline.Motion:
         with self.engine.context():
-            return self.animator.set_reference(frame)
+            return super().set_reference(frame)
 
-    def step(self, driving: torch.Tensor) -> torch.Tensor:
+    def step(self, driving: torch.Tensor, **kwargs) -> torch.Tensor:
         with self.engine.context():
             if self._compiled_once:
-                return self._step(driving)
-            return self._first_compiled_step(driving)
+                return self._step(driving, **kwargs)
+            return self._first_compiled_step(driving, **kwargs)
 
-    def _first_compiled_step(self, driving: torch.Tensor) -> torch.Tensor:
+    def _first_compiled_step(self, driving: torch.Tensor, **kwargs) -> torch.Tensor:
         start = time.perf_counter()
         try:
-            out = self._step(driving)
+            out = self._step(driving, **kwargs)
             if self.engine.is_cuda:
                 torch.cuda.synchronize(self.engine.device)
         except Exception as error:  # noqa: BLE001 - any compiler failure means: run eager, say why
@@ -178,9 +176,9 @@ class OptimizedAnimator:
                 if name in self.engine.applied:
                     self.engine.applied.remove(name)
                     self.engine.skipped[name] = reason
-            self.animator.nets.update(_uncompiled(self.animator.nets))
-            self._step = self.animator.step
-            out = self._step(driving)
+            self.nets.update(_uncompiled(self.nets))
+            self._step = self._eager_step
+            out = self._step(driving, **kwargs)
         self.engine.compile_seconds = time.perf_counter() - start
         self._compiled_once = True
         return out

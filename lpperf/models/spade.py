@@ -18,11 +18,11 @@ NUM_MIDDLE_BLOCKS = 6
 class SPADE(nn.Module):
     """Instance norm (no affine) modulated per pixel: norm(x) * (1 + gamma(seg)) + beta(seg)."""
 
-    def __init__(self, norm_channels: int, label_channels: int):
+    def __init__(self, norm_channels: int, label_channels: int, hidden: int = SPADE_HIDDEN):
         super().__init__()
-        self.mlp_shared = nn.Sequential(nn.Conv2d(label_channels, SPADE_HIDDEN, 3, padding=1), nn.ReLU())
-        self.mlp_gamma = nn.Conv2d(SPADE_HIDDEN, norm_channels, 3, padding=1)
-        self.mlp_beta = nn.Conv2d(SPADE_HIDDEN, norm_channels, 3, padding=1)
+        self.mlp_shared = nn.Sequential(nn.Conv2d(label_channels, hidden, 3, padding=1), nn.ReLU())
+        self.mlp_gamma = nn.Conv2d(hidden, norm_channels, 3, padding=1)
+        self.mlp_beta = nn.Conv2d(hidden, norm_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         seg = F.interpolate(seg, size=x.shape[2:], mode="nearest")
@@ -34,7 +34,7 @@ class SPADEResnetBlock(nn.Module):
     """Two SPADE -> leaky ReLU -> spectral-norm 3x3 conv stages plus a shortcut
     (a SPADE + spectral-norm 1x1 conv when the channel count changes)."""
 
-    def __init__(self, fin: int, fout: int, label_channels: int):
+    def __init__(self, fin: int, fout: int, label_channels: int, hidden: int = SPADE_HIDDEN):
         super().__init__()
         self.learned_shortcut = fin != fout
         fmiddle = min(fin, fout)
@@ -42,10 +42,10 @@ class SPADEResnetBlock(nn.Module):
         self.conv_1 = spectral_norm(nn.Conv2d(fmiddle, fout, 3, padding=1))
         if self.learned_shortcut:
             self.conv_s = spectral_norm(nn.Conv2d(fin, fout, 1, bias=False))
-        self.norm_0 = SPADE(fin, label_channels)
-        self.norm_1 = SPADE(fmiddle, label_channels)
+        self.norm_0 = SPADE(fin, label_channels, hidden)
+        self.norm_1 = SPADE(fmiddle, label_channels, hidden)
         if self.learned_shortcut:
-            self.norm_s = SPADE(fin, label_channels)
+            self.norm_s = SPADE(fin, label_channels, hidden)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         # seg carries the network's dtype; x (the residual stream) may be kept wider than it.
@@ -62,7 +62,7 @@ class SPADEDecoder(nn.Module):
     -> image (B, 3, 4H * s, 4W * s) in [0, 1], s = 2 when upscale == 2 (pixel shuffle) else 1."""
 
     def __init__(self, upscale: int = 1, max_features: int = 256, block_expansion: int = 64,
-                 out_channels: int = 64, num_down_blocks: int = 2):
+                 out_channels: int = 64, num_down_blocks: int = 2, spade_hidden: int = SPADE_HIDDEN):
         super().__init__()
         if upscale not in (1, 2):
             raise ValueError(f"upscale must be 1 or 2 (the output layer only knows pixel shuffle x2); got {upscale}")
@@ -71,9 +71,9 @@ class SPADEDecoder(nn.Module):
         self.upscale = upscale
         self.fc = nn.Conv2d(channels, 2 * channels, 3, padding=1)
         for index in range(NUM_MIDDLE_BLOCKS):
-            self.add_module(f"G_middle_{index}", SPADEResnetBlock(2 * channels, 2 * channels, channels))
-        self.up_0 = SPADEResnetBlock(2 * channels, channels, channels)
-        self.up_1 = SPADEResnetBlock(channels, out_channels, channels)
+            self.add_module(f"G_middle_{index}", SPADEResnetBlock(2 * channels, 2 * channels, channels, spade_hidden))
+        self.up_0 = SPADEResnetBlock(2 * channels, channels, channels, spade_hidden)
+        self.up_1 = SPADEResnetBlock(channels, out_channels, channels, spade_hidden)
         if upscale == 2:
             self.conv_img = nn.Sequential(nn.Conv2d(out_channels, 3 * 4, 3, padding=1), nn.PixelShuffle(2))
         else:
