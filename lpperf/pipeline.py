@@ -1,0 +1,412 @@
+"""The per-frame animation pipeline: LivePortrait's keypoint math and the F/M/W/G/S calls.
+
+Conventions (as the official LivePortrait code):
+- head pose: M predicts 66 bins per angle; degrees = 3 * E[bin] - 97.5;
+- rotation: R = (Rz(roll) Ry(yaw) Rx(pitch))^T, applied to row vectors as x @ R;
+- keypoints: x = s * (x_c @ R + exp) + t, with t_z dropped;
+- relative motion against the first driving frame d0:
+  R = R_d R_d0^T R_s, exp = exp_s + (exp_d - exp_d0), s = s_s * (s_d / s_d0),
+  t = t_s + (t_d - t_d0).
+
+The Animator runs the source-only work (F, M, R_s, x_s) once per source;
+each driving batch then costs M + keypoint math + S + W + G in `step`.
+
+Not implemented (no landmark detector or convex hull here): the official
+"expression-friendly" driving option (motion multiplier from keypoint hull
+areas), animation regions other than "all", and computing eye/lip ratios
+from landmarks; ratios are passed in by the caller instead.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lpperf.validation import (check_feature_volume, check_floating, check_images, check_keypoints,
+                               check_positive_int, check_ratio, check_same_placement, check_tensor)
+
+NUM_POSE_BINS = 66
+POSE_BIN_DEGREES = 3.0
+POSE_OFFSET_DEGREES = 97.5
+LIP_NORMALIZE_THRESHOLD = 0.03  # official default: normalise the source lip only if it is this open
+
+FEATURE_NET, MOTION_NET, WARP_NET, DECODER_NET = (
+    "appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
+STITCHING_NET, LIP_NET, EYE_NET = "stitching", "lip", "eye"
+
+# With absolute motion (relative_motion=False) only these expression entries
+# come from the driving frame, the rest stay the source's (official
+# live_portrait_pipeline): keypoint rows taken whole, and single coordinates.
+ABSOLUTE_EXPRESSION_ROWS = (1, 2, 6, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)
+ABSOLUTE_EXPRESSION_ENTRIES = ((3, 1), (4, 1), (5, 2), (8, 2), (9, 1), (9, 2))
+ABSOLUTE_EXPRESSION_NUM_KP = 21
+
+
+# --- keypoint math (pure functions) ---------------------------------------------------------------
+
+def pose_bins_to_degrees(bins: torch.Tensor) -> torch.Tensor:
+    """Bx66 head-pose bin logits -> B angles in degrees (softmax expectation * 3 - 97.5)."""
+    check_tensor(bins, "pose bins")
+    if bins.dim() != 2 or bins.shape[1] != NUM_POSE_BINS:
+        raise ValueError(f"pose bins must be Bx{NUM_POSE_BINS} logits, got shape {tuple(bins.shape)}")
+    check_floating(bins, "pose bins")
+    index = torch.arange(NUM_POSE_BINS, dtype=torch.float32, device=bins.device)
+    expectation = (F.softmax(bins.float(), dim=1) * index).sum(dim=1)
+    return expectation * POSE_BIN_DEGREES - POSE_OFFSET_DEGREES
+
+
+def rotation_matrix(pitch: torch.Tensor, yaw: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
+    """Bx3x3 rotations from angles in degrees (each B or Bx1), to be applied as x @ R.
+
+    R = (Rz(roll) @ Ry(yaw) @ Rx(pitch))^T with right-handed axis rotations.
+    """
+    # degrees / 180 * pi, rounded in the same order as the official code
+    pitch, yaw, roll = (angle.reshape(-1).float() / 180 * math.pi for angle in (pitch, yaw, roll))
+    if not pitch.shape == yaw.shape == roll.shape:
+        raise ValueError(f"pitch, yaw and roll must hold one angle per batch item, got "
+                         f"{tuple(pitch.shape)}, {tuple(yaw.shape)}, {tuple(roll.shape)}")
+    one, zero = torch.ones_like(pitch), torch.zeros_like(pitch)
+
+    def matrix(*rows):
+        return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+
+    cx, sx, cy, sy, cz, sz = pitch.cos(), pitch.sin(), yaw.cos(), yaw.sin(), roll.cos(), roll.sin()
+    rot_x = matrix((one, zero, zero), (zero, cx, -sx), (zero, sx, cx))
+    rot_y = matrix((cy, zero, sy), (zero, one, zero), (-sy, zero, cy))
+    rot_z = matrix((cz, -sz, zero), (sz, cz, zero), (zero, zero, one))
+    return (rot_z @ rot_y @ rot_x).transpose(1, 2)
+
+
+@dataclass
+class Motion:
+    """Keypoint parameters of a batch of images (float32).
+
+    canonical x_c: BxKx3, rotation R: Bx3x3 (x @ R), expression: BxKx3,
+    scale: Bx1, translation: Bx3 (t_z is never applied).
+    """
+    canonical: torch.Tensor
+    rotation: torch.Tensor
+    expression: torch.Tensor
+    scale: torch.Tensor
+    translation: torch.Tensor
+
+    def keypoints(self) -> torch.Tensor:
+        return transform_keypoints(self.canonical, self.rotation, self.expression, self.scale, self.translation)
+
+    def first(self) -> "Motion":
+        """The first batch item, batch dimension kept, copied (so later in-place reuse can't change it)."""
+        return Motion(*(value[:1].clone() for value in
+                        (self.canonical, self.rotation, self.expression, self.scale, self.translation)))
+
+
+def motion_from_extractor(raw: dict) -> Motion:
+    """Convert M's raw output (pitch/yaw/roll Bx66, t Bx3, exp Bx3K, scale Bx1, kp Bx3K) to a Motion."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"the motion extractor must return a dict, got {type(raw).__name__}")
+    missing = sorted({"pitch", "yaw", "roll", "t", "exp", "scale", "kp"} - set(raw))
+    if missing:
+        raise ValueError(f"the motion extractor output lacks {missing}; got keys {sorted(raw)}")
+    kp = check_tensor(raw["kp"], "motion extractor 'kp'")
+    batch = kp.shape[0]
+    if kp.dim() != 2 or kp.shape[1] % 3:
+        raise ValueError(f"motion extractor 'kp' must be Bx(3K), got shape {tuple(kp.shape)}")
+    expected = {"exp": (batch, kp.shape[1]), "t": (batch, 3), "scale": (batch, 1)}
+    for key, shape in expected.items():
+        if tuple(raw[key].shape) != shape:
+            raise ValueError(f"motion extractor '{key}' must have shape {shape}, got {tuple(raw[key].shape)}")
+    degrees = [pose_bins_to_degrees(raw[key]) for key in ("pitch", "yaw", "roll")]
+    return Motion(
+        canonical=kp.float().reshape(batch, -1, 3),
+        rotation=rotation_matrix(*degrees),
+        expression=raw["exp"].float().reshape(batch, -1, 3),
+        scale=raw["scale"].float(),
+        translation=raw["t"].float(),
+    )
+
+
+def transform_keypoints(canonical, rotation, expression, scale, translation) -> torch.Tensor:
+    """x = s * (x_c @ R + exp) + (t_x, t_y, 0): BxKx3 (the batch dims broadcast)."""
+    translation_xy = F.pad(translation[:, :2], (0, 1))  # t_z dropped
+    return scale[:, :, None] * (canonical @ rotation + expression) + translation_xy[:, None, :]
+
+
+def relative_motion(source: Motion, driving: Motion, reference: Motion) -> Motion:
+    """Apply the driving frames' motion relative to the reference (first) driving frame to the source."""
+    return Motion(
+        canonical=source.canonical,
+        rotation=(driving.rotation @ reference.rotation.transpose(1, 2)) @ source.rotation,
+        expression=source.expression + (driving.expression - reference.expression),
+        scale=source.scale * (driving.scale / reference.scale),
+        translation=source.translation + (driving.translation - reference.translation),
+    )
+
+
+def absolute_expression_mask(num_kp: int, device=None) -> torch.Tensor:
+    """KxK3 bool mask of the expression entries that absolute motion takes from the driving frame."""
+    if num_kp != ABSOLUTE_EXPRESSION_NUM_KP:
+        raise ValueError(f"absolute motion (relative_motion=False) selects expression entries of the "
+                         f"official {ABSOLUTE_EXPRESSION_NUM_KP} keypoints; this model has {num_kp}. "
+                         f"Use relative_motion=True.")
+    mask = torch.zeros(num_kp, 3, dtype=torch.bool, device=device)
+    mask[list(ABSOLUTE_EXPRESSION_ROWS)] = True
+    for row, column in ABSOLUTE_EXPRESSION_ENTRIES:
+        mask[row, column] = True
+    return mask
+
+
+def absolute_motion(source: Motion, driving: Motion) -> Motion:
+    """The driving frames' own pose and translation on the source's keypoints and scale."""
+    mask = absolute_expression_mask(source.expression.shape[1], source.expression.device)
+    return Motion(
+        canonical=source.canonical,
+        rotation=driving.rotation,
+        expression=torch.where(mask, driving.expression, source.expression),
+        scale=source.scale.expand(driving.scale.shape[0], -1),
+        translation=driving.translation,
+    )
+
+
+def _flat_pair(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """concat(first flattened, second flattened), the batch of `first` broadcast to `second`'s."""
+    batch = second.shape[0]
+    return torch.cat([first.expand(batch, *first.shape[1:]).reshape(batch, -1), second.reshape(batch, -1)], dim=1)
+
+
+def stitch(stitching_net, source_kp: torch.Tensor, driving_kp: torch.Tensor) -> torch.Tensor:
+    """Driving keypoints corrected by the stitching MLP: its 3K outputs add to every keypoint, the last 2 to x, y."""
+    num_kp = driving_kp.shape[1]
+    delta = stitching_net(_flat_pair(source_kp, driving_kp))
+    if delta.shape[1] != 3 * num_kp + 2:
+        raise ValueError(f"the stitching net must output 3K+2 = {3 * num_kp + 2} values per item, "
+                         f"got shape {tuple(delta.shape)}")
+    delta_exp = delta[:, :3 * num_kp].reshape(-1, num_kp, 3)
+    delta_xy = F.pad(delta[:, 3 * num_kp:], (0, 1))[:, None, :]  # tx, ty; z untouched
+    return driving_kp + delta_exp + delta_xy
+
+
+def retarget(net, source_kp: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """Keypoint offsets BxKx3 from a retargeting MLP (eye or lip) on concat(x_s flattened, ratio)."""
+    num_kp = source_kp.shape[1]
+    delta = net(_flat_pair(source_kp, ratio.float()))
+    if delta.shape[1] != 3 * num_kp:
+        raise ValueError(f"a retargeting net must output 3K = {3 * num_kp} values per item, "
+                         f"got shape {tuple(delta.shape)}")
+    return delta.reshape(-1, num_kp, 3)
+
+
+def apply_driving_multiplier(source_kp: torch.Tensor, driving_kp: torch.Tensor, multiplier: float) -> torch.Tensor:
+    """Scale the motion from the source keypoints: x_s + (x_d - x_s) * multiplier."""
+    return source_kp + (driving_kp - source_kp) * multiplier
+
+
+# --- the animator ---------------------------------------------------------------------------------
+
+@dataclass
+class SourceState:
+    """Everything that depends only on the source image, computed once per source."""
+    image: torch.Tensor  # 1x3x256x256
+    feature: torch.Tensor  # F(source): 1xCxDxHxW
+    motion: Motion  # from M(source)
+    keypoints: torch.Tensor  # x_s: 1xKx3
+    lip_delta: torch.Tensor | None  # lip normalisation offsets (1xKx3), or None
+
+
+class Animator:
+    """Animate one source portrait with driving frames.
+
+        animator = Animator(nets)                  # nets: name -> network (lpperf.models names)
+        animator.set_source(portrait)              # 1x3x256x256: F, M, x_s once
+        for frame in animator.animate(frames, batch_size=4):
+            ...                                    # 1x3x512x512 each, streamed
+
+    `step(driving)` is the per-frame work (M, keypoint math, S, W, G) on a
+    Bx3x256x256 batch. Networks are looked up in `self.nets` on every call,
+    so replacing an entry (a compiled or half-precision variant) takes effect
+    at once. Networks must be in eval mode.
+    """
+
+    def __init__(self, nets: dict, *, stitching: bool = True, relative_motion: bool = True,
+                 driving_multiplier: float = 1.0, lip_normalize_threshold: float = LIP_NORMALIZE_THRESHOLD):
+        if not isinstance(nets, dict):
+            raise ValueError(f"nets must be a dict name -> network, got {type(nets).__name__}")
+        required = [FEATURE_NET, MOTION_NET, WARP_NET, DECODER_NET] + ([STITCHING_NET] if stitching else [])
+        missing = [name for name in required if name not in nets]
+        if missing:
+            raise ValueError(f"nets lacks {missing} (needed with stitching={stitching}); got {sorted(nets)}")
+        training = [name for name, net in nets.items() if isinstance(net, nn.Module) and net.training]
+        if training:
+            raise ValueError(f"networks {training} are in training mode; call .eval() on them first")
+        if not math.isfinite(driving_multiplier):
+            raise ValueError(f"driving_multiplier must be finite, got {driving_multiplier!r}")
+        self.nets = nets
+        self.stitching = stitching
+        self.relative_motion = relative_motion
+        self.driving_multiplier = float(driving_multiplier)
+        self.lip_normalize_threshold = lip_normalize_threshold
+        self.source: SourceState | None = None
+        self.reference: Motion | None = None  # motion of the first driving frame
+
+    # source and reference ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def set_source(self, image: torch.Tensor, *, lip_ratio: float | None = None) -> SourceState:
+        """Run the source-only work for a 1x3x256x256 image in [0, 1].
+
+        `lip_ratio` is the source's lip-open ratio from landmarks (the
+        official calc_lip_close_ratio); when given with relative motion and
+        at least `lip_normalize_threshold`, the lip MLP closes the source's
+        mouth first (official flag_normalize_lip) so the driving mouth motion
+        starts from closed. The driving reference is kept: call
+        reset_reference() for a new driving video.
+        """
+        check_images(image, "source image", batch=1)
+        feature = check_feature_volume(self.nets[FEATURE_NET](image), "appearance feature (F output)", batch=1)
+        motion = motion_from_extractor(self.nets[MOTION_NET](image))
+        keypoints = motion.keypoints()
+        lip_delta = None
+        if lip_ratio is not None and self.relative_motion and lip_ratio >= self.lip_normalize_threshold:
+            if LIP_NET not in self.nets:
+                raise ValueError(f"lip normalisation (lip_ratio={lip_ratio}) needs a '{LIP_NET}' network in nets")
+            closed = torch.tensor([[lip_ratio, 0.0]], dtype=torch.float32, device=keypoints.device)
+            lip_delta = retarget(self.nets[LIP_NET], keypoints, closed)
+        self.source = SourceState(image, feature, motion, keypoints, lip_delta)
+        return self.source
+
+    @torch.no_grad()
+    def set_reference(self, frame: torch.Tensor) -> Motion:
+        """Fix the relative-motion reference to a 1x3x256x256 driving frame (normally the first)."""
+        source = self._require_source()
+        check_images(frame, "reference frame", batch=1)
+        check_same_placement(frame, "reference frame", source.image, "the source image")
+        self.reference = motion_from_extractor(self.nets[MOTION_NET](frame)).first()
+        return self.reference
+
+    def reset_reference(self) -> None:
+        """Forget the reference: the next animate() takes its first frame as the new one."""
+        self.reference = None
+
+    def _require_source(self) -> SourceState:
+        if self.source is None:
+            raise RuntimeError("no source image: call set_source(image) first")
+        return self.source
+
+    # the per-frame step ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, driving: torch.Tensor, *, eye_ratio: torch.Tensor | None = None,
+             lip_ratio: torch.Tensor | None = None) -> torch.Tensor:
+        """Animate a Bx3x256x256 driving batch: returns Bx3x512x512.
+
+        Checks shapes, dtype and device only (no device sync); animate() also
+        checks values. With relative motion, set_reference() must have run.
+        eye_ratio (1x3 or Bx3: source left, source right, target) and
+        lip_ratio (1x2 or Bx2: source, target) switch on the official eye/lip
+        retargeting; as in the official pipeline, with relative motion the
+        retargeted keypoints then start from the source's, not the driving
+        frame's.
+        """
+        source = self._require_source()
+        check_images(driving, "driving frames", check_values=False)
+        check_same_placement(driving, "driving frames", source.image, "the source image")
+        motion = motion_from_extractor(self.nets[MOTION_NET](driving))
+        driving_kp = self.driving_keypoints(motion, eye_ratio=eye_ratio, lip_ratio=lip_ratio)
+        return self.render(driving_kp)
+
+    def driving_keypoints(self, motion: Motion, *, eye_ratio: torch.Tensor | None = None,
+                          lip_ratio: torch.Tensor | None = None) -> torch.Tensor:
+        """The keypoints x_d (BxKx3) that W warps the source to, from the driving frames' motion."""
+        source = self._require_source()
+        batch = motion.canonical.shape[0]
+        if self.relative_motion:
+            if self.reference is None:
+                raise RuntimeError("relative motion needs a reference driving frame: call "
+                                   "set_reference(first_frame) first (animate() does it for you)")
+            new_motion = relative_motion(source.motion, motion, self.reference)
+        else:
+            new_motion = absolute_motion(source.motion, motion)
+        driving_kp = new_motion.keypoints()
+        source_kp = source.keypoints
+        if eye_ratio is None and lip_ratio is None:
+            if self.stitching:
+                driving_kp = stitch(self.nets[STITCHING_NET], source_kp, driving_kp)
+            if source.lip_delta is not None:
+                driving_kp = driving_kp + source.lip_delta
+        else:
+            base = source_kp.expand(batch, -1, -1) if self.relative_motion else driving_kp
+            if eye_ratio is not None:
+                check_ratio(eye_ratio, "eye_ratio", width=3, batch=batch)
+                base = base + retarget(self._net(EYE_NET, "eye retargeting"), source_kp, eye_ratio.expand(batch, -1))
+            if lip_ratio is not None:
+                check_ratio(lip_ratio, "lip_ratio", width=2, batch=batch)
+                base = base + retarget(self._net(LIP_NET, "lip retargeting"), source_kp, lip_ratio.expand(batch, -1))
+            driving_kp = stitch(self.nets[STITCHING_NET], source_kp, base) if self.stitching else base
+        return apply_driving_multiplier(source_kp, driving_kp, self.driving_multiplier)
+
+    def render(self, driving_kp: torch.Tensor) -> torch.Tensor:
+        """W then G: the source feature warped from x_s to `driving_kp` (BxKx3), decoded to Bx3x512x512."""
+        source = self._require_source()
+        batch = driving_kp.shape[0]
+        check_keypoints(driving_kp, "driving keypoints", num_kp=source.keypoints.shape[1])
+        feature = source.feature.expand(batch, *source.feature.shape[1:])
+        source_kp = source.keypoints.expand(batch, -1, -1)
+        warped = self.nets[WARP_NET](feature, kp_driving=driving_kp, kp_source=source_kp)
+        return self.nets[DECODER_NET](warped["out"])
+
+    def _net(self, name: str, purpose: str):
+        if name not in self.nets:
+            raise ValueError(f"{purpose} needs a '{name}' network in nets; got {sorted(self.nets)}")
+        return self.nets[name]
+
+    # streaming -----------------------------------------------------------------------------------
+
+    def animate(self, frames: Iterable[torch.Tensor], *, batch_size: int = 1,
+                check_values: bool = True) -> Iterator[torch.Tensor]:
+        """Animate a stream of driving frames lazily; yields one 1x3x512x512 output per frame.
+
+        Each item of `frames` is one frame (3x256x256 or 1x3x256x256) or a
+        batch of them (Nx3x256x256). Frames are pulled only as needed (at most
+        `batch_size` ahead of the outputs), moved to the source's device and
+        run `batch_size` at a time; the last batch may be smaller. With
+        relative motion and no reference yet, the first frame becomes the
+        reference. The outputs are views of the batch output: copy them
+        before the next iteration if the step reuses its output buffers
+        (CUDA graphs).
+        """
+        source = self._require_source()
+        check_positive_int(batch_size, "batch_size")
+        pending = []
+        for number, frame in enumerate(_single_frames(frames)):
+            check_images(frame, f"driving frame {number}", batch=1, check_values=check_values)
+            frame = frame.to(source.image.device)
+            if self.relative_motion and self.reference is None:
+                self.set_reference(frame)
+            pending.append(frame)
+            if len(pending) == batch_size:
+                yield from self._run_batch(pending)
+                pending = []
+        if pending:
+            yield from self._run_batch(pending)
+
+    def _run_batch(self, frames: list) -> Iterator[torch.Tensor]:
+        outputs = self.step(torch.cat(frames))
+        for index in range(outputs.shape[0]):
+            yield outputs[index:index + 1]
+
+
+def _single_frames(frames: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Each item of a frame stream as 1x3xHxW frames (an Nx3xHxW item gives N frames)."""
+    if isinstance(frames, torch.Tensor) and frames.dim() != 4:
+        raise ValueError(f"frames given as one tensor must be a stacked Nx3x256x256 clip, got shape "
+                         f"{tuple(frames.shape)}; wrap a single frame in a list")
+    for position, item in enumerate(frames):
+        check_tensor(item, f"frames item {position}")
+        if item.dim() == 3:
+            yield item.unsqueeze(0)
+        elif item.dim() == 4:
+            yield from item.split(1)
+        else:
+            raise ValueError(f"frames item {position} must be a 3x256x256 frame or an Nx3x256x256 batch, "
+                             f"got shape {tuple(item.shape)}")

@@ -1,0 +1,122 @@
+"""Input checks shared by the pipeline and the CLI.
+
+Every check raises ValueError naming the input, what was expected, what
+came and what to do. Nothing is resized, converted or clipped: a wrong input
+is an error, not something to repair silently.
+
+Shape and dtype checks cost nothing on the GPU. Value checks (range, NaN,
+Inf) read a result back to the host, so they synchronise the device; the
+pipeline runs them where frames enter, not inside its per-frame step.
+"""
+
+import torch
+
+IMAGE_SIZE = 256  # LivePortrait's networks take 256x256 crops
+IMAGE_CHANNELS = 3
+
+
+def check_tensor(value, name: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_floating(value: torch.Tensor, name: str) -> torch.Tensor:
+    if not value.is_floating_point():
+        hint = " (8-bit images: convert with .float() / 255)" if value.dtype == torch.uint8 else ""
+        raise ValueError(f"{name} must have a floating dtype, got {value.dtype}{hint}")
+    return value
+
+
+def check_images(images, name: str, *, batch: int | None = None, size: int = IMAGE_SIZE,
+                 check_values: bool = True) -> torch.Tensor:
+    """A Bx3xSxS floating batch of RGB images with values in [0, 1]; returns it unchanged.
+
+    `batch`, when given, is the batch size the caller needs.
+    """
+    check_tensor(images, name)
+    expected = f"{'B' if batch is None else batch}x{IMAGE_CHANNELS}x{size}x{size}"
+    if images.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D {expected} image batch, got {images.dim()}-D shape "
+                         f"{tuple(images.shape)}" + ("; add the batch dimension with .unsqueeze(0)"
+                                                      if images.dim() == 3 else ""))
+    if images.shape[1] != IMAGE_CHANNELS:
+        raise ValueError(f"{name} must have {IMAGE_CHANNELS} (RGB) channels in dim 1 ({expected}), got "
+                         f"shape {tuple(images.shape)}; channels-last images need .permute(0, 3, 1, 2)")
+    if tuple(images.shape[2:]) != (size, size):
+        raise ValueError(f"{name} must be {size}x{size} pixels ({expected}), got {images.shape[2]}x"
+                         f"{images.shape[3]}; crop/resize to {size}x{size} first (lpperf never resizes)")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)}); pass at least one image")
+    if batch is not None and images.shape[0] != batch:
+        raise ValueError(f"{name} must hold {batch} image(s) ({expected}), got a batch of {images.shape[0]}")
+    check_floating(images, name)
+    if check_values:
+        check_unit_range(images, name)
+    return images
+
+
+def check_unit_range(values: torch.Tensor, name: str) -> torch.Tensor:
+    """All values finite and within [0, 1] (one host read-back)."""
+    low, high = torch.aminmax(values.detach())  # NaN propagates into both
+    low, high = torch.stack([low, high]).float().tolist()
+    if low != low or high != high:
+        count = int(torch.isnan(values).sum())
+        raise ValueError(f"{name} contains {count} NaN value(s); expected finite values in [0, 1]")
+    if low == float("-inf") or high == float("inf"):
+        count = int(torch.isinf(values).sum())
+        raise ValueError(f"{name} contains {count} infinite value(s); expected finite values in [0, 1]")
+    if low < 0.0 or high > 1.0:
+        hint = "; 8-bit images need / 255" if high > 1.0 and high <= 255.0 else ""
+        raise ValueError(f"{name} values must lie in [0, 1], got min {low:.6g} and max {high:.6g}{hint}")
+    return values
+
+
+def check_keypoints(keypoints, name: str, *, batch: int | None = None, num_kp: int | None = None) -> torch.Tensor:
+    """A BxKx3 floating keypoint tensor; returns it unchanged."""
+    check_tensor(keypoints, name)
+    expected = f"{'B' if batch is None else batch}x{'K' if num_kp is None else num_kp}x3"
+    if keypoints.dim() != 3 or keypoints.shape[2] != 3:
+        raise ValueError(f"{name} must be {expected} keypoints, got shape {tuple(keypoints.shape)}")
+    if batch is not None and keypoints.shape[0] != batch:
+        raise ValueError(f"{name} must hold {batch} keypoint set(s) ({expected}), got {keypoints.shape[0]}")
+    if num_kp is not None and keypoints.shape[1] != num_kp:
+        raise ValueError(f"{name} must hold {num_kp} keypoints ({expected}), got {keypoints.shape[1]}")
+    return check_floating(keypoints, name)
+
+
+def check_feature_volume(feature, name: str, *, batch: int | None = None) -> torch.Tensor:
+    """A BxCxDxHxW floating appearance feature volume (F's output); returns it unchanged."""
+    check_tensor(feature, name)
+    if feature.dim() != 5:
+        raise ValueError(f"{name} must be a 5-D BxCxDxHxW feature volume (LivePortrait: Bx32x16x64x64), "
+                         f"got shape {tuple(feature.shape)}")
+    if batch is not None and feature.shape[0] != batch:
+        raise ValueError(f"{name} must hold {batch} feature volume(s), got a batch of {feature.shape[0]}")
+    return check_floating(feature, name)
+
+
+def check_ratio(ratio, name: str, *, width: int, batch: int) -> torch.Tensor:
+    """A retargeting ratio tensor of shape Nx`width` with N equal to 1 (shared) or `batch`."""
+    check_tensor(ratio, name)
+    if ratio.dim() != 2 or ratio.shape[1] != width or ratio.shape[0] not in (1, batch):
+        raise ValueError(f"{name} must be 1x{width} or {batch}x{width} (one row per driving frame), "
+                         f"got shape {tuple(ratio.shape)}")
+    return check_floating(ratio, name)
+
+
+def check_same_placement(value: torch.Tensor, name: str, reference: torch.Tensor, reference_name: str) -> torch.Tensor:
+    """`value` on the same device and with the same dtype as `reference`."""
+    if value.device != reference.device:
+        raise ValueError(f"{name} is on {value.device} but {reference_name} is on {reference.device}; "
+                         f"move it with .to({str(reference.device)!r})")
+    if value.dtype != reference.dtype:
+        raise ValueError(f"{name} has dtype {value.dtype} but {reference_name} has {reference.dtype}; "
+                         f"convert it with .to({reference.dtype})")
+    return value
+
+
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
