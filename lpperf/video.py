@@ -1,0 +1,228 @@
+"""Reading portraits and driving videos, writing animations: streamed, one frame at a time.
+
+Images are read with Pillow, videos with PyAV (FFmpeg); both come with the `video` extra
+(`pip install lpperf[video]`). Frames are 1x3xHxW float32 RGB tensors in [0, 1]. Nothing is
+resized: LivePortrait's networks take 256x256 crops, and a frame of another size is an error.
+
+Outputs are written under a temporary name in the destination folder and renamed only once
+complete, so an interrupted or failed run never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lpperf.validation import IMAGE_SIZE
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+DEFAULT_FPS = 25
+_INSTALL_HINT = "install the video extra: pip install 'lpperf[video]'"
+
+
+def _pillow():
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise RuntimeError(f"reading images needs Pillow; {_INSTALL_HINT}") from None
+    return Image, UnidentifiedImageError
+
+
+def _pyav():
+    try:
+        import av
+    except ImportError:
+        raise RuntimeError(f"reading and writing videos needs PyAV; {_INSTALL_HINT}") from None
+    return av
+
+
+def array_to_frame(rgb: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> 1x3xHxW float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+
+
+def frame_to_array(frame: torch.Tensor) -> np.ndarray:
+    """1x3xHxW (or 3xHxW) float frame in [0, 1] -> HxWx3 uint8 RGB (rounded to the nearest level)."""
+    if frame.dim() == 4:
+        frame = frame[0]
+    levels = (frame.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return levels.permute(1, 2, 0).cpu().numpy()
+
+
+def check_size(frame: torch.Tensor, what: str, size: int = IMAGE_SIZE) -> torch.Tensor:
+    height, width = frame.shape[-2:]
+    if (height, width) != (size, size):
+        raise ValueError(f"{what} is {width}x{height} pixels, expected {size}x{size}: the portrait and driving "
+                         f"frames must be pre-cropped to {size}x{size} around the face (lpperf never resizes)")
+    return frame
+
+
+def read_image(path: str | Path, size: int | None = IMAGE_SIZE) -> torch.Tensor:
+    """An image file as a 1x3xHxW float tensor in [0, 1] (RGB; alpha dropped, grey expanded)."""
+    Image, UnidentifiedImageError = _pillow()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist or is not a file; give the path of a PNG or JPEG")
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ValueError(f"cannot read image {path} ({error}); give a readable PNG or JPEG file") from None
+    frame = array_to_frame(rgb)
+    return frame if size is None else check_size(frame, f"image {path}", size)
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class DrivingSource:
+    """A driving video file or a folder of frame images; frames() streams them in order."""
+
+    def __init__(self, path: str | Path, size: int | None = IMAGE_SIZE):
+        self.path = Path(path)
+        self.size = size
+        if self.path.is_dir():
+            self.files = image_files(self.path)
+            if not self.files:
+                raise ValueError(f"driving folder {self.path} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                                 "give a video file or a folder of 256x256 frames")
+            self.fps = Fraction(DEFAULT_FPS)
+        elif self.path.is_file():
+            self.files = None
+            self.fps = self._probe_video()
+        else:
+            raise FileNotFoundError(f"driving video {self.path} does not exist; give a video file or a folder "
+                                    "of 256x256 frame images")
+
+    def _open_video(self):
+        av = _pyav()
+        try:
+            container = av.open(str(self.path))
+            if not container.streams.video:
+                container.close()
+                raise ValueError("it has no video stream")
+        except (av.FFmpegError, OSError, ValueError) as error:
+            raise ValueError(f"cannot read driving video {self.path} ({error}); give a video FFmpeg can decode "
+                             "(e.g. .mp4) or a folder of frame images") from None
+        return container
+
+    def _probe_video(self) -> Fraction:
+        with contextlib.closing(self._open_video()) as container:
+            rate = container.streams.video[0].average_rate
+        return Fraction(rate) if rate else Fraction(DEFAULT_FPS)
+
+    def frames(self) -> Iterator[torch.Tensor]:
+        """Each frame as 1x3xHxW float32 in [0, 1], read only when asked for."""
+        if self.files is not None:
+            for file in self.files:
+                yield read_image(file, self.size)
+            return
+        av = _pyav()
+        with contextlib.closing(self._open_video()) as container:
+            try:
+                for number, decoded in enumerate(container.decode(video=0)):
+                    frame = array_to_frame(decoded.to_ndarray(format="rgb24"))
+                    yield frame if self.size is None else check_size(
+                        frame, f"frame {number} of driving video {self.path}", self.size)
+            except av.FFmpegError as error:
+                raise ValueError(f"cannot decode driving video {self.path} ({error}); the file may be "
+                                 "truncated or damaged") from None
+
+
+@contextlib.contextmanager
+def atomic_path(destination: str | Path) -> Iterator[Path]:
+    """A temporary path beside `destination`, renamed to it when the block succeeds, removed otherwise
+    (including on Ctrl-C)."""
+    destination = Path(destination)
+    folder = destination.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output folder {folder} does not exist; create it or choose another output path")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{destination.name}.", suffix=".partial")
+    except OSError as error:
+        raise OSError(f"cannot write into {folder} ({error.strerror or error}); choose a writable output "
+                      "location") from None
+    os.close(handle)
+    temporary = Path(temporary)
+    try:
+        yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it owner-only; give it a normal file's mode
+        os.replace(temporary, destination)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+class VideoWriter:
+    """Encodes RGB frames one at a time into an H.264 MP4 (MPEG-4 part 2 where FFmpeg lacks libx264).
+
+    Use as a context manager: the file appears at `path` only when the block ends without error.
+    """
+
+    def __init__(self, path: str | Path, fps: Fraction | int = DEFAULT_FPS, quality_crf: int = 18):
+        self.path = Path(path)
+        self.fps = Fraction(fps)
+        self.quality_crf = quality_crf
+        self.frames_written = 0
+        self._atomic = None
+        self._container = None
+        self._stream = None
+
+    def __enter__(self) -> "VideoWriter":
+        av = _pyav()
+        self._atomic = atomic_path(self.path)
+        temporary = self._atomic.__enter__()
+        try:
+            self._container = av.open(str(temporary), mode="w", format="mp4")
+        except BaseException as error:
+            self._atomic.__exit__(type(error), error, error.__traceback__)
+            raise
+        return self
+
+    def write(self, rgb: np.ndarray) -> None:
+        """One HxWx3 uint8 RGB frame; the first frame fixes the video's size."""
+        av = _pyav()
+        if self._stream is None:
+            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+            options = {"crf": str(self.quality_crf)} if codec == "libx264" else {}
+            self._stream = self._container.add_stream(codec, rate=self.fps, options=options)
+            self._stream.height, self._stream.width = rgb.shape[:2]
+            self._stream.pix_fmt = "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if error is None:
+                if self._stream is None:
+                    raise ValueError(f"no frames to write to {self.path}: the driving input gave none")
+                for packet in self._stream.encode():  # flush the encoder
+                    self._container.mux(packet)
+        except BaseException as failure:
+            self._container.close()
+            self._atomic.__exit__(type(failure), failure, failure.__traceback__)
+            raise
+        self._container.close()
+        self._atomic.__exit__(kind, error, traceback)
+
+
+def count_video_frames(path: str | Path) -> int:
+    """Frames in a video file, by decoding it (for checks and tests)."""
+    source = DrivingSource(path, size=None)
+    return sum(1 for _ in source.frames())
