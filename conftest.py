@@ -247,12 +247,13 @@ def _check_baseline(config: pytest.Config, storage_dir: Path, card: CardInfo) ->
     if not storage_dir.resolve().is_relative_to(Path.cwd().resolve()):
         raise pytest.UsageError(
             f"The benchmark history folder {storage_dir} is outside the current directory {Path.cwd()}; "
-            "pytest-benchmark reports compared runs relative to the current directory and crashes otherwise. "
+            "pytest-benchmark reports compared runs relative to the current directory and fails on one outside it. "
             "Run pytest from a folder that contains the history, or point --lpperf-history inside it."
         )
-    machine_folder = storage_dir / get_machine_id()
+    machine_id = get_machine_id()
+    machine_folder = storage_dir / machine_id
     try:
-        files = history.baseline_files(storage_dir, get_machine_id(), option.benchmark_compare)
+        files = history.baseline_files(storage_dir, machine_id, option.benchmark_compare)
     except history.HistoryError as error:
         raise pytest.UsageError(str(error)) from None
     if not files:

@@ -258,7 +258,7 @@ def test_runs_are_saved_per_card_with_card_fields_and_the_sync_clock(suite, monk
     }  # fmt: skip
     assert "driver" in data["machine_info"]
     assert data["benchmarks"][0]["options"]["timer"].endswith("synchronized_perf_counter")
-    assert not (suite.path / ".benchmarks" / "cpu").exists() or not any((suite.path / ".benchmarks" / "cpu").iterdir())
+    assert not (suite.path / ".benchmarks" / "cpu").exists()
 
     # The same project on another card (this CPU) finds no baseline: cards never compare.
     result = suite.runpytest(FAKE_TIMER, *GATE)
@@ -275,6 +275,13 @@ def test_an_explicit_storage_with_another_card_s_baseline_is_refused(suite):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert f"measured with card {H100!r}, this run has card 'cpu'" in output(result)
     assert "Traceback" not in output(result)
+
+
+def test_comparing_against_history_outside_the_current_directory_is_refused(suite, tmp_path):
+    add_test(suite, BENCHMARK_TEST)
+    result = suite.runpytest(FAKE_TIMER, f"--lpperf-history={tmp_path / 'elsewhere'}", *GATE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "outside the current directory" in output(result)
 
 
 # --- the gate -------------------------------------------------------------------------------------
