@@ -45,7 +45,7 @@ def _pyav():
 
 def array_to_frame(rgb: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 RGB -> 1x3xHxW float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    return torch.from_numpy(np.require(rgb, requirements=['C', 'W'])).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
 def frame_to_array(frame: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,382 @@
+"""The lpperf command end to end on the CPU, at small sizes: files written and every error path.
+
+Networks: lpperf.models.TINY with a smaller motion extractor (test_networks), so a frame costs
+well under a second on 2 cores; the CLI's plumbing, not the networks, is under test here.
+"""
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lpperf import bench, charts, cli, history, models, sample, video
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_networks() -> dict:
+    overrides = {**models.TINY, "motion_extractor": dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
+                 "spade_generator": {**models.TINY["spade_generator"], "out_channels": 4, "spade_hidden": 4}}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return {name: models.build(name, **overrides.get(name, {})) for name in models.NAMES}
+
+
+test_networks.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture
+def small_nets(monkeypatch):
+    monkeypatch.setattr(cli, "tiny_networks", lambda seed=0: test_networks())
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk; fails unless the file starts like a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    assert data[-8:-4] == b"IEND", f"{path} is truncated"
+    return struct.unpack(">II", data[16:24])
+
+
+def error_line(capsys) -> str:
+    """The single stderr line of a failed command (no traceback, nothing else)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lpperf")
+    return lines[0]
+
+
+def last_error_line(capsys) -> str:
+    """The last stderr line of a command that failed after printing progress."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("lpperf: ")
+    return line
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or p.suffix == ".partial")
+
+
+# ------------------------------------------------------------------------------------------------ bench
+
+def test_bench_cpu_end_to_end(tmp_path, capsys, small_nets):
+    out = tmp_path / "report"
+    code = cli.main(["bench", "--device", "cpu", "--recipes", "fp32-eager", "--repeats", "2", "--warmup", "0",
+                     "--parity-frames", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "No GPU: running on the CPU with the TINY networks" in captured.err
+    assert "meaningless" in captured.err
+    assert "batch 1 on cpu" in captured.out and "fp32-eager" in captured.out
+
+    report = json.loads((out / "report.json").read_text())
+    assert {"kind", "version", "environment", "config", "rows", "benchmarks", "charts"} <= set(report)
+    assert report["environment"]["device"] == "cpu"
+    assert report["config"]["batches"] == [1]
+    [row] = report["rows"]
+    assert (row["name"], row["batch"], row["error"]) == ("fp32-eager", 1, "")
+    assert row["speedup"] == 1.0  # the baseline row
+    assert row["timing"]["stats"]["count"] == 2  # --repeats 2
+    assert row["ms_per_frame"] == pytest.approx(row["timing"]["stats"]["median_s"] * 1e3)
+    assert row["parity"]["frame"]["max_level_diff"] == 0  # fp32 eager vs the fp32 reference on the CPU
+    # The report is also a history run that compare/history read.
+    run = history.read_run(out / "report.json")
+    assert run.card == report["environment"]["device_name"]
+    assert [r.name for r in run.results] == ["fp32-eager [batch 1]"]
+    assert run.results[0].median_s == pytest.approx(row["ms_per_frame"] / 1e3)
+
+    if charts.unavailable_reason():
+        assert report["charts"]["written"] == []
+    else:
+        assert sorted(report["charts"]["written"]) == ["latency.png", "speedup.png"]
+        assert "memory" in report["charts"]["skipped"]  # no NVML on the CPU
+        for name in report["charts"]["written"]:
+            width, height = png_size(out / name)
+            assert width > 100 and height > 50
+    assert leftovers(out) == []
+
+
+def test_bench_rows_per_batch(tmp_path, capsys, monkeypatch, small_nets):
+    """Several --batch values: every row runs per batch size, speedups within each batch."""
+    seen = []
+
+    def fake_run(rows, nets, device, config, progress):
+        seen.append((device.type, config.batch, [row.name for row in rows]))
+        return [fake_result(row.name, config.batch, ms, 20.0 / ms)
+                for row, ms in zip(rows, [20.0 / config.batch, 5.0 / config.batch])]
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    assert cli.main(["bench", "--device", "cpu", "--recipes", "fast", "--batch", "1", "4", "--out", str(tmp_path)]) == 0
+    assert seen == [("cpu", 1, ["fp32-eager", "fast"]), ("cpu", 4, ["fp32-eager", "fast"])]  # baseline added first
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [(r["name"], r["batch"]) for r in report["rows"]] == [
+        ("fp32-eager", 1), ("fast", 1), ("fp32-eager", 4), ("fast", 4)]
+    assert [b["name"] for b in report["benchmarks"]] == [
+        "fp32-eager [batch 1]", "fast [batch 1]", "fp32-eager [batch 4]", "fast [batch 4]"]
+    assert [b["median_s"] for b in report["benchmarks"]] == pytest.approx([0.020, 0.005, 0.005, 0.00125])
+    out = capsys.readouterr().out
+    assert "batch 1 on cpu" in out and "batch 4 on cpu" in out
+
+
+def fake_result(name: str, batch: int, ms: float, speedup: float | None, memory_mib: float | None = None,
+                psnr: float | None = None) -> bench.RowResult:
+    return bench.RowResult(
+        name=name, batch=batch, applied=[], skipped={}, timing={"stats": {"count": 5, "median_s": ms * batch / 1e3}},
+        ms_per_frame=ms, p90_ms_per_frame=ms * 1.1, frames_per_second=1e3 / ms, speedup=speedup, tflops=None,
+        compile_seconds=None, memory=None if memory_mib is None else {"process_peak_bytes": int(memory_mib * 2**20)},
+        memory_unavailable="" if memory_mib else "no NVML here",
+        parity=None if psnr is None else {"frame": {"psnr_db": psnr}}, parity_failures=[])
+
+
+def test_bench_charts_skipped_without_matplotlib(tmp_path, capsys, monkeypatch, small_nets):
+    monkeypatch.setattr(charts, "unavailable_reason", lambda: "matplotlib is not installed (test)")
+    monkeypatch.setattr(bench, "run", lambda rows, nets, device, config, progress: [
+        fake_result(row.name, config.batch, 10.0, 1.0) for row in rows])
+    assert cli.main(["bench", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert "charts skipped: matplotlib is not installed (test)" in capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["charts"] == {"written": [], "skipped": {"all": "matplotlib is not installed (test)"}}
+    assert [row["name"] for row in report["rows"]] == list(cli.CPU_DEFAULT_RECIPES)
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_bench_charts_draw_memory_and_parity(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [fake_result("fp32 eager", 1, 20.0, 1.0, memory_mib=900, psnr=60.0).to_dict(),
+            fake_result("fast", 1, 5.0, 4.0, memory_mib=500, psnr=45.0).to_dict()]
+    written, skipped = charts.bench_charts(rows, tmp_path, "test card")
+    assert sorted(p.name for p in written) == ["latency.png", "memory.png", "parity.png", "speedup.png"]
+    assert set(skipped) == {"latency_per_stage"}
+    for path in written:
+        png_size(path)
+
+
+def test_bench_cuda_without_gpu(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU; the no-GPU error cannot happen")
+    assert cli.main(["bench", "--device", "cuda", "--out", str(tmp_path / "r")]) == 2
+    assert "asked for a CUDA GPU, but torch sees none" in error_line(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_bench_unknown_recipe(tmp_path, capsys):
+    assert cli.main(["bench", "--device", "cpu", "--recipes", "warp-speed", "--out", str(tmp_path)]) == 2
+    line = error_line(capsys)
+    assert "unknown recipe 'warp-speed'" in line and "fp32-eager" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli.main(["bench", "--device", "cpu", "--out", str(blocker / "report")]) == 2
+    assert "cannot write to output folder" in error_line(capsys)
+
+
+def test_bench_interrupted_leaves_no_report(tmp_path, capsys, monkeypatch, small_nets):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run", interrupted)
+    assert cli.main(["bench", "--device", "cpu", "--out", str(tmp_path)]) == 130
+    assert "interrupted" in last_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_usage_error_is_one_line(capsys):
+    assert cli.main(["bench", "--batch", "x"]) == 2
+    assert "invalid int value" in error_line(capsys)
+
+
+# ------------------------------------------------------------------------------------- compare, history
+
+def pytest_benchmark_run(path: Path, card: str, medians: dict, when: str) -> Path:
+    """A minimal pytest-benchmark JSON file (the fields lpperf.history reads)."""
+    def stats(median):
+        return {"min": median, "max": median, "mean": median, "stddev": 0.0, "median": median, "iqr": 0.0,
+                "rounds": 5, "iterations": 1}
+
+    data = {"machine_info": {"card": card}, "commit_info": {"id": "c" + when}, "datetime": when,
+            "benchmarks": [{"fullname": name, "stats": stats(median)} for name, median in medians.items()]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_compare_reports_faster_and_slower(tmp_path, capsys):
+    a = pytest_benchmark_run(tmp_path / "a.json", "H100", {"frame": 0.010, "source": 0.020, "gone": 1.0}, "1")
+    b = pytest_benchmark_run(tmp_path / "b.json", "H100", {"frame": 0.007, "source": 0.025, "new": 1.0}, "2")
+    assert cli.main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    # 10 ms -> 7 ms: 1/0.7 = 1.43x faster, 30% less time; 20 ms -> 25 ms: 1.25x slower, 25% more time
+    assert "frame: 10.000 ms -> 7.000 ms, 1.43x faster (30.0% less time)" in out
+    assert "source: 20.000 ms -> 25.000 ms, 1.25x slower (25.0% more time)" in out
+    assert "only in baseline: gone" in out and "only in current:  new" in out
+
+
+def test_compare_other_card_needs_any_card(tmp_path, capsys):
+    a = pytest_benchmark_run(tmp_path / "a.json", "H100", {"frame": 0.010}, "1")
+    b = pytest_benchmark_run(tmp_path / "b.json", "H200", {"frame": 0.008}, "2")
+    assert cli.main(["compare", str(a), str(b)]) == 2
+    assert "not comparable" in error_line(capsys)
+    assert cli.main(["compare", str(a), str(b), "--any-card"]) == 0
+    captured = capsys.readouterr()
+    assert "comparing different cards" in captured.err
+    assert "frame: 10.000 ms -> 8.000 ms, 1.25x faster (20.0% less time)" in captured.out
+
+
+def test_compare_bad_files(tmp_path, capsys):
+    good = pytest_benchmark_run(tmp_path / "a.json", "H100", {"frame": 0.010}, "1")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"machine_info": {}, "benchm')
+    assert cli.main(["compare", str(good), str(broken)]) == 2
+    assert "not valid JSON" in error_line(capsys)
+    assert cli.main(["compare", str(good), str(tmp_path / "missing.json")]) == 2
+    assert "no such benchmark file" in error_line(capsys)
+
+
+def test_history_trends_per_card(tmp_path, capsys):
+    store = tmp_path / ".benchmarks"
+    for index, median in enumerate([0.010, 0.011, 0.015]):
+        pytest_benchmark_run(store / "h100" / f"000{index}_run.json", "H100", {"frame": median}, f"2026-0{index + 1}")
+    pytest_benchmark_run(store / "h200" / "0000_run.json", "H200", {"frame": 0.005}, "2026-01")
+    charts_dir = tmp_path / "charts"
+    assert cli.main(["history", str(store), "--out", str(charts_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "== H100: 3 run(s)" in out and "== H200: 1 run(s)" in out
+    # latest vs previous on the H100: 11 ms -> 15 ms, the H200 run never enters it
+    assert "frame: 11.000 ms -> 15.000 ms, 1.36x slower (36.4% more time)" in out
+    if not charts.unavailable_reason():
+        assert [p.name for p in charts_dir.iterdir()] == ["trend-frame.png"]
+        png_size(charts_dir / "trend-frame.png")
+
+
+def test_history_missing_folder(tmp_path, capsys):
+    assert cli.main(["history", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")]) == 2
+    assert "no such history folder" in error_line(capsys)
+
+
+# ---------------------------------------------------------------------------------------------- animate
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """A 256x256 source PNG, a 3-frame driving MP4 and the same frames as a folder of PNGs (made once)."""
+    av = pytest.importorskip("av", reason="animate needs the video extra (PyAV)")
+    Image = pytest.importorskip("PIL.Image", reason="animate needs the video extra (Pillow)")
+    tmp_path = tmp_path_factory.mktemp("media")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frames = [video.frame_to_array(frame) for frame in sample.driving_frames(3)]
+    source = tmp_path / "source.png"
+    Image.fromarray(video.frame_to_array(sample.portrait())).save(source)
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{index:03d}.png")
+    driving = tmp_path / "driving.mp4"
+    with video.VideoWriter(driving, 25) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return {"source": source, "driving": driving, "folder": folder, "av": av, "Image": Image}
+
+
+def read_back(av, path: Path) -> tuple[int, tuple[int, int]]:
+    with av.open(str(path)) as container:
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    return len(decoded), decoded[0].shape[:2]
+
+
+def test_animate_end_to_end(tmp_path, capsys, media, small_nets):
+    out = tmp_path / "out" / "animated.mp4"
+    out.parent.mkdir()
+    code = cli.main(["animate", "--source", str(media["source"]), "--driving", str(media["driving"]),
+                     "--weights", "synthetic", "--device", "cpu", "--batch", "2", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "meaningless" in captured.err
+    assert "3 frames" in captured.out and "frames/s" in captured.out
+    assert read_back(media["av"], out) == (3, (512, 512))
+    assert leftovers(out.parent) == []
+
+
+def test_driving_folder_and_video_read_back(media):
+    expected = sample.driving_clip(3)
+    from_folder = torch.cat(list(video.DrivingSource(media["folder"]).frames()))
+    assert from_folder.shape == (3, 3, 256, 256)
+    assert (from_folder - expected).abs().max() <= 0.5 / 255 + 1e-6  # PNG keeps 8-bit levels exactly
+    from_video = torch.cat(list(video.DrivingSource(media["driving"]).frames()))
+    assert from_video.shape == (3, 3, 256, 256)
+    assert (from_video - expected).abs().mean() < 0.02  # H.264 at crf 18: close, not exact
+
+
+def animate_args(media, tmp_path, **changes) -> list[str]:
+    options = {"--source": str(media["source"]), "--driving": str(media["driving"]), "--weights": "synthetic",
+               "--device": "cpu", "--out": str(tmp_path / "out.mp4"), **changes}
+    return ["animate", *[item for pair in options.items() for item in pair]]
+
+
+def test_animate_source_wrong_size(tmp_path, capsys, media):
+    wrong = tmp_path / "wide.png"
+    media["Image"].new("RGB", (300, 200)).save(wrong)
+    assert cli.main(animate_args(media, tmp_path, **{"--source": str(wrong)})) == 2
+    line = error_line(capsys)
+    assert "is 300x200 pixels, expected 256x256" in line and "pre-cropped" in line
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_animate_driving_wrong_size_leaves_no_video(tmp_path, capsys, media, small_nets):
+    wrong = tmp_path / "wrong.mp4"
+    with video.VideoWriter(wrong, 25) as writer:
+        writer.write(np.zeros((128, 128, 3), np.uint8))
+    assert cli.main(animate_args(media, tmp_path, **{"--driving": str(wrong)})) == 2
+    assert "frame 0 of driving video" in last_error_line(capsys)
+    assert not (tmp_path / "out.mp4").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--source", "garbage.png", "cannot read image"),
+    ("--source", "missing.png", "does not exist"),
+    ("--driving", "garbage.mp4", "cannot read driving video"),
+    ("--driving", "missing.mp4", "does not exist"),
+    ("--weights", "no-such-weights", "weights folder"),
+    ("--recipe", "warp-speed", "unknown recipe 'warp-speed'"),
+    ("--out", "no-such-folder/out.mp4", "output folder"),
+])
+def test_animate_bad_input(tmp_path, capsys, media, option, value, message):
+    (tmp_path / "garbage.png").write_bytes(b"not an image")
+    (tmp_path / "garbage.mp4").write_bytes(b"not a video")
+    value = value if option == "--recipe" else str(tmp_path / value)
+    assert cli.main(animate_args(media, tmp_path, **{option: value})) == 2
+    assert message in error_line(capsys)
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_animate_interrupted_removes_partial_video(tmp_path, capsys, media, monkeypatch, small_nets):
+    real_frames = video.DrivingSource.frames
+
+    def interrupted_after_one(self):
+        for number, frame in enumerate(real_frames(self)):
+            if number == 1:
+                raise KeyboardInterrupt
+            yield frame
+
+    monkeypatch.setattr(video.DrivingSource, "frames", interrupted_after_one)
+    assert cli.main(animate_args(media, tmp_path)) == 130
+    assert "interrupted" in last_error_line(capsys)
+    assert not (tmp_path / "out.mp4").exists() and leftovers(tmp_path) == []
+
+
+def test_tiny_networks_are_deterministic():
+    first, second = cli.tiny_networks(), cli.tiny_networks()
+    for name in models.NAMES:
+        for (key, a), b in zip(first[name].state_dict().items(), second[name].state_dict().values()):
+            assert torch.equal(a, b), f"{name}.{key} differs between two builds"
+    weight = first["spade_generator"].state_dict()
+    assert not all(math.isclose(float(v.float().std()), 0.0) for v in weight.values() if v.numel() > 1)
