@@ -371,7 +371,7 @@ class Animator:
         `batch_size` ahead of the outputs), moved to the source's device and
         run `batch_size` at a time; the last batch may be smaller. With
         relative motion and no reference yet, the first frame becomes the
-        reference. The outputs are views of the batch output: copy them
+        reference (one extra M call). The outputs are views of the batch output: copy them
         before the next iteration if the step reuses its output buffers
         (CUDA graphs).
         """

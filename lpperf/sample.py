@@ -13,6 +13,7 @@ results differ between CPUs, so the frames are bit-identical on every
 machine. Frames are produced one at a time; a video never sits in memory.
 """
 
+import itertools
 from pathlib import Path
 from typing import Iterator
 
@@ -54,15 +55,16 @@ def face_regions() -> dict:
     return {name: tuple(float(v) for v in stored[name]) for name in ("left_eye", "right_eye", "mouth")}
 
 
-def driving_frames(num_frames: int = 100, size: int = 256, seed: int = 0) -> Iterator[torch.Tensor]:
-    """Yield `num_frames` driving frames, each 1x3x`size`x`size` float32 in [0, 1].
+def driving_frames(num_frames: int | None = None, size: int = 256, seed: int = 0) -> Iterator[torch.Tensor]:
+    """Yield driving frames, each 1x3x`size`x`size` float32 in [0, 1]: `num_frames` of them, or
+    endlessly when None (take what you need with itertools.islice).
 
     Frame 0 is the portrait itself (at size 256); later frames move the head
     and change the expression. `seed` varies the periods and directions of
     the motion; the same arguments give bit-identical frames everywhere.
     """
-    if not isinstance(num_frames, int) or num_frames < 0:
-        raise ValueError(f"num_frames must be an int >= 0, got {num_frames!r}")
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 0):
+        raise ValueError(f"num_frames must be None (endless) or an int >= 0, got {num_frames!r}")
     if not isinstance(size, int) or size < 8:
         raise ValueError(f"size must be an int >= 8, got {size!r}")
     image = portrait()[0].double()
@@ -71,7 +73,7 @@ def driving_frames(num_frames: int = 100, size: int = 256, seed: int = 0) -> Ite
     # Output pixel centres in portrait pixel coordinates (align_corners=False convention).
     axis = (torch.arange(size, dtype=torch.float64) + 0.5) * (PORTRAIT_SIZE / size) - 0.5
     out_y, out_x = torch.meshgrid(axis, axis, indexing="ij")
-    for index in range(num_frames):
+    for index in itertools.count() if num_frames is None else range(num_frames):
         x, y = _head_motion(out_x, out_y, motion.pose(index))
         dx, dy = _expression_displacement(x, y, regions, motion.mouth_open(index), motion.blink(index))
         frame = _sample_bilinear(image, x + dx, y + dy)

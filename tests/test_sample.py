@@ -1,4 +1,5 @@
 import hashlib
+import itertools
 
 import numpy as np
 import pytest
@@ -55,6 +56,11 @@ def test_frames_stream_lazily_with_the_documented_shape():
     first = next(frames)
     assert first.shape == (1, 3, 128, 128) and first.dtype == torch.float32
     assert len(list(frames)) == 2
+
+
+def test_default_stream_is_endless():
+    late = list(itertools.islice(sample.driving_frames(), 150, 152))
+    assert len(late) == 2 and not torch.equal(late[0], late[1])
 
 
 def test_first_frame_is_the_portrait_and_frames_are_deterministic():
@@ -147,9 +153,10 @@ def test_bilinear_sampler_hand_cases():
     assert torch.allclose(got, torch.tensor([0.0, 3.5, 11.0, 4.0, 8.25], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_frames=-1), dict(num_frames=2.0), dict(size=4), dict(size="256")])
+@pytest.mark.parametrize("kwargs", [dict(num_frames=-1), dict(num_frames=2.0), dict(num_frames=True),
+                                    dict(size=4), dict(size="256")])
 def test_driving_frames_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError, match="must be an int"):
+    with pytest.raises(ValueError, match=r"(num_frames must be None \(endless\) or|size must be) an int"):
         next(sample.driving_frames(**kwargs))
 
 
