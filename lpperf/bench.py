@@ -81,6 +81,41 @@ def peer_rows() -> list[Row]:
     ]
 
 
+def variant_rows() -> list[Row]:
+    """The fast recipe with one step added or removed: what each of its choices is worth."""
+    r = recipes
+    fast = recipes.RECIPES["fast"].steps
+    without = {step.__name__ for step in fast}
+    rows = [Row("fast", fast, "fp16"), Row("fast + inductor freezing", fast + (r.inductor_freezing,), "fp16")]
+    for removed in ("residual_float32", "channels_last", "warp_source_cache", "fold_spectral_norm"):
+        if removed in without:
+            rows.append(Row(f"fast - {removed}", tuple(s for s in fast if s.__name__ != removed), "fp16"))
+    return rows
+
+
+def profile_step(recipe: str, nets: dict, device: str | torch.device, steps: int = 20) -> str:
+    """torch.profiler's table of the kernels of `steps` per-frame steps of `recipe` (after warm-up),
+    sorted by total device time: where the remaining time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    engine = recipes.build(recipe, nets, device)
+    animator = engine.animator(sample.portrait(), reference=driving_batch(1))
+    driving = driving_batch(1, offset=1).to(device)
+    for _ in range(5):
+        animator.step(driving)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            animator.step(driving)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort_by, row_limit=30, max_name_column_width=70)
+    _release(engine, animator)
+    return f"recipe {recipe}, {steps} steps, batch 1, applied {engine.applied}\n{table}"
+
+
 def recipe_row(name: str) -> Row:
     recipe = recipes.RECIPES.get(name)
     if recipe is None:
@@ -135,6 +170,27 @@ def reference_frames(nets: dict, device: torch.device, count: int) -> torch.Tens
                for frame in itertools.islice(sample.driving_frames(), count)]
     _release(engine, animator)
     return torch.cat(outputs)
+
+
+STAGE_NAMES = ("f_s", "keypoints", "deformation", "warped")
+
+
+def stage_outputs(animator: recipes.OptimizedAnimator, driving: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each stage's output for one driving batch, run stage by stage (eagerly) in the animator's
+    precision and layout, as float32 on the CPU: the source volume f_s, the driving keypoints,
+    W's deformation and warped feature, and the frame."""
+    with animator.engine.context():
+        source = animator.source
+        batch = driving.shape[0]
+        motion = pipeline.motion_from_extractor(animator.nets[pipeline.MOTION_NET](driving))
+        keypoints = animator.driving_keypoints(motion)
+        warped = animator.nets[pipeline.WARP_NET](
+            source.feature.expand(batch, *source.feature.shape[1:]), kp_driving=keypoints,
+            kp_source=source.keypoints.expand(batch, -1, -1))
+        frame = animator.nets[pipeline.DECODER_NET](warped["out"])
+    outputs = {"f_s": source.feature, "keypoints": keypoints, "deformation": warped["deformation"],
+               "warped": warped["out"], "frame": frame}
+    return {name: value.float().cpu() for name, value in outputs.items()}
 
 
 def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
