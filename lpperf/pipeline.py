@@ -145,7 +145,7 @@ def relative_motion(source: Motion, driving: Motion, reference: Motion) -> Motio
 
 
 def absolute_expression_mask(num_kp: int, device=None) -> torch.Tensor:
-    """KxK3 bool mask of the expression entries that absolute motion takes from the driving frame."""
+    """Kx3 bool mask of the expression entries that absolute motion takes from the driving frame."""
     if num_kp != ABSOLUTE_EXPRESSION_NUM_KP:
         raise ValueError(f"absolute motion (relative_motion=False) selects expression entries of the "
                          f"official {ABSOLUTE_EXPRESSION_NUM_KP} keypoints; this model has {num_kp}. "
@@ -157,9 +157,13 @@ def absolute_expression_mask(num_kp: int, device=None) -> torch.Tensor:
     return mask
 
 
-def absolute_motion(source: Motion, driving: Motion) -> Motion:
-    """The driving frames' own pose and translation on the source's keypoints and scale."""
-    mask = absolute_expression_mask(source.expression.shape[1], source.expression.device)
+def absolute_motion(source: Motion, driving: Motion, mask: torch.Tensor | None = None) -> Motion:
+    """The driving frames' own pose and translation on the source's keypoints and scale.
+
+    `mask` is absolute_expression_mask() precomputed (saves building it per frame).
+    """
+    if mask is None:
+        mask = absolute_expression_mask(source.expression.shape[1], source.expression.device)
     return Motion(
         canonical=source.canonical,
         rotation=driving.rotation,
@@ -248,6 +252,7 @@ class Animator:
         self.lip_normalize_threshold = lip_normalize_threshold
         self.source: SourceState | None = None
         self.reference: Motion | None = None  # motion of the first driving frame
+        self.absolute_mask: torch.Tensor | None = None  # expression entries taken with absolute motion
 
     # source and reference ----------------------------------------------------------------------
 
@@ -272,6 +277,8 @@ class Animator:
                 raise ValueError(f"lip normalisation (lip_ratio={lip_ratio}) needs a '{LIP_NET}' network in nets")
             closed = torch.tensor([[lip_ratio, 0.0]], dtype=torch.float32, device=keypoints.device)
             lip_delta = retarget(self.nets[LIP_NET], keypoints, closed)
+        if not self.relative_motion:
+            self.absolute_mask = absolute_expression_mask(keypoints.shape[1], keypoints.device)
         self.source = SourceState(image, feature, motion, keypoints, lip_delta)
         return self.source
 
@@ -326,7 +333,7 @@ class Animator:
                                    "set_reference(first_frame) first (animate() does it for you)")
             new_motion = relative_motion(source.motion, motion, self.reference)
         else:
-            new_motion = absolute_motion(source.motion, motion)
+            new_motion = absolute_motion(source.motion, motion, self.absolute_mask)
         driving_kp = new_motion.keypoints()
         source_kp = source.keypoints
         if eye_ratio is None and lip_ratio is None:
@@ -337,11 +344,11 @@ class Animator:
         else:
             base = source_kp.expand(batch, -1, -1) if self.relative_motion else driving_kp
             if eye_ratio is not None:
-                check_ratio(eye_ratio, "eye_ratio", width=3, batch=batch)
-                base = base + retarget(self._net(EYE_NET, "eye retargeting"), source_kp, eye_ratio.expand(batch, -1))
+                eye_ratio = self._ratio(eye_ratio, "eye_ratio", width=3, batch=batch)
+                base = base + retarget(self._net(EYE_NET, "eye retargeting"), source_kp, eye_ratio)
             if lip_ratio is not None:
-                check_ratio(lip_ratio, "lip_ratio", width=2, batch=batch)
-                base = base + retarget(self._net(LIP_NET, "lip retargeting"), source_kp, lip_ratio.expand(batch, -1))
+                lip_ratio = self._ratio(lip_ratio, "lip_ratio", width=2, batch=batch)
+                base = base + retarget(self._net(LIP_NET, "lip retargeting"), source_kp, lip_ratio)
             driving_kp = stitch(self.nets[STITCHING_NET], source_kp, base) if self.stitching else base
         return apply_driving_multiplier(source_kp, driving_kp, self.driving_multiplier)
 
@@ -354,6 +361,14 @@ class Animator:
         source_kp = source.keypoints.expand(batch, -1, -1)
         warped = self.nets[WARP_NET](feature, kp_driving=driving_kp, kp_source=source_kp)
         return self.nets[DECODER_NET](warped["out"])
+
+    def _ratio(self, ratio, name: str, *, width: int, batch: int) -> torch.Tensor:
+        check_ratio(ratio, name, width=width, batch=batch)
+        device = self._require_source().keypoints.device
+        if ratio.device != device:
+            raise ValueError(f"{name} is on {ratio.device} but the source is on {device}; "
+                             f"move it with .to({str(device)!r})")
+        return ratio.expand(batch, -1)
 
     def _net(self, name: str, purpose: str):
         if name not in self.nets:

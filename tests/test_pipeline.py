@@ -509,6 +509,8 @@ def test_eye_and_lip_retargeting_follow_the_official_rules(frames):
     assert torch.allclose(absolute.driving_keypoints(motion_d, lip_ratio=lip_ratio), driven + 0.01, atol=1e-6)
     with pytest.raises(ValueError, match=r"eye_ratio must be 1x3 or 2x3"):
         animator.driving_keypoints(motion_d, eye_ratio=torch.zeros(1, 2))
+    with pytest.raises(ValueError, match=r"lip_ratio is on meta but the source is on cpu"):
+        animator.driving_keypoints(motion_d, lip_ratio=torch.zeros(1, 2, device="meta"))
     animator.step(frames[1:3], eye_ratio=eye_ratio)  # through the per-frame step too
 
 
