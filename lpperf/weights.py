@@ -108,8 +108,18 @@ def _load_into(net: nn.Module, state_dict: dict, source: str) -> None:
     net.load_state_dict(state_dict, strict=True)
 
 
+def _uninitialised_float32_nets() -> dict[str, nn.Module]:
+    """The seven networks on the CPU in float32 (whatever the default dtype), values not initialised.
+
+    Built on the meta device: PyTorch's default initialisation would only be overwritten.
+    """
+    with torch.device("meta"):
+        nets = {name: models.build(name).float() for name in models.NAMES}
+    return {name: net.to_empty(device="cpu") for name, net in nets.items()}
+
+
 def load_official(directory: str | Path, device: torch.device | str = "cpu") -> dict[str, nn.Module]:
-    """The seven networks with the official LivePortrait (human) weights, in eval mode on `device`.
+    """The seven networks with the official LivePortrait (human) weights, float32, in eval mode on `device`.
 
     `directory` holds the five official files, either side by side or in the
     release's layout (base_models/ and retargeting_models/ sub-folders).
@@ -121,10 +131,7 @@ def load_official(directory: str | Path, device: torch.device | str = "cpu") -> 
         raise FileNotFoundError(f"weights directory {directory} does not exist or is not a directory. " + _HOW_TO_GET)
     paths = {name: _find_file(directory, filename) for name, filename in OFFICIAL_FILES.items()}
     retargeting_path = _find_file(directory, RETARGETING_FILE)
-    # No default initialisation: strict loading overwrites every parameter and buffer.
-    with torch.device("meta"):
-        nets = {name: models.build(name) for name in models.NAMES}
-    nets = {name: net.to_empty(device="cpu") for name, net in nets.items()}
+    nets = _uninitialised_float32_nets()  # strict loading overwrites every parameter and buffer
     for name, path in paths.items():
         _load_into(nets[name], _read_checkpoint(path), str(path))
     bundle = checkpoint_filter_fn(_read_checkpoint(retargeting_path))
@@ -169,7 +176,9 @@ OCCLUSION_BIAS = 2.0  # most of the face is visible: occlusion map ~0.9
 BACKGROUND_MASK_BIAS = 1.0  # the dense-motion mask slightly prefers the identity motion
 IMAGE_LOGIT_STD = 1.2  # G's pre-sigmoid output spread: a full, unsaturated range of grey levels
 CALIBRATION_ROLL_DEGREES = 5.0  # driving motion used while calibrating W: a small head roll
-_GRAM_SQUARINGS = 10  # 2^10 power-iteration steps: the top two singular values of these layers differ by >= 0.5%
+# 2^10 power-iteration steps: (sigma_2 / sigma_1)^2 is at most ~0.995 for these random layers, so
+# sigma ends within ~1e-7 of the largest singular value.
+_GRAM_SQUARINGS = 10
 _POLISH_STEPS = 3  # ordinary power-iteration steps after the squarings
 
 _NORMS = (nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, models.motion.ChannelsFirstLayerNorm)
@@ -258,15 +267,17 @@ def _init_motion(net: models.MotionExtractor, generator: torch.Generator) -> Non
         layer.weight.normal_(0.0, output_std / math.sqrt(width), generator=generator)
         layer.bias.copy_(bias)
 
-    extent = torch.tensor([1.0, 1.0, 1 / 3]) * CANONICAL_KP_EXTENT
-    canonical = (2 * torch.rand(num_kp, 3, generator=generator) - 1) * extent
+    # Explicit float32 throughout: the same numbers whatever torch's default dtype.
+    f32 = dict(dtype=torch.float32)
+    extent = torch.tensor([1.0, 1.0, 1 / 3], **f32) * CANONICAL_KP_EXTENT
+    canonical = (2 * torch.rand(num_kp, 3, generator=generator, **f32) - 1) * extent
     head(detector.fc_kp, 0.03, canonical.flatten())
-    head(detector.fc_scale, 0.05, torch.tensor([HEAD_SCALE]))
-    head(detector.fc_t, 0.02, 0.02 * torch.randn(3, generator=generator))
-    head(detector.fc_exp, 0.01, 0.005 * torch.randn(3 * num_kp, generator=generator))
-    bins = torch.arange(num_bins, dtype=torch.float32)
+    head(detector.fc_scale, 0.05, torch.tensor([HEAD_SCALE], **f32))
+    head(detector.fc_t, 0.02, 0.02 * torch.randn(3, generator=generator, **f32))
+    head(detector.fc_exp, 0.01, 0.005 * torch.randn(3 * num_kp, generator=generator, **f32))
+    bins = torch.arange(num_bins, **f32)
     for layer in (detector.fc_pitch, detector.fc_yaw, detector.fc_roll):
-        centre = (num_bins - 1) / 2 + torch.randn((), generator=generator)  # within a few degrees of frontal
+        centre = (num_bins - 1) / 2 + torch.randn((), generator=generator, **f32)  # within a few degrees of frontal
         head(layer, 0.3, -0.5 * ((bins - centre) / POSE_SPREAD_BINS) ** 2)
 
 
@@ -301,9 +312,10 @@ def _calibration_images(images: torch.Tensor | None) -> torch.Tensor:
     if images is None:
         from lpperf.sample import portrait  # lazily: only synthetic weights need the sample data
         images = portrait()
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"calibration images must be a tensor (N, 3, H, W) in [0, 1], got "
-                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1:] != (3, 256, 256):
+        raise ValueError("calibration images must be a tensor (N, 3, 256, 256) in [0, 1] (the networks' input "
+                         "size), got " + (str(tuple(images.shape)) if isinstance(images, torch.Tensor)
+                                          else type(images).__name__))
     if not images.is_floating_point() or images.min() < 0 or images.max() > 1:
         raise ValueError("calibration images must be floating point with values in [0, 1]")
     return images.detach().float().cpu()
@@ -347,7 +359,7 @@ def _calibrate_warping(net: models.WarpingNetwork, feature: torch.Tensor, kp_sou
     """
     angle = math.radians(CALIBRATION_ROLL_DEGREES)
     roll = torch.tensor([[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0],
-                         [0.0, 0.0, 1.0]])
+                         [0.0, 0.0, 1.0]], dtype=kp_source.dtype)
     kp_driving = kp_source @ roll.T
     dense = net.dense_motion_network
     with _recording_batch_norm_statistics(net):
@@ -355,7 +367,8 @@ def _calibrate_warping(net: models.WarpingNetwork, feature: torch.Tensor, kp_sou
         hourglass_input, _ = dense.hourglass_input(kp_driving, kp_source, terms)
         dense.hourglass(F.avg_pool3d(hourglass_input, (1, 2, 2)))
         net.third(feature.flatten(1, 2))
-    return net.fourth(net.third(feature.flatten(1, 2))) * torch.sigmoid(torch.tensor(OCCLUSION_BIAS))
+    typical_occlusion = 1 / (1 + math.exp(-OCCLUSION_BIAS))
+    return net.fourth(net.third(feature.flatten(1, 2))) * typical_occlusion
 
 
 def _calibrate_output_layer(decoder: models.SPADEDecoder, feature: torch.Tensor) -> None:
@@ -392,9 +405,7 @@ def synthetic(seed: int = 0, device: torch.device | str = "cpu",
     """
     images = _calibration_images(calibration_images)
     generator = torch.Generator().manual_seed(seed)
-    with torch.device("meta"):
-        nets = {name: models.build(name) for name in models.NAMES}
-    nets = {name: net.to_empty(device="cpu") for name, net in nets.items()}
+    nets = _uninitialised_float32_nets()
     with torch.no_grad():
         _init_appearance(nets["appearance_feature_extractor"], generator)
         _init_motion(nets["motion_extractor"], generator)

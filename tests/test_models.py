@@ -180,6 +180,7 @@ def test_small_output_shapes(name):
 
 
 def test_full_size_shapes_float32():
+    """F, M and the MLPs at official size; W and G at official size run in test_weights (synthetic weights)."""
     torch.manual_seed(0)
     with torch.no_grad():
         feature = models.build("appearance_feature_extractor")(torch.rand(1, 3, 256, 256))
@@ -188,13 +189,6 @@ def test_full_size_shapes_float32():
         assert {k: tuple(v.shape) for k, v in motion.items()} == {
             "pitch": (1, 66), "yaw": (1, 66), "roll": (1, 66), "t": (1, 3), "exp": (1, 63), "scale": (1, 1),
             "kp": (1, 63)}
-        kp = 0.5 * torch.rand(1, 21, 3) - 0.25
-        warped = models.build("warping_module")(feature, kp, kp.flip(1))
-        assert {k: tuple(v.shape) for k, v in warped.items()} == {
-            "occlusion_map": (1, 1, 64, 64), "deformation": (1, 16, 64, 64, 3), "out": (1, 256, 64, 64)}
-        image = models.build("spade_generator")(warped["out"])
-        assert image.shape == (1, 3, 512, 512)
-        assert image.min() >= 0 and image.max() <= 1
         for name, size in (("stitching", 126), ("lip", 65), ("eye", 66)):
             assert models.build(name)(torch.rand(3, size)).shape == (3, 65 if name == "stitching" else 63)
 

@@ -257,13 +257,22 @@ def animate(nets) -> dict:
     finally:
         for handle in handles:
             handle.remove()
-    return dict(activity=activity, finite=finite, motion=source_motion, kp_source=kp_source,
+    return dict(activity=activity, finite=finite, feature=feature, motion=source_motion, kp_source=kp_source,
                 kp_driving=kp_driving, warped=warped, image=image)
 
 
 @pytest.fixture(scope="module")
 def animated(nets):
     return animate(nets)
+
+
+def test_official_size_output_shapes(animated):
+    assert animated["feature"].shape == (1, 32, 16, 64, 64)
+    assert {key: tuple(value.shape) for key, value in animated["motion"].items()} == {
+        "pitch": (1, 66), "yaw": (1, 66), "roll": (1, 66), "t": (1, 3), "exp": (1, 63), "scale": (1, 1), "kp": (1, 63)}
+    assert {key: tuple(value.shape) for key, value in animated["warped"].items()} == {
+        "occlusion_map": (1, 1, 64, 64), "deformation": (1, 16, 64, 64, 3), "out": (1, 256, 64, 64)}
+    assert animated["image"].shape == (1, 3, 512, 512)
 
 
 def test_no_activation_is_vanishing_exploding_or_non_finite(animated):
