@@ -397,7 +397,8 @@ def synthetic(seed: int = 0, device: torch.device | str = "cpu",
     - variance-preserving initialisation, residual branches damped;
     - spectral-norm u, v at their converged values (sigma is the true spectral norm);
     - BatchNorm running statistics measured on `calibration_images`
-      (N x 3 x 256 x 256 in [0, 1]; default lpperf.sample.portrait());
+      (N x 3 x 256 x 256 in [0, 1]; default lpperf.sample.portrait()): F's on
+      all N, W's on the first image under a small head roll;
     - motion heads predicting keypoints within about [-0.6, 0.6], scale ~1.6,
       small expression and translation, near-frontal head poses;
     - G's output layer scaled so the decoded frame spans grey levels unsaturated.
