@@ -52,6 +52,7 @@ def waterfall_rows() -> list[Row]:
         ("+ inference_mode + cudnn.benchmark", None, "tf32"),
         ("+ fold spectral norm", r.fold_spectral_norm, "tf32"),
         ("+ W source cache", r.warp_source_cache, "tf32"),
+        ("+ pad W's 3-D conv channels to x8", r.pad_warp_channels, "tf32"),
         ("+ fp16 weights (.half())", r.half, "fp16"),
         ("+ fp32 residual stream in G", r.residual_float32, "fp16"),
         ("+ channels_last", r.channels_last, "fp16"),
@@ -87,7 +88,7 @@ def variant_rows() -> list[Row]:
     fast = recipes.RECIPES["fast"].steps
     without = {step.__name__ for step in fast}
     rows = [Row("fast", fast, "fp16"), Row("fast + inductor freezing", fast + (r.inductor_freezing,), "fp16")]
-    for removed in ("residual_float32", "channels_last", "warp_source_cache", "fold_spectral_norm"):
+    for removed in ("residual_float32", "channels_last", "warp_source_cache", "pad_warp_channels", "fold_spectral_norm"):
         if removed in without:
             rows.append(Row(f"fast - {removed}", tuple(s for s in fast if s.__name__ != removed), "fp16"))
     return rows

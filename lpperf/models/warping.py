@@ -36,6 +36,9 @@ class DenseMotionNetwork(nn.Module):
     # grid_sample precision; None samples in the feature's dtype (the official behaviour). Set to
     # float32 to keep sub-voxel precision when the network runs in half precision.
     sample_dtype: torch.dtype | None = None
+    # Zero channels appended to the hourglass input. 0 is the official network; a recipe that pads
+    # the 3-D convolutions' channels to multiples of 8 (exactly, with zero weights) sets it.
+    input_padding: int = 0
 
     def source_terms(self, feature: torch.Tensor, kp_source: torch.Tensor) -> dict[str, torch.Tensor]:
         """What depends only on the source: the compressed, normalised feature and the source
@@ -75,8 +78,11 @@ class DenseMotionNetwork(nn.Module):
                 source_terms: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         terms = self.source_terms(feature, kp_source) if source_terms is None else source_terms
         hourglass_input, motions = self.hourglass_input(kp_driving, kp_source, terms)
+        if self.input_padding:
+            hourglass_input = F.pad(hourglass_input, (0, 0, 0, 0, 0, 0, 0, self.input_padding))
         prediction = self.hourglass(hourglass_input)
-        mask = F.softmax(self.mask(prediction), dim=1)  # (B, K+1, D, H, W)
+        # [:, :K+1] drops the zero channels a padded mask conv adds; a no-op on the official network.
+        mask = F.softmax(self.mask(prediction)[:, :self.num_kp + 1], dim=1)  # (B, K+1, D, H, W)
         deformation = torch.einsum("bkdhw,bkdhwc->bdhwc", mask.to(motions.dtype), motions)
         out = {"mask": mask, "deformation": deformation}
         if self.occlusion is not None:
