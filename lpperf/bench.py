@@ -142,6 +142,7 @@ class RowResult:
     memory_unavailable: str
     parity: dict[str, Any] | None
     parity_failures: list[str]
+    stage_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,6 +156,7 @@ class BenchConfig:
     rule: timing.StoppingRule = timing.StoppingRule(min_repeats=20, min_seconds=0.5, max_rel_iqr=0.05,
                                                      max_repeats=300, max_seconds=15.0)
     parity_frames: int = PARITY_FRAMES
+    stages: bool = True  # also time F, M, S, W, G alone per row
 
 
 def driving_batch(batch: int, offset: int = 0) -> torch.Tensor:
@@ -174,6 +176,33 @@ def reference_frames(nets: dict, device: torch.device, count: int) -> torch.Tens
 
 
 STAGE_NAMES = ("f_s", "keypoints", "deformation", "warped")
+STAGES = ("F", "M", "S", "W", "G")  # F runs once per source; M + S + W + G once per frame
+STAGE_RULE = timing.StoppingRule(min_repeats=10, min_seconds=0.05, max_rel_iqr=0.05, max_repeats=100, max_seconds=1.0)
+
+
+def stage_calls(animator: recipes.OptimizedAnimator, driving: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """Zero-argument callables running each stage alone on the animator's networks (in its
+    precision and layout, eagerly: compilation applies to the whole step), inputs prepared once."""
+    source = animator.source
+    nets = animator.nets
+    kp_driving = animator.driving_keypoints(pipeline.motion_from_extractor(nets[pipeline.MOTION_NET](driving)))
+    warped = nets[pipeline.WARP_NET](source.feature, kp_driving=kp_driving, kp_source=source.keypoints)
+    return {
+        "F": lambda: nets[pipeline.FEATURE_NET](source.image),
+        "M": lambda: nets[pipeline.MOTION_NET](driving),
+        "S": lambda: pipeline.stitch(nets[pipeline.STITCHING_NET], source.keypoints, kp_driving),
+        "W": lambda: nets[pipeline.WARP_NET](source.feature, kp_driving=kp_driving, kp_source=source.keypoints),
+        "G": lambda: nets[pipeline.DECODER_NET](warped["out"]),
+    }
+
+
+def measure_stages(animator: recipes.OptimizedAnimator, driving: torch.Tensor, device: torch.device,
+                   rule: timing.StoppingRule = STAGE_RULE) -> dict[str, float]:
+    """Median ms of each stage at batch 1 (eager; see stage_calls)."""
+    with animator.engine.context():
+        calls = stage_calls(animator, driving[:1])
+        return {stage: timing.time_callable(call, device, warmup=2, rule=rule).median_ms
+                for stage, call in calls.items()}
 
 
 def stage_outputs(animator: recipes.OptimizedAnimator, driving: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -214,6 +243,7 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
         driving = driving_batch(config.batch, offset=config.parity_frames).to(device)
         result = timing.time_callable(lambda: animator.step(driving), device,
                                       warmup=config.warmup, rule=config.rule)
+        stage_ms = measure_stages(animator, driving, device) if config.stages else {}
     if tracker is not None:
         memory_report, memory_reason = tracker.report.to_dict(), ""
 
@@ -233,7 +263,7 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
         p90_ms_per_frame=result.stats.p90_s / config.batch * 1e3,
         frames_per_second=1.0 / per_frame_s, speedup=None, tflops=tflops,
         compile_seconds=engine.compile_seconds, memory=memory_report, memory_unavailable=memory_reason,
-        parity=parity_dict, parity_failures=failures)
+        parity=parity_dict, parity_failures=failures, stage_ms=stage_ms)
     _release(engine, animator)
     return row_result
 

@@ -98,7 +98,12 @@ def bench_charts(rows: Sequence[Mapping], out_dir: Path, title: str) -> tuple[li
                                   xlabel="ms per frame", errors=[[0.0] * len(errors), errors]))
     else:
         skipped["latency"] = "no row was measured successfully"
-    skipped["latency_per_stage"] = "per-stage latency is not measured by lpperf bench (whole per-frame step only)"
+    staged = [r for r in good if r.get("stage_ms")]
+    if staged:
+        written.append(_stage_chart([label(r) for r in staged], [r["stage_ms"] for r in staged],
+                                    out_dir / "latency_per_stage.png", title))
+    else:
+        skipped["latency_per_stage"] = "no row has per-stage timings (BenchConfig.stages was off)"
     chart("speedup", [(label(r), r["speedup"]) for r in good if _finite(r.get("speedup"))],
           "no speedups (the first row, the baseline, failed)",
           title=f"Speedup over the first row of its batch - {title}", xlabel="x faster", reference_line=1.0)
@@ -111,6 +116,24 @@ def bench_charts(rows: Sequence[Mapping], out_dir: Path, title: str) -> tuple[li
           "no finite PSNR (no parity measured, or outputs identical to the reference)",
           title=f"Parity vs the float32 reference (PSNR, higher is closer) - {title}", xlabel="PSNR dB")
     return written, skipped
+
+
+def _stage_chart(labels: Sequence[str], stage_ms: Sequence[Mapping[str, float]], path: Path, title: str) -> Path:
+    """Stacked bars: each stage's median ms (run alone, eagerly) per row."""
+    figure = _figure(9, 0.45 * len(labels) + 1.6)
+    axes = figure.add_subplot()
+    positions = range(len(labels))
+    left = [0.0] * len(labels)
+    for stage in dict.fromkeys(stage for row in stage_ms for stage in row):
+        widths = [row.get(stage, 0.0) for row in stage_ms]
+        axes.barh(positions, widths, left=left, label=stage)
+        left = [a + b for a, b in zip(left, widths)]
+    axes.set_yticks(list(positions), labels, fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("ms (each stage run alone, eagerly, in the row's precision)")
+    axes.set_title(f"Latency per stage - {title}")
+    axes.legend(fontsize=8, ncols=5)
+    return _save(figure, path)
 
 
 def trend_chart(name: str, series: Mapping[str, Sequence[tuple[str, float]]], path: Path) -> Path:

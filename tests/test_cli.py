@@ -97,7 +97,7 @@ def test_bench_cpu_end_to_end(tmp_path, capsys, small_nets):
     if charts.unavailable_reason():
         assert report["charts"]["written"] == []
     else:
-        assert sorted(report["charts"]["written"]) == ["latency.png", "speedup.png"]
+        assert sorted(report["charts"]["written"]) == ["latency.png", "latency_per_stage.png", "speedup.png"]
         assert "memory" in report["charts"]["skipped"]  # no NVML on the CPU
         for name in report["charts"]["written"]:
             width, height = png_size(out / name)
@@ -128,13 +128,13 @@ def test_bench_rows_per_batch(tmp_path, capsys, monkeypatch, small_nets):
 
 
 def fake_result(name: str, batch: int, ms: float, speedup: float | None, memory_mib: float | None = None,
-                psnr: float | None = None) -> bench.RowResult:
+                psnr: float | None = None, stage_ms: dict | None = None) -> bench.RowResult:
     return bench.RowResult(
         name=name, batch=batch, applied=[], skipped={}, timing={"stats": {"count": 5, "median_s": ms * batch / 1e3}},
         ms_per_frame=ms, p90_ms_per_frame=ms * 1.1, frames_per_second=1e3 / ms, speedup=speedup, tflops=None,
         compile_seconds=None, memory=None if memory_mib is None else {"process_peak_bytes": int(memory_mib * 2**20)},
         memory_unavailable="" if memory_mib else "no NVML here",
-        parity=None if psnr is None else {"frame": {"psnr_db": psnr}}, parity_failures=[])
+        parity=None if psnr is None else {"frame": {"psnr_db": psnr}}, parity_failures=[], stage_ms=stage_ms or {})
 
 
 def test_bench_charts_skipped_without_matplotlib(tmp_path, capsys, monkeypatch, small_nets):
@@ -156,6 +156,9 @@ def test_bench_charts_draw_memory_and_parity(tmp_path):
     written, skipped = charts.bench_charts(rows, tmp_path, "test card")
     assert sorted(p.name for p in written) == ["latency.png", "memory.png", "parity.png", "speedup.png"]
     assert set(skipped) == {"latency_per_stage"}
+    rows[1]["stage_ms"] = {"M": 1.0, "S": 0.1, "W": 2.0, "G": 1.9}
+    written, skipped = charts.bench_charts(rows, tmp_path, "test card")
+    assert "latency_per_stage.png" in {p.name for p in written} and not skipped
     for path in written:
         png_size(path)
 

@@ -22,7 +22,6 @@ OPTIMIZED = "fast"
 BASELINE = "fp32-eager"
 FRAME_RECIPES = (BASELINE, "autocast-fp16", OPTIMIZED)
 STAGE_RECIPES = (BASELINE, OPTIMIZED)
-STAGES = ("F", "M", "W", "G", "S")
 PARITY_FRAMES = 4
 RULE = timing.StoppingRule(min_repeats=30, min_seconds=0.3, max_rel_iqr=0.05, max_repeats=500, max_seconds=10.0)
 
@@ -89,29 +88,13 @@ def _environment_info(card) -> dict:
     return {"card": card.name, "driver": card.driver, "torch": card.torch, "cuda": card.cuda}
 
 
-def _stage_call(animator: recipes.OptimizedAnimator, stage: str, driving: torch.Tensor):
-    """A zero-argument callable running one stage of the per-frame step (F: the source stage)."""
-    source = animator.source
-    kp_driving = animator.driving_keypoints(pipeline.motion_from_extractor(animator.nets["motion_extractor"](driving)))
-    warped = animator.nets["warping_module"](source.feature, kp_driving=kp_driving, kp_source=source.keypoints)
-    calls = {
-        "F": lambda: animator.nets["appearance_feature_extractor"](source.image),
-        "M": lambda: animator.nets["motion_extractor"](driving),
-        "W": lambda: animator.nets["warping_module"](source.feature, kp_driving=kp_driving,
-                                                     kp_source=source.keypoints),
-        "G": lambda: animator.nets["spade_generator"](warped["out"]),
-        "S": lambda: pipeline.stitch(animator.nets["stitching"], source.keypoints, kp_driving),
-    }
-    return calls[stage]
-
-
 @pytest.mark.parametrize("recipe", STAGE_RECIPES)
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", bench.STAGES)
 def test_stage(benchmark, gpu_session, lpperf_card, recipe, stage):
     animator = gpu_session.animator(recipe)
     benchmark.group = f"stage {stage}"
     with animator.engine.context():
-        call = _stage_call(animator, stage, gpu_session.driving)
+        call = bench.stage_calls(animator, gpu_session.driving)[stage]
         flops = roofline.count_flops(call).total
         out = benchmark(call)
     values = out.values() if isinstance(out, dict) else [out]
