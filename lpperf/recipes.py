@@ -313,28 +313,24 @@ def pad_warp_channels(engine: Engine, multiple: int = 8) -> None:
 
 def compile_nets(mode: str) -> Callable[[Engine], None]:
     """torch.compile each heavy network separately (the official speed script's way)."""
-    _check_compile_mode(mode)
-
-    def step(engine: Engine) -> None:
-        _require_cuda(engine)
-        engine.compile_nets_mode = mode
-
-    step.__name__ = "compile_nets"
-    step.__doc__ = f"torch.compile(mode={mode!r}) on M, W and G separately."
-    return step
+    return _compile(mode, "compile_nets", "compile_nets_mode", "on M, W and G separately")
 
 
 def compile_step(mode: str) -> Callable[[Engine], None]:
     """torch.compile the whole per-frame step (M + keypoint math + S + W + G) as one program;
     with mode='reduce-overhead' it replays as one CUDA graph."""
+    return _compile(mode, "compile_step", "compile_step_mode", "on the whole per-frame step")
+
+
+def _compile(mode: str, name: str, engine_field: str, scope: str) -> Callable[[Engine], None]:
     _check_compile_mode(mode)
 
     def step(engine: Engine) -> None:
         _require_cuda(engine)
-        engine.compile_step_mode = mode
+        setattr(engine, engine_field, mode)
 
-    step.__name__ = "compile_step"
-    step.__doc__ = f"torch.compile(mode={mode!r}) on the whole per-frame step."
+    step.__name__ = name
+    step.__doc__ = f"torch.compile(mode={mode!r}) {scope}."
     return step
 
 
