@@ -139,18 +139,26 @@ def test_peak_cache_measures_each_device_and_dtype_once():
 
 
 def test_cpu_peak_is_positive_and_bounds_an_honest_measurement():
-    peak = measure_peak("cpu", size=256, products_per_sample=2, rule=FAST_RULE)
+    # One thread, and the peak measured on both sides of the honest run: on a shared 2-core CI
+    # machine (pytest -n 2) thread oversubscription can otherwise slow one measurement many-fold.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        before = measure_peak("cpu", size=256, products_per_sample=2, rule=FAST_RULE)
+        a, b = torch.randn(256, 256), torch.randn(256, 256)
+        flops = count_flops(torch.mm, a, b).total
+        honest = time_callable(lambda: torch.mm(a, b), "cpu", warmup=2, rule=FAST_RULE)
+        after = measure_peak("cpu", size=256, products_per_sample=2, rule=FAST_RULE)
+    finally:
+        torch.set_num_threads(threads)
+    peak = max(before, after, key=lambda p: p.tflops)
     assert peak.clock == "host_perf_counter" and peak.dtype == "float32"
     assert peak.tflops > 0
     assert peak.best_seconds == pytest.approx(2 * matmul_flops(256, 256, 256) / (peak.tflops * 1e12))
-
-    a, b = torch.randn(256, 256), torch.randn(256, 256)
-    flops = count_flops(torch.mm, a, b).total
-    honest = time_callable(lambda: torch.mm(a, b), "cpu", warmup=2, rule=FAST_RULE)
-    # the median of a fresh run cannot beat the best of the peak run by much; 1.5 absorbs CPU noise
-    check(flops, honest.stats.median_s, peak, margin=1.5)
+    # the median of an honest run cannot beat the best of the peak runs by much; 3 absorbs CPU noise
+    check(flops, honest.stats.median_s, peak, margin=3.0)
     with pytest.raises(ImpossibleTimingError):
-        check(flops, honest.stats.median_s / 100, peak, margin=1.5)
+        check(flops, honest.stats.median_s / 100, peak, margin=3.0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
