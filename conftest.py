@@ -8,8 +8,6 @@ how the pieces fit together.
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,19 +138,6 @@ _OPTIONS = (
 _SETTINGS = pytest.StashKey[_Settings]()
 _CARD = pytest.StashKey[CardInfo]()
 _SESSION = pytest.StashKey[pytest.Session]()
-
-
-def synchronized_perf_counter() -> float:
-    """time.perf_counter() read after all queued work on the current CUDA device has finished.
-
-    pytest-benchmark brackets every round with two clock readings; with this clock the interval
-    covers the GPU work launched inside it, not only the host-side launches. It adds nothing until
-    CUDA is initialised, so CPU benchmarks time exactly as with perf_counter.
-    """
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-    return time.perf_counter()
 
 
 def _nvidia_driver() -> str | None:
@@ -341,7 +326,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # pytest-benchmark's documented per-test `timer` setting; a timer the test chose itself wins.
             marker = item.get_closest_marker("benchmark")
             settings = dict(marker.kwargs) if marker else {}
-            settings.setdefault("timer", synchronized_perf_counter)
+            settings.setdefault("timer", _synchronized_clock())
             item.add_marker(pytest.mark.benchmark(**settings), append=False)
 
 
@@ -410,6 +395,14 @@ def lpperf_card(pytestconfig: pytest.Config) -> CardInfo:
 @pytest.fixture(scope="session")
 def lpperf_sync_clock() -> Callable[[], float]:
     """The clock the suite gives pytest-benchmark: perf_counter after a CUDA synchronize."""
+    return _synchronized_clock()
+
+
+def _synchronized_clock() -> Callable[[], float]:
+    """lpperf.timing's synchronising perf_counter, imported only when a benchmark needs it, so
+    collection never depends on lpperf."""
+    from lpperf.timing import synchronized_perf_counter
+
     return synchronized_perf_counter
 
 

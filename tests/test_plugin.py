@@ -212,13 +212,15 @@ def test_a_test_asking_for_cuda_device_counts_as_a_gpu_test(suite):
 
 def test_sync_clock_synchronises_only_once_cuda_is_initialised(lpperf_sync_clock, monkeypatch):
     synchronised = []
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda: synchronised.append(True))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda index=None: synchronised.append(index))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     first = lpperf_sync_clock()
     assert synchronised == []
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     second = lpperf_sync_clock()
-    assert synchronised == [True]
+    assert synchronised == [0, 1]  # every visible card
     assert second >= first
 
 
