@@ -21,7 +21,6 @@ import gc
 import itertools
 import logging
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -74,12 +73,10 @@ def waterfall_rows() -> list[Row]:
 def peer_rows() -> list[Row]:
     """Rows measured beside the waterfall: the official app's and speed script's settings,
     and the bf16 variant of the fastest recipe."""
-    r = recipes.RECIPES
-    return [
-        Row("peer: autocast fp16 eager (official app)", r["autocast-fp16"].steps, "fp16"),
-        Row("peer: .half() + compile per net (official, mode=default)", r["official-default"].steps, "fp16"),
-        Row("fast-bf16", r["fast-bf16"].steps, "bf16"),
-    ]
+    labels = {"autocast-fp16": "peer: autocast fp16 eager (official app)",
+              "official-default": "peer: .half() + compile per net (official, mode=default)",
+              "fast-bf16": "fast-bf16"}
+    return [dataclasses.replace(recipe_row(name), name=label) for name, label in labels.items()]
 
 
 def variant_rows() -> list[Row]:
@@ -113,7 +110,6 @@ def profile_step(recipe: str, nets: dict, device: str | torch.device, steps: int
             torch.cuda.synchronize(device)
     sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     table = profiler.key_averages().table(sort_by=sort_by, row_limit=30, max_name_column_width=70)
-    _release(engine, animator)
     return f"recipe {recipe}, {steps} steps, batch 1, applied {engine.applied}\n{table}"
 
 
@@ -121,8 +117,7 @@ def recipe_row(name: str) -> Row:
     recipe = recipes.RECIPES.get(name)
     if recipe is None:
         raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(recipes.RECIPES)}")
-    precision = "fp32" if name == "reference" else "bf16" if "bf16" in name else "tf32" if name == "fp32-eager" else "fp16"
-    return Row(name, recipe.steps, precision)
+    return Row(name, recipe.steps, recipe.precision)
 
 
 @dataclasses.dataclass
@@ -171,7 +166,6 @@ def reference_frames(nets: dict, device: torch.device, count: int) -> torch.Tens
     animator = engine.animator(sample.portrait(), reference=driving_batch(1))
     outputs = [animator.step(frame.to(device)).float().cpu()
                for frame in itertools.islice(sample.driving_frames(), count)]
-    _release(engine, animator)
     return torch.cat(outputs)
 
 
@@ -257,15 +251,13 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
     if flops_per_frame:
         tflops = (roofline.check(flops_per_frame, per_frame_s, peak, label=f"waterfall row {row.name!r}")
                   if peak is not None else roofline.achieved_tflops(flops_per_frame, per_frame_s))
-    row_result = RowResult(
+    return RowResult(
         name=row.name, batch=config.batch, applied=list(engine.applied), skipped=dict(engine.skipped),
         timing=result.to_dict(), ms_per_frame=per_frame_s * 1e3,
         p90_ms_per_frame=result.stats.p90_s / config.batch * 1e3,
         frames_per_second=1.0 / per_frame_s, speedup=None, tflops=tflops,
         compile_seconds=engine.compile_seconds, memory=memory_report, memory_unavailable=memory_reason,
         parity=parity_dict, parity_failures=failures, stage_ms=stage_ms)
-    _release(engine, animator)
-    return row_result
 
 
 def frame_flops(nets: dict, batch: int = 1) -> float:
@@ -303,6 +295,7 @@ def run(rows: Sequence[Row], nets: dict, device: str | torch.device = "cuda", co
         peak = roofline.measure_peak(device)
     progress("computing the float32 reference frames (TF32 off)")
     reference = reference_frames(nets, device, config.parity_frames)
+    _release()
     results = []
     for row in rows:
         progress(f"row: {row.name}")
@@ -363,11 +356,10 @@ def _failed_row(row: Row, config: BenchConfig, error: str) -> RowResult:
                      error=error)
 
 
-def _release(*objects: Any) -> None:
-    """Free a configuration's GPU memory (compiled graphs and CUDA-graph pools too) before the next."""
-    del objects
+def _release() -> None:
+    """Free the last configuration's GPU memory (compiled graphs and CUDA-graph pools too) before
+    the next; call it once that configuration's objects are out of scope."""
     torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    time.sleep(0)

@@ -52,8 +52,6 @@ class Engine:
     cudnn_benchmark: bool = False
     allow_tf32: bool = True
     channels_last: bool = False
-    warp_source_cache: bool = False
-    residual_dtype: torch.dtype | None = None
     compile_nets_mode: str | None = None
     compile_step_mode: str | None = None
     inductor_freezing: bool = False
@@ -227,7 +225,6 @@ def residual_float32(engine: Engine) -> None:
     convolutions run in half precision: the fp16 overflow past G_middle_4 cannot happen."""
     if engine.weight_dtype == torch.float32 and engine.autocast_dtype is None:
         raise StepNotApplicable("networks already run in float32")
-    engine.residual_dtype = torch.float32
     _inner(engine.nets["spade_generator"]).residual_dtype = torch.float32
     _inner(engine.nets["warping_module"]).sample_dtype = torch.float32
 
@@ -252,7 +249,6 @@ def warp_source_cache(engine: Engine) -> None:
     if not hasattr(warp, "source_terms"):
         raise StepNotApplicable(f"{type(warp).__name__} cannot split off its source-only terms")
     engine.nets["warping_module"] = SourceCachedWarp(warp)
-    engine.warp_source_cache = True
 
 
 class SourceCachedWarp(nn.Module):
@@ -432,27 +428,28 @@ class Recipe:
     name: str
     steps: tuple[Callable[[Engine], None], ...]
     description: str
+    precision: str  # the parity tolerance class of its output (lpperf.parity.Tolerance.for_precision)
 
 
-def _recipe(name: str, description: str, *steps: Callable[[Engine], None]) -> Recipe:
-    return Recipe(name, tuple(steps), description)
+def _recipe(name: str, precision: str, description: str, *steps: Callable[[Engine], None]) -> Recipe:
+    return Recipe(name, tuple(steps), description, precision)
 
 
 FAST_STEPS = (inference_mode, cudnn_benchmark, fold_spectral_norm, warp_source_cache, pad_warp_channels, half,
               residual_float32, channels_last, compile_step("reduce-overhead"))
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    _recipe("fp32-eager", "float32, eager, torch defaults (TF32 convolutions on)"),
-    _recipe("reference", "float32, eager, TF32 off: the parity reference", tf32_off),
-    _recipe("autocast-fp16", "the official app's default: autocast float16, eager",
+    _recipe("fp32-eager", "tf32", "float32, eager, torch defaults (TF32 convolutions on)"),
+    _recipe("reference", "fp32", "float32, eager, TF32 off: the parity reference", tf32_off),
+    _recipe("autocast-fp16", "fp16", "the official app's default: autocast float16, eager",
             inference_mode, cudnn_benchmark, autocast_fp16),
-    _recipe("official", ".half() + torch.compile(mode='max-autotune') per network: the official "
+    _recipe("official", "fp16", ".half() + torch.compile(mode='max-autotune') per network: the official "
             "speed script", half, compile_nets("max-autotune")),
-    _recipe("official-default", ".half() + torch.compile(mode='default') per network: the official "
+    _recipe("official-default", "fp16", ".half() + torch.compile(mode='default') per network: the official "
             "recipe with a compile that finishes in minutes", half, compile_nets("default")),
-    _recipe("fast", "fp16 with a float32 residual stream, NHWC, source caching, whole step as one "
+    _recipe("fast", "fp16", "fp16 with a float32 residual stream, NHWC, source caching, whole step as one "
             "CUDA graph", *FAST_STEPS),
-    _recipe("fast-bf16", "as fast, in bfloat16 (float32's range: no residual-stream placement needed)",
+    _recipe("fast-bf16", "bf16", "as fast, in bfloat16 (float32's range: no residual-stream placement needed)",
             *(bfloat16 if step is half else step for step in FAST_STEPS if step is not residual_float32)),
 )}
 

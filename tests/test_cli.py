@@ -1,6 +1,6 @@
 """The lpperf command end to end on the CPU, at small sizes: files written and every error path.
 
-Networks: lpperf.models.TINY with a smaller motion extractor (test_networks), so a frame costs
+Networks: lpperf.models.TINY with a smaller motion extractor (small_networks), so a frame costs
 well under a second on 2 cores; the CLI's plumbing, not the networks, is under test here.
 """
 
@@ -18,7 +18,7 @@ from lpperf import bench, charts, cli, history, models, sample, video
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def test_networks() -> dict:
+def small_networks() -> dict:
     overrides = {**models.TINY, "motion_extractor": dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
                  "spade_generator": {**models.TINY["spade_generator"], "out_channels": 4, "spade_hidden": 4}}
     with torch.random.fork_rng(devices=[]):
@@ -26,12 +26,11 @@ def test_networks() -> dict:
         return {name: models.build(name, **overrides.get(name, {})) for name in models.NAMES}
 
 
-test_networks.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture
 def small_nets(monkeypatch):
-    monkeypatch.setattr(cli, "tiny_networks", lambda seed=0: test_networks())
+    monkeypatch.setattr(cli, "tiny_networks", lambda seed=0: small_networks())
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lpperf import bench, environment, recipes, weights
+from lpperf import bench, environment, weights
 
 
 def main() -> int:
