@@ -436,6 +436,29 @@ def time_callable(
     )
 
 
+def graph_replay(fn: Callable[[], object], device: str | torch.device, *, warmup: int = 3) -> Callable[[], None]:
+    """``fn``'s GPU work captured once as a CUDA graph; the returned callable replays it.
+
+    Timing the replays measures the kernels alone: no Python, no launch gaps, so host jitter
+    cannot move the number. ``fn`` must be capturable (no host synchronisation, no CPU-side
+    data-dependent control flow). Warm-up runs first on a side stream, so cuDNN autotuning and
+    lazy initialisation stay out of the graph.
+    """
+    device = resolve_device(device)
+    if device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA device, got {device}; time the eager call on the CPU instead")
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 # ---------------------------------------------------------------------------------
 # pytest-benchmark integration
 
