@@ -6,11 +6,13 @@ e.g. ``python -m lpperf.multigpu -- -m gpu --benchmark-compare --benchmark-compa
 
 Why processes and not pytest-xdist: pytest-benchmark disables itself under xdist, and a card must
 never be shared by two workers (timings would interfere). Worker ``i`` sees only card ``i``
-(CUDA_VISIBLE_DEVICES) and writes everything under ``OUT/gpu<i>/``: ``pytest.log`` (its output),
-``junit.xml``, ``benchmark.json`` and ``history/`` (a copy of the shared benchmark history, so
-``--benchmark-compare`` finds this card's baseline and ``--benchmark-autosave`` cannot race another
-worker). ``OUT/summary.json`` and the printed table give each card's exit code and test counts; the
-exit status is 0 only if every worker exited 0. Nothing is deleted.
+(CUDA_VISIBLE_DEVICES) and writes its output under ``OUT/gpu<i>/`` (``OUT`` may be anywhere):
+``pytest.log``, ``junit.xml`` and ``benchmark.json``. Its benchmark history is ``HISTORY/gpu<i>/``
+(then the card model's folder inside, as for one card): the same folder on every run, so
+``--benchmark-autosave`` on N cards followed by ``--benchmark-compare`` on N cards compares each card
+with its own earlier run, never with another card's, and two workers never write one folder.
+``OUT/summary.json`` and the printed table give each card's exit code and test counts; the exit
+status is 0 only if every worker exited 0. Nothing is deleted.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -71,13 +72,14 @@ def check_pytest_args(pytest_args: Sequence[str]) -> None:
             )
 
 
-def worker_command(gpu_folder: Path, pytest_args: Sequence[str], launcher: Sequence[str] = PYTEST) -> list[str]:
+def worker_command(gpu_folder: Path, history: Path, pytest_args: Sequence[str],
+                   launcher: Sequence[str] = PYTEST) -> list[str]:
     return [
         *launcher,
         *pytest_args,
         f"--benchmark-json={gpu_folder / 'benchmark.json'}",
         f"--junitxml={gpu_folder / 'junit.xml'}",
-        f"--lpperf-history={gpu_folder / 'history'}",
+        f"--lpperf-history={history}",
         "-o",
         f"cache_dir={gpu_folder / '.pytest_cache'}",
     ]
@@ -94,7 +96,7 @@ def run_workers(
     gpus: Sequence[str],
     pytest_args: Sequence[str],
     out_dir: Path,
-    history_dir: Path | None = None,
+    history_dir: Path = Path(".benchmarks"),
     launcher: Sequence[str] = PYTEST,
 ) -> list[WorkerResult]:
     """Start one pytest per card at once, wait for all, and read back what each wrote."""
@@ -111,11 +113,9 @@ def run_workers(
     running = []
     try:
         for gpu, folder in zip(gpus, folders):
-            if history_dir is not None and history_dir.is_dir():
-                shutil.copytree(history_dir, folder / "history")
             log = (folder / "pytest.log").open("wb")
             process = subprocess.Popen(
-                worker_command(folder, pytest_args, launcher),
+                worker_command(folder, history_dir / f"gpu{gpu}", pytest_args, launcher),
                 env=worker_environment(gpu, len(gpus)),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -156,7 +156,9 @@ def main(argv: Sequence[str] | None = None, launcher: Sequence[str] = PYTEST) ->
     parser.add_argument("--out", type=Path, help="output folder (default: out/multigpu/<UTC time>)")
     parser.add_argument("--gpus", help="comma-separated cards to use (default: all visible)")
     parser.add_argument(
-        "--history", type=Path, default=Path(".benchmarks"), help="benchmark history copied to each worker (default: .benchmarks)"
+        "--history", type=Path, default=Path(".benchmarks"),
+        help="benchmark history root; card i keeps its runs in HISTORY/gpu<i>/ (default: .benchmarks; it must lie "
+        "inside the current folder for --benchmark-compare)",
     )
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" in argv:

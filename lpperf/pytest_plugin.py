@@ -1,9 +1,11 @@
 """lpperf's pytest plugin: options, fixtures, GPU skipping, a synchronising benchmark clock, per-card history.
 
-It is the repository's top-level conftest.py, so every run from this checkout loads it. torch,
-pytest-benchmark and lpperf modules are imported inside hooks and fixtures, never at import time,
-so collection does not depend on a module that may be missing or broken. docs/GPU_SUITE.md explains
-how the pieces fit together.
+Registered with a `pytest11` entry point (as pytest-benchmark is), so it loads before the command line
+is parsed; the repository's conftest.py loads it too when lpperf is not installed. In other projects
+it stays out of the way: the per-card history, the report header and the card detection switch on
+only where `lpperf_history` is set (this repository's pytest.ini sets it) or a test asks for the GPU.
+torch, pytest-benchmark and other lpperf modules are imported inside hooks and fixtures, never at
+import time. docs/GPU_SUITE.md explains how the pieces fit together.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ class CardInfo:
 @dataclass(frozen=True)
 class _Settings:
     weights_dir: Path | None
-    history_dir: Path
+    history_dir: Path | None  # None: lpperf leaves pytest-benchmark's storage alone
     thresholds: LpperfThresholds
+    inject_slowdown: float  # test-only: extra GPU work after each gated frame, as a fraction of it
+    gate_base: str | None  # git ref (or folder) for tests/gpu/test_gate.py's same-job A/B
 
 
 def _optional_dir(text: str) -> Path | None:
@@ -57,10 +61,8 @@ def _optional_dir(text: str) -> Path | None:
     return path
 
 
-def _folder(text: str) -> Path:
-    if not text:
-        raise ValueError("expected a folder path, got nothing")
-    return Path(text).expanduser()
+def _optional_folder(text: str) -> Path | None:
+    return Path(text).expanduser() if text else None
 
 
 def _positive_float(text: str) -> float:
@@ -83,6 +85,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise ValueError(f"expected a fraction in [0, 1), e.g. 0.1 for 10 %, got {text!r}")
+    return value
+
+
+def _optional_text(text: str) -> str | None:
+    return text or None
+
+
 def _level_diff(text: str) -> int:
     try:
         value = int(text)
@@ -101,7 +117,7 @@ class _OptionSpec:
     metavar: str
     parse: Callable[[str], object]
     help: str
-    required: bool = True
+    default: str = ""  # what an unset flag and ini key mean; "" is "off" for the folders
 
     @property
     def flag(self) -> str:
@@ -112,48 +128,39 @@ class _OptionSpec:
         return "lpperf_" + self.name.replace("-", "_")
 
 
-# The single definition of every option: pytest_addoption generates both the flag and the ini key
-# from it, _resolve_settings reads them (command line first, then ini). Defaults live in pytest.ini.
+# The single definition of every option and of its default: pytest_addoption generates the flag and the
+# ini key from it, _resolve_settings reads them (command line first, then ini, then the default here).
+# The thresholds' provenance (card, date, measured values) is in docs/GPU_SUITE.md.
 _OPTIONS = (
     _OptionSpec(
         "weights",
         "DIR",
         _optional_dir,
         "folder of official LivePortrait checkpoints; when set, every test runs on them instead of synthetic weights",
-        required=False,
     ),
     _OptionSpec(
         "history",
         "DIR",
-        _folder,
+        _optional_folder,
         "root of the per-card benchmark history: pytest-benchmark stores runs in DIR/<card-slug> "
-        "unless --benchmark-storage is given",
+        "unless --benchmark-storage is given (unset: pytest-benchmark's own storage, no lpperf header)",
     ),
-    _OptionSpec("min-speedup", "X", _positive_float, "least speedup of the optimized recipe over fp32 eager"),
-    _OptionSpec("memory-budget-mib", "MIB", _positive_int, "most GPU memory (NVML, this process) a test may use"),
-    _OptionSpec("min-psnr", "DB", _positive_float, "least PSNR of optimized output against the fp32 reference"),
-    _OptionSpec("max-level-diff", "LEVELS", _level_diff, "largest per-pixel difference in 8-bit levels"),
+    _OptionSpec("min-speedup", "X", _positive_float, "least speedup of the optimized recipe over the strongest "
+                "official-style peer (.half() + torch.compile reduce-overhead per network), same session", "1.5"),
+    _OptionSpec("memory-budget-mib", "MIB", _positive_int, "most GPU memory (NVML, this process) a test may use",
+                "4096"),
+    _OptionSpec("min-psnr", "DB", _positive_float, "least PSNR of optimized output against the fp32 reference", "40"),
+    _OptionSpec("max-level-diff", "LEVELS", _level_diff, "largest per-pixel difference in 8-bit levels", "12"),
+    _OptionSpec("inject-slowdown", "FRACTION", _fraction, "TEST ONLY: the gated frame benchmarks spin the GPU for "
+                "this fraction of each frame after it (checks that the history gate catches a known slowdown)", "0"),
+    _OptionSpec("gate-base", "REF", _optional_text, "run tests/gpu/test_gate.py: the working tree against this "
+                "git ref (or lpperf folder) with lpperf gate, in this job"),
 )
 
 _SETTINGS = pytest.StashKey[_Settings]()
 _CARD = pytest.StashKey[CardInfo]()
 _SESSION = pytest.StashKey[pytest.Session]()
-
-
-def _nvidia_driver() -> str | None:
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return None
-    try:
-        version = pynvml.nvmlSystemGetDriverVersion()
-    finally:
-        pynvml.nvmlShutdown()
-    return version.decode() if isinstance(version, bytes) else version
+_INFO = pytest.StashKey[dict]()
 
 
 def _detect_card() -> CardInfo:
@@ -165,8 +172,10 @@ def _detect_card() -> CardInfo:
     if not torch.cuda.is_available():
         reason = f"no CUDA GPU: torch.cuda.is_available() is False (torch {torch.__version__})"
         return CardInfo("cpu", False, reason, None, torch.version.cuda, torch.__version__)
+    from lpperf.environment import nvml_info
+
     name = torch.cuda.get_device_name(torch.cuda.current_device())
-    return CardInfo(name, True, "", _nvidia_driver(), torch.version.cuda, torch.__version__)
+    return CardInfo(name, True, "", nvml_info()["driver_version"], torch.version.cuda, torch.__version__)
 
 
 def _resolve_settings(config: pytest.Config) -> _Settings:
@@ -177,10 +186,8 @@ def _resolve_settings(config: pytest.Config) -> _Settings:
             text, origin = from_command_line, f"{spec.flag} on the command line"
         else:
             text, origin = str(config.getini(spec.ini)).strip(), f"{spec.ini} in {config.inipath or 'the ini file'}"
-        if not text and spec.required:
-            raise pytest.UsageError(
-                f"{spec.ini} is not set: add `{spec.ini} = ...` to pytest.ini or pass {spec.flag} {spec.metavar}."
-            )
+        if not text:
+            text, origin = spec.default, f"the default of {spec.flag}"
         try:
             values[spec.name] = spec.parse(text)
         except ValueError as error:
@@ -194,6 +201,8 @@ def _resolve_settings(config: pytest.Config) -> _Settings:
             min_psnr_db=values["min-psnr"],
             max_level_diff=values["max-level-diff"],
         ),
+        inject_slowdown=values["inject-slowdown"],
+        gate_base=values["gate-base"],
     )
 
 
@@ -275,20 +284,33 @@ def _prepare_benchmark_history(config: pytest.Config, settings: _Settings, card:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("lpperf", "lpperf GPU suite (defaults: the lpperf_* keys of pytest.ini)")
+    group = parser.getgroup("lpperf", "lpperf GPU suite (each flag overrides its lpperf_* ini key)")
     for spec in _OPTIONS:
-        group.addoption(spec.flag, dest=spec.ini, metavar=spec.metavar, default=None, help=f"{spec.help} [ini: {spec.ini}]")
-        parser.addini(spec.ini, help=f"{spec.help} (command line: {spec.flag})")
+        default = f"default {spec.default}" if spec.default else "unset by default"
+        group.addoption(spec.flag, dest=spec.ini, metavar=spec.metavar, default=None,
+                        help=f"{spec.help} [ini: {spec.ini}; {default}]")
+        parser.addini(spec.ini, help=f"{spec.help} (command line: {spec.flag}; {default})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Runs before pytest-benchmark's own pytest_configure (trylast), which opens the storage.
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped with the reason where there is none")
     settings = _resolve_settings(config)
-    card = _detect_card()
     config.stash[_SETTINGS] = settings
-    config.stash[_CARD] = card
-    if hasattr(config.option, "benchmark_storage"):
-        _prepare_benchmark_history(config, settings, card)
+    if settings.history_dir is not None and hasattr(config.option, "benchmark_storage"):
+        _prepare_benchmark_history(config, settings, _card(config))
+
+
+def _enabled(config: pytest.Config) -> bool:
+    """This run is an lpperf suite run (lpperf_history set), not some other project's."""
+    return config.stash[_SETTINGS].history_dir is not None
+
+
+def _card(config: pytest.Config) -> CardInfo:
+    """The card under test, detected on first use (importing torch only where it is needed)."""
+    if _CARD not in config.stash:
+        config.stash[_CARD] = _detect_card()
+    return config.stash[_CARD]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -296,7 +318,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    card, settings = config.stash[_CARD], config.stash[_SETTINGS]
+    if not _enabled(config):
+        return []
+    card, settings = _card(config), config.stash[_SETTINGS]
     lines = [
         f"lpperf: card {card.name} (driver {card.driver}, CUDA {card.cuda}, torch {card.torch}); "
         f"weights {_weights_label(settings)}"
@@ -313,15 +337,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so tests asking for cuda_device count as gpu tests
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    card = config.stash[_CARD]
-    skip_gpu = pytest.mark.skip(reason=card.no_cuda_reason)
-    synchronise = _uses_default_timer(config)
+    synchronise = _enabled(config) and _uses_default_timer(config)
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "cuda_device" in fixtures and item.get_closest_marker("gpu") is None:
             item.add_marker(pytest.mark.gpu)
-        if not card.cuda_available and item.get_closest_marker("gpu") is not None:
-            item.add_marker(skip_gpu)
+        if item.get_closest_marker("gpu") is not None and not _card(config).cuda_available:
+            item.add_marker(pytest.mark.skip(reason=_card(config).no_cuda_reason))
         if synchronise and "benchmark" in fixtures:
             # pytest-benchmark's documented per-test `timer` setting; a timer the test chose itself wins.
             marker = item.get_closest_marker("benchmark")
@@ -332,7 +354,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    card = config.stash[_CARD]
+    card = _card(config)
     machine_info.update(
         card=card.name,
         driver=card.driver,
@@ -344,6 +366,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark) -> None:
+    if not _enabled(config):
+        return
     saved = compared_benchmark.get("machine_info", {})
     for key in ("card", "weights"):
         if saved.get(key) != machine_info.get(key):
@@ -359,6 +383,11 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config):
     # pytest-benchmark signals a failed --benchmark-compare-fail gate by raising out of pytest
     # (a traceback, exit 1). Turn that into an ordinary failed run with one clear line.
+    info = config.stash.get(_INFO, {})
+    if info:
+        terminalreporter.section("lpperf informational results (not gated)")
+        for name, text in info.items():
+            terminalreporter.write_line(f"{name}: {text}")
     try:
         return (yield)
     except Exception as error:
@@ -382,6 +411,18 @@ def lpperf_thresholds(pytestconfig: pytest.Config) -> LpperfThresholds:
 
 
 @pytest.fixture(scope="session")
+def lpperf_settings(pytestconfig: pytest.Config) -> _Settings:
+    return pytestconfig.stash[_SETTINGS]
+
+
+@pytest.fixture(scope="session")
+def lpperf_info(pytestconfig: pytest.Config) -> dict:
+    """Informational results (name -> text): printed in the terminal summary, never compared by a gate.
+    For timings too noisy across processes to gate on (eager, launch-bound work)."""
+    return pytestconfig.stash.setdefault(_INFO, {})
+
+
+@pytest.fixture(scope="session")
 def lpperf_weights_dir(pytestconfig: pytest.Config) -> Path | None:
     """The official checkpoint folder given with --lpperf-weights, or None (synthetic weights)."""
     return pytestconfig.stash[_SETTINGS].weights_dir
@@ -389,7 +430,7 @@ def lpperf_weights_dir(pytestconfig: pytest.Config) -> Path | None:
 
 @pytest.fixture(scope="session")
 def lpperf_card(pytestconfig: pytest.Config) -> CardInfo:
-    return pytestconfig.stash[_CARD]
+    return _card(pytestconfig)
 
 
 @pytest.fixture(scope="session")

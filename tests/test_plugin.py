@@ -1,7 +1,7 @@
-"""The suite's pytest plugin (top-level conftest.py) and lpperf.multigpu, tested on CPU.
+"""The suite's pytest plugin (lpperf/pytest_plugin.py) and lpperf.multigpu, tested on CPU.
 
 Plugin tests run pytest inside pytest (pytester) on a throw-away project holding the real
-conftest.py and pytest.ini. Benchmarks there use a fake clock that advances a fixed step per
+conftest.py and pytest.ini (the plugin itself comes from the installed package). Benchmarks there use a fake clock that advances a fixed step per
 reading, so a pedantic round takes exactly one step and every median is known in advance.
 """
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from pytest_benchmark.utils import get_machine_id
 
-from lpperf import multigpu
+from lpperf import multigpu, pytest_plugin
 
 pytest_plugins = ["pytester"]
 
@@ -111,19 +111,40 @@ def dumped_settings(suite):
     return json.loads(suite.path.joinpath("settings.json").read_text())
 
 
-def test_thresholds_come_from_the_real_pytest_ini(suite):
+def test_thresholds_are_stated_once_in_the_plugin(suite):
     add_test(suite, THRESHOLDS_TEST)
     suite.runpytest().assert_outcomes(passed=1)
-    ini = configparser.ConfigParser()
-    ini.read(ROOT / "pytest.ini")
-    section = ini["pytest"]
+    defaults = {spec.name: spec.default for spec in pytest_plugin._OPTIONS}
     assert dumped_settings(suite) == {
-        "min_speedup": float(section["lpperf_min_speedup"]),
-        "memory_budget_mib": int(section["lpperf_memory_budget_mib"]),
-        "min_psnr_db": float(section["lpperf_min_psnr"]),
-        "max_level_diff": int(section["lpperf_max_level_diff"]),
+        "min_speedup": float(defaults["min-speedup"]),
+        "memory_budget_mib": int(defaults["memory-budget-mib"]),
+        "min_psnr_db": float(defaults["min-psnr"]),
+        "max_level_diff": int(defaults["max-level-diff"]),
         "weights_dir": None,
     }
+    ini = configparser.ConfigParser()
+    ini.read(ROOT / "pytest.ini")
+    assert not [key for key in ini["pytest"] if key.startswith("lpperf_") and key != "lpperf_history"]
+
+
+def test_the_space_form_of_a_folder_option_parses_outside_the_repository(suite, tmp_path):
+    """The plugin is registered by its entry point before pytest parses the command line, so a folder
+    after --lpperf-weights is not mistaken for a test path (pytest -p does the same as the entry point)."""
+    weights = tmp_path / "outside" / "checkpoints"
+    weights.mkdir(parents=True)
+    add_test(suite, THRESHOLDS_TEST)
+    suite.runpytest("-p", "lpperf.pytest_plugin", "--lpperf-weights", str(weights)).assert_outcomes(passed=1)
+    assert dumped_settings(suite)["weights_dir"] == str(weights)
+
+
+def test_other_projects_are_left_alone(suite):
+    """Without lpperf_history the plugin adds no header and leaves pytest-benchmark's storage as it is."""
+    suite.path.joinpath("pytest.ini").write_text("[pytest]\ntestpaths = tests\n")
+    add_test(suite, BENCHMARK_TEST)
+    result = suite.runpytest(FAKE_TIMER, "--benchmark-autosave")
+    result.assert_outcomes(passed=1)
+    assert "lpperf:" not in output(result)
+    assert list(suite.path.joinpath(".benchmarks").glob("*/0001_*.json"))
 
 
 def write_ini(suite, **values):
@@ -153,7 +174,7 @@ def test_ini_values_are_used_and_the_command_line_overrides_them(suite, tmp_path
 
 def test_every_option_is_both_a_flag_and_an_ini_key(suite):
     text = output(suite.runpytest("--help"))
-    for name in ("weights", "history", "min-speedup", "memory-budget-mib", "min-psnr", "max-level-diff"):
+    for name in [spec.name for spec in pytest_plugin._OPTIONS]:
         assert f"--lpperf-{name}" in text
         assert "lpperf_" + name.replace("-", "_") in text
 
@@ -164,9 +185,8 @@ def test_every_option_is_both_a_flag_and_an_ini_key(suite):
         (["--lpperf-min-speedup=fast"], INI_VALUES, "--lpperf-min-speedup on the command line: expected a number > 0"),
         ([], {**INI_VALUES, "max_level_diff": 300}, "lpperf_max_level_diff in"),
         (["--lpperf-weights=/no/such/folder"], INI_VALUES, "'/no/such/folder' is not a directory"),
-        ([], {key: value for key, value in INI_VALUES.items() if key != "min_psnr"}, "lpperf_min_psnr is not set"),
     ],
-    ids=["not-a-number", "level-out-of-range", "no-weights-folder", "missing-ini-key"],
+    ids=["not-a-number", "level-out-of-range", "no-weights-folder"],
 )
 def test_bad_settings_are_usage_errors(suite, args, ini, message):
     write_ini(suite, **ini)
@@ -383,8 +403,6 @@ def fake_pytest(tmp_path):
 
 def test_multigpu_gives_each_worker_its_own_card_and_files(tmp_path, fake_pytest):
     history_dir = tmp_path / "history"
-    history_dir.joinpath("cpu").mkdir(parents=True)
-    history_dir.joinpath("cpu", "0001_x.json").write_text("{}")
     out = tmp_path / "out"
     results = multigpu.run_workers(["0", "2"], ["-m", "gpu"], out, history_dir, launcher=fake_pytest)
     assert [(r.gpu, r.exit_code, r.card, r.passed, r.failed, r.skipped) for r in results] == [
@@ -395,9 +413,30 @@ def test_multigpu_gives_each_worker_its_own_card_and_files(tmp_path, fake_pytest
         folder = out / f"gpu{gpu}"
         argv = json.loads(folder.joinpath("benchmark.json").read_text())["argv"]
         assert argv[:2] == ["-m", "gpu"]
-        assert f"--lpperf-history={folder / 'history'}" in argv
-        assert folder.joinpath("history", "cpu", "0001_x.json").read_text() == "{}"
+        # each card keeps one history slot of its own, the same on every run (autosave, then compare)
+        assert f"--lpperf-history={history_dir / f'gpu{gpu}'}" in argv
         assert folder.joinpath("pytest.log").read_text() == f"worker on {gpu}\n"
+
+
+MULTIGPU_SUITE_TEST = """
+def test_frame(benchmark):
+    benchmark.pedantic(lambda: None, rounds=5, iterations=1)
+"""
+
+
+def test_multigpu_autosave_then_compare_finds_each_card_s_own_baseline(suite, tmp_path, monkeypatch):
+    """The flow that broke: autosave on N cards, then compare with a gate on N cards, OUT outside the checkout."""
+    add_test(suite, MULTIGPU_SUITE_TEST)
+    monkeypatch.chdir(suite.path)
+    launcher = (sys.executable, "-m", "pytest", "-p", "no:cacheprovider")
+    first = multigpu.run_workers(["0", "1"], [FAKE_TIMER, "--benchmark-autosave"], tmp_path / "out1", launcher=launcher)
+    assert [r.exit_code for r in first] == [0, 0], [Path(r.folder, "pytest.log").read_text() for r in first]
+    second = multigpu.run_workers(["0", "1"], [FAKE_TIMER, *GATE], tmp_path / "out2", launcher=launcher)
+    logs = [Path(r.folder, "pytest.log").read_text() for r in second]
+    assert [r.exit_code for r in second] == [0, 0], logs
+    assert all("Comparing against benchmarks from" in log for log in logs), logs
+    assert sorted(p.parent.parent.parent.name for p in suite.path.joinpath(".benchmarks").rglob("0001_*.json")) == [
+        "gpu0", "gpu1"]
 
 
 def test_multigpu_main_propagates_a_failure_and_keeps_every_result(tmp_path, fake_pytest, monkeypatch, capsys):
