@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
-from lpperf import pipeline
+from lpperf import pipeline, rewrites
+from lpperf.models import SPADEDecoder
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,11 @@ def pad_warp_channels(engine: Engine, multiple: int = 8) -> None:
     dense = _inner(engine.nets["warping_module"]).dense_motion_network
     glass = dense.hourglass
     first = glass.encoder.down_blocks[0].conv
+    rewritten = [layer for layer in (first, glass.decoder.conv, dense.mask) if type(layer) is not nn.Conv3d]
+    if rewritten or not isinstance(glass.decoder.norm, nn.BatchNorm3d) or (
+            dense.occlusion is not None and type(dense.occlusion) is not nn.Conv2d):
+        raise StepNotApplicable("W's dense-motion layers were already rewritten (fold_batch_norm, warp_depth_split "
+                                "or occlusion_as_taps); pad_warp_channels must come before those steps")
     pad = -first.in_channels % multiple
     expansion = glass.out_filters - first.in_channels
     if dense.input_padding or pad == 0 or expansion % multiple:
@@ -305,6 +311,59 @@ def pad_warp_channels(engine: Engine, multiple: int = 8) -> None:
             dense.occlusion.in_channels = dense.occlusion.weight.shape[1]
     glass.out_filters = glass.decoder.out_filters = glass.out_filters + pad
     dense.input_padding = pad
+
+
+def fold_batch_norm(engine: Engine) -> None:
+    """Fold every BatchNorm that directly follows a convolution (W's hourglass and compress, F's
+    conv blocks) into the convolution's weights and bias: exact, one pass over the output less."""
+    folded = [name for net in engine.nets.values() for name in rewrites.fold_batch_norms(net)]
+    if not folded:
+        raise StepNotApplicable("no BatchNorm directly after a plain convolution left to fold")
+
+
+def batch_spade_modulations(engine: Engine) -> None:
+    """Compute all of G's SPADE modulations up front (they depend on G's input only): per
+    resolution one convolution for every mlp_shared, then one for each SPADE's gamma and beta."""
+    decoder = engine.nets["spade_generator"]
+    if not isinstance(decoder, SPADEDecoder):
+        raise StepNotApplicable(f"G is a {type(decoder).__name__}, not a SPADEDecoder (already batched?)")
+    engine.nets["spade_generator"] = rewrites.batch_spade_modulations(decoder)
+
+
+def phase_split_upsampled_convs(engine: Engine) -> None:
+    """Run the batched shared SPADE convolutions of up_0 (2x) and up_1 (4x) at G's input resolution
+    as 2x2 convolutions to every output phase plus pixel shuffle: exact, 4/9 of their FLOPs."""
+    decoder = engine.nets["spade_generator"]
+    if not isinstance(decoder, rewrites.BatchedSPADEDecoder):
+        raise StepNotApplicable(f"G is a {type(decoder).__name__}; phase splitting works on the shared "
+                                "convolutions of batch_spade_modulations, which must run first")
+    if not rewrites.phase_split_upsampled_convs(decoder):
+        raise StepNotApplicable("G has no convolution of a nearest-upsampled input left (already phase-split)")
+
+
+def warp_depth_split(engine: Engine, every_conv3d: bool = False) -> None:
+    """W's dense-motion mask Conv3d (7x7x7) as one Conv2d over the depth slices computing all 7 depth
+    taps, then a shifted sum over the taps; with every_conv3d, all of W's Conv3d with depth kernel > 1."""
+    replaced = rewrites.depth_split_conv3ds(engine.nets["warping_module"], every_conv3d=every_conv3d)
+    if not replaced:
+        which = "Conv3d with a depth kernel > 1" if every_conv3d else "dense-motion mask Conv3d"
+        raise StepNotApplicable(f"W has no {which} left to split (already split?)")
+
+
+def warp_depth_split_all(engine: Engine) -> None:
+    """warp_depth_split on every W Conv3d with depth kernel > 1 (hourglass blocks, its last conv, mask)."""
+    warp_depth_split(engine, every_conv3d=True)
+
+
+def occlusion_as_taps(engine: Engine) -> None:
+    """W's occlusion convolution (all hourglass channels x depth -> 1, 7x7) as a 1x1 convolution to
+    49 tap maps, then the maps shifted by their tap offsets and summed (a fixed one-hot 7x7 conv)."""
+    dense = _inner(engine.nets["warping_module"]).dense_motion_network
+    if dense.occlusion is None:
+        raise StepNotApplicable("W estimates no occlusion map")
+    if not rewrites.occlusion_as_taps(engine.nets["warping_module"]):
+        raise StepNotApplicable(f"W's occlusion layer is a {type(dense.occlusion).__name__}, not a Conv2d "
+                                "(already rewritten?)")
 
 
 def compile_nets(mode: str) -> Callable[[Engine], None]:
@@ -438,6 +497,11 @@ def _recipe(name: str, precision: str, description: str, *steps: Callable[[Engin
 FAST_STEPS = (inference_mode, cudnn_benchmark, fold_spectral_norm, warp_source_cache, pad_warp_channels, half,
               residual_float32, channels_last, compile_step("reduce-overhead"))
 
+# Exact rewrites, in float32 before half and channels_last cast and re-layout their weights.
+EXACT_REWRITES = (fold_batch_norm, warp_depth_split, occlusion_as_taps, batch_spade_modulations,
+                  phase_split_upsampled_convs)
+FASTEST_STEPS = FAST_STEPS[:FAST_STEPS.index(half)] + EXACT_REWRITES + FAST_STEPS[FAST_STEPS.index(half):]
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     _recipe("fp32-eager", "tf32", "float32, eager, torch defaults (TF32 convolutions on)"),
     _recipe("reference", "fp32", "float32, eager, TF32 off: the parity reference", tf32_off),
@@ -447,10 +511,14 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             "speed script", half, compile_nets("max-autotune")),
     _recipe("official-default", "fp16", ".half() + torch.compile(mode='default') per network: the official "
             "recipe with a compile that finishes in minutes", half, compile_nets("default")),
+    _recipe("official-reduce-overhead", "fp16", ".half() + torch.compile(mode='reduce-overhead') per network: "
+            "the official recipe with each network replayed as a CUDA graph", half, compile_nets("reduce-overhead")),
     _recipe("fast", "fp16", "fp16 with a float32 residual stream, NHWC, source caching, whole step as one "
             "CUDA graph", *FAST_STEPS),
     _recipe("fast-bf16", "bf16", "as fast, in bfloat16 (float32's range: no residual-stream placement needed)",
             *(bfloat16 if step is half else step for step in FAST_STEPS if step is not residual_float32)),
+    _recipe("fastest", "fp16", "fast plus exact layer rewrites: BatchNorm folded, W's mask Conv3d split over depth, "
+            "occlusion conv as tap maps, G's SPADE modulations batched and phase-split", *FASTEST_STEPS),
 )}
 
 
@@ -459,6 +527,9 @@ def build(recipe: str | Recipe | Sequence[Callable[[Engine], None]], nets: dict[
     """Deep-copy `nets` to `device` and apply the recipe's steps, skipping those that cannot apply."""
     steps = _resolve(recipe)
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={str(device)!r} was asked for but CUDA is not available here (torch "
+                           f"{torch.__version__}, no usable GPU); build the engine with device='cpu'")
     engine = Engine(nets={name: copy.deepcopy(net).to(device).eval() for name, net in nets.items()},
                     device=device)
     for step in steps:

@@ -1,0 +1,449 @@
+"""Exact layer rewrites: the same function as the layers they replace, in cheaper or better-shaped
+convolutions. "Exact" means equal up to floating-point summation order (float64 relative error
+~1e-15; tests/test_rewrites.py holds each one to 1e-6).
+
+Each rewrite edits a network in place and returns the names of what it changed (the SPADE one
+returns the new decoder, which replaces the whole network):
+
+- fold_batch_norms: eval-mode BatchNorm right after a convolution folded into its weights.
+- batch_spade_modulations: G's SPADE gamma/beta depend only on G's input, so all of them are
+  computed up front, one concatenated convolution per resolution and one per SPADE.
+- phase_split_upsampled_convs: a 3x3 convolution of an s-times nearest-upsampled map run at the
+  low resolution as one 2x2 convolution to s*s phases plus pixel shuffle: 4/9 of the FLOPs.
+- depth_split_conv3ds: a Conv3d (kd, k, k) as one Conv2d over the depth slices producing every
+  depth tap, then a shifted sum over the taps.
+- occlusion_as_taps: a k x k convolution as a 1x1 convolution to one map per tap, then the maps
+  shifted by their tap offsets and summed (a fixed one-hot k x k convolution).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from lpperf.models.blocks import ConvBlock, HourglassDecoder
+from lpperf.models.spade import LEAKY_SLOPE, SPADE, SPADEDecoder, SPADEResnetBlock
+from lpperf.models.warping import DenseMotionNetwork
+
+# --------------------------------------------------------------------------------------
+# BatchNorm folding
+
+
+def fold_conv_batch_norm(conv: nn.Conv2d | nn.Conv3d, norm: _BatchNorm) -> None:
+    """Rescale `conv`'s filters and shift its bias so that conv(x) equals norm(conv(x)) for the
+    eval-mode `norm`. Computed in float64, stored in the convolution's dtype and layout."""
+    if norm.training or norm.running_mean is None or norm.running_var is None:
+        raise ValueError("only an eval-mode BatchNorm with running statistics can be folded; call .eval() first")
+    if norm.num_features != conv.out_channels:
+        raise ValueError(f"BatchNorm has {norm.num_features} channels, the convolution {conv.out_channels} outputs")
+    with torch.no_grad():
+        scale = torch.rsqrt(norm.running_var.double() + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight.double()
+        shift = -norm.running_mean.double() * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias.double()
+        weight = conv.weight
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(shift)
+        weight.copy_(weight.double() * scale.view(-1, *[1] * (weight.dim() - 1)))
+        folded_bias = (bias * scale + shift).to(weight.dtype)
+        if conv.bias is None:
+            conv.bias = nn.Parameter(folded_bias)
+        else:
+            conv.bias.copy_(folded_bias)
+
+
+def fold_batch_norms(net: nn.Module) -> list[str]:
+    """Fold every eval-mode BatchNorm that directly follows a convolution (ConvBlock, the
+    hourglass decoder's last conv + norm, W's compress + norm) into it; the norm becomes
+    nn.Identity. Pre-activation norms (ResBlock3d: norm before conv) are left alone.
+    Returns the names of the modules whose norm was folded."""
+    folded = []
+    for name, module in list(net.named_modules()):
+        conv_name = _conv_before_norm(module)
+        if conv_name is None:
+            continue
+        conv, norm = getattr(module, conv_name), module.norm
+        if type(conv) in (nn.Conv2d, nn.Conv3d) and isinstance(norm, _BatchNorm):
+            fold_conv_batch_norm(conv, norm)
+            module.norm = nn.Identity()
+            folded.append(name)
+    return folded
+
+
+def _conv_before_norm(module: nn.Module) -> str | None:
+    """The attribute name of the convolution whose output `module.norm` normalises, if any."""
+    if isinstance(module, (ConvBlock, HourglassDecoder)):
+        return "conv"
+    if isinstance(module, DenseMotionNetwork):
+        return "compress"
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# G: SPADE modulations computed up front
+
+
+def modulate(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """What SPADE.forward computes once gamma and beta are known."""
+    return F.instance_norm(x) * (1 + gamma) + beta
+
+
+def concatenated_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    """One Conv2d computing all of `convs` (same input, same geometry), outputs concatenated."""
+    first = convs[0]
+    geometry = (first.in_channels, first.kernel_size, first.stride, first.padding, first.dilation, first.groups,
+                first.padding_mode, first.bias is not None)
+    for conv in convs:
+        if type(conv) is not nn.Conv2d:
+            raise TypeError(f"expected plain nn.Conv2d layers, got {type(conv).__name__}")
+        other = (conv.in_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+                 conv.padding_mode, conv.bias is not None)
+        if other != geometry:
+            raise ValueError(f"convolutions to concatenate must share input and geometry; got {geometry} and {other}")
+    weight = first.weight
+    joined = nn.Conv2d(first.in_channels, sum(conv.out_channels for conv in convs), first.kernel_size,
+                       stride=first.stride, padding=first.padding, dilation=first.dilation, groups=first.groups,
+                       bias=first.bias is not None, padding_mode=first.padding_mode,
+                       device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        joined.weight.copy_(torch.cat([conv.weight for conv in convs]))
+        if first.bias is not None:
+            joined.bias.copy_(torch.cat([conv.bias for conv in convs]))
+    return joined
+
+
+class NearestUpsampledConv(nn.Module):
+    """conv(nearest-upsample(x, scale)): what a SPADE's mlp_shared computes on G's input when
+    the SPADE runs at `scale` times G's input resolution."""
+
+    def __init__(self, conv: nn.Conv2d, scale: int):
+        super().__init__()
+        self.conv = conv
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = (x.shape[-2] * self.scale, x.shape[-1] * self.scale)
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))  # as SPADE.forward resizes
+
+
+def _spades_of(block: SPADEResnetBlock) -> list[SPADE]:
+    """The block's SPADEs in the order ModulatedResnetBlock consumes their modulations."""
+    return [block.norm_0, block.norm_1] + ([block.norm_s] if block.learned_shortcut else [])
+
+
+class SpadeModulations(nn.Module):
+    """The (gamma, beta) of a group of SPADEs that all see G's input at `scale` times its size:
+    one convolution for every mlp_shared of the group, then one per SPADE for its gamma and beta."""
+
+    def __init__(self, spades: Sequence[SPADE], scale: int):
+        super().__init__()
+        for spade in spades:
+            if not (isinstance(spade.mlp_shared, nn.Sequential) and len(spade.mlp_shared) == 2
+                    and isinstance(spade.mlp_shared[1], nn.ReLU)):
+                raise ValueError("a SPADE's mlp_shared must be (Conv2d, ReLU)")
+        shared = concatenated_conv([spade.mlp_shared[0] for spade in spades])
+        self.shared = shared if scale == 1 else NearestUpsampledConv(shared, scale)
+        self.hidden_sizes = [spade.mlp_shared[0].out_channels for spade in spades]
+        self.gamma_beta = nn.ModuleList(concatenated_conv([spade.mlp_gamma, spade.mlp_beta]) for spade in spades)
+
+    def forward(self, seg: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        hidden = self.shared(seg)
+        modulations = []
+        for conv, part in zip(self.gamma_beta, hidden.split(self.hidden_sizes, dim=1)):
+            # ReLU per part: it writes each channel slice densely, which the next conv needs anyway.
+            gamma, beta = conv(F.relu(part)).chunk(2, dim=1)
+            modulations.append((gamma, beta))
+        return modulations
+
+
+class ModulatedResnetBlock(nn.Module):
+    """SPADEResnetBlock taking its SPADEs' (gamma, beta) precomputed; same convolutions (the very
+    modules, spectral norm included), same dtype casts."""
+
+    def __init__(self, block: SPADEResnetBlock):
+        super().__init__()
+        self.learned_shortcut = block.learned_shortcut
+        self.conv_0 = block.conv_0
+        self.conv_1 = block.conv_1
+        if block.learned_shortcut:
+            self.conv_s = block.conv_s
+        self.num_spades = len(_spades_of(block))
+
+    def forward(self, x: torch.Tensor, modulations: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                dtype: torch.dtype) -> torch.Tensor:
+        # As SPADEResnetBlock.forward: convolutions run in `dtype` (the network's), x may be wider.
+        shortcut = self.conv_s(modulate(x, *modulations[2]).to(dtype)) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(modulate(x, *modulations[0]), LEAKY_SLOPE).to(dtype))
+        dx = self.conv_1(F.leaky_relu(modulate(dx, *modulations[1]), LEAKY_SLOPE).to(dtype))
+        return shortcut.to(x.dtype) + dx.to(x.dtype)
+
+
+class ModulatedStage(nn.Module):
+    """Residual blocks at one resolution (after a nearest x`upsample` of the stream) with the
+    modulations of all their SPADEs computed by one SpadeModulations."""
+
+    def __init__(self, blocks: Sequence[SPADEResnetBlock], upsample: int, scale: int):
+        super().__init__()
+        self.upsample = upsample
+        self.blocks = nn.ModuleList(ModulatedResnetBlock(block) for block in blocks)
+        self.modulations = SpadeModulations([spade for block in blocks for spade in _spades_of(block)], scale)
+
+    def forward(self, x: torch.Tensor, modulations: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                dtype: torch.dtype) -> torch.Tensor:
+        if self.upsample != 1:
+            x = F.interpolate(x, scale_factor=self.upsample)
+        start = 0
+        for block in self.blocks:
+            x = block(x, modulations[start:start + block.num_spades], dtype)
+            start += block.num_spades
+        return x
+
+
+class BatchedSPADEDecoder(nn.Module):
+    """SPADEDecoder with every SPADE modulation computed up front from the input feature: per
+    resolution (the G_middle blocks at the feature's size, up_0 at 2x, up_1 at 4x) one
+    convolution for all mlp_shared, then one per SPADE for gamma and beta. Same function, same
+    dtype behaviour (residual_dtype included); shares fc, the block convolutions and conv_img
+    with the decoder it is built from."""
+
+    residual_dtype: torch.dtype | None = None
+
+    def __init__(self, decoder: SPADEDecoder):
+        super().__init__()
+        self.in_channels = decoder.in_channels
+        self.upscale = decoder.upscale
+        self.residual_dtype = decoder.residual_dtype
+        self.fc = decoder.fc
+        self.stages = nn.ModuleList([
+            ModulatedStage(decoder.middle_blocks(), upsample=1, scale=1),
+            ModulatedStage([decoder.up_0], upsample=2, scale=2),
+            ModulatedStage([decoder.up_1], upsample=2, scale=4),
+        ])
+        self.conv_img = decoder.conv_img
+        self.train(decoder.training)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        if feature.dim() != 4 or feature.shape[1] != self.in_channels:
+            raise ValueError(f"expected a feature batch (B, {self.in_channels}, H, W), got {tuple(feature.shape)}")
+        # Everything that depends on the feature alone first: the convolutions of all SPADEs.
+        modulations = [stage.modulations(feature) for stage in self.stages]
+        x = self.fc(feature)
+        if self.residual_dtype is not None:
+            x = x.to(self.residual_dtype)
+        for stage, stage_modulations in zip(self.stages, modulations):
+            x = stage(x, stage_modulations, feature.dtype)
+        return torch.sigmoid(self.conv_img(F.leaky_relu(x, LEAKY_SLOPE).to(feature.dtype)))
+
+
+def batch_spade_modulations(decoder: SPADEDecoder) -> BatchedSPADEDecoder:
+    """The BatchedSPADEDecoder computing what `decoder` computes (which it shares modules with)."""
+    if not isinstance(decoder, SPADEDecoder):
+        raise TypeError(f"expected a SPADEDecoder, got {type(decoder).__name__}")
+    return BatchedSPADEDecoder(decoder)
+
+
+# --------------------------------------------------------------------------------------
+# phase split: a 3x3 convolution of a nearest-upsampled map, computed at the low resolution
+
+
+def _phase_taps(scale: int) -> torch.Tensor:
+    """(scale, 2, 3) 0/1 matrix: for each output phase, in the channel order PhaseSplitConv uses,
+    which of the 3 taps of one axis fall on each of the 2 low-resolution taps.
+
+    Along one axis, high-res output i = scale*a + p reads upsampled pixels i-1, i, i+1, i.e.
+    low-res pixels a + (p + k - 1) // scale for taps k = 0, 1, 2: two neighbouring pixels
+    a + window - 1 and a + window with window 0 for the first half of the phases (they reach
+    back to a - 1) and 1 for the others (they reach forward to a + 1). A 2-tap convolution with
+    padding 1 computes z[j] = v0 x[j - 1] + v1 x[j], so phase p is z[a + window]. Listing the
+    phases rotated by r = scale // 2 (channel q holds phase (q - r) % scale) makes every output
+    pixel i the (i + r)-th pixel of the pixel-shuffled z: one slice instead of a gather."""
+    rotation = scale // 2
+    taps = torch.zeros(scale, 2, 3, dtype=torch.float64)
+    for channel in range(scale):
+        phase = (channel - rotation) % scale
+        window = 0 if phase < scale - rotation else 1
+        for k in range(3):
+            low = (phase + k - 1) // scale  # -1, 0 or 1: which low-res neighbour tap k reads
+            taps[channel, low - window + 1, k] = 1.0
+    return taps
+
+
+def phase_split_weight(weight: torch.Tensor, scale: int) -> torch.Tensor:
+    """The (Cout * scale^2, Cin, 2, 2) weight of PhaseSplitConv for a (Cout, Cin, 3, 3) weight;
+    output channel o * scale^2 + qy * scale + qx (pixel_shuffle's order), float64."""
+    taps = _phase_taps(scale)
+    split = torch.einsum("ytk,xul,oikl->oyxitu", taps, taps, weight.double())
+    return split.reshape(weight.shape[0] * scale * scale, weight.shape[1], 2, 2)
+
+
+class PhaseSplitConv(nn.Module):
+    """conv(nearest-upsample(x, scale)) for a 3x3, padding 1 convolution, computed at x's
+    resolution: one 2x2 convolution (padding 1) to scale^2 phases per output channel, pixel
+    shuffle, and a slice. Exact; 4/9 of the FLOPs of the convolution it replaces."""
+
+    def __init__(self, conv: nn.Conv2d, scale: int):
+        super().__init__()
+        _check_plain_conv(conv, nn.Conv2d)
+        if conv.kernel_size != (3, 3) or conv.padding != (1, 1):
+            raise ValueError(f"phase split needs a 3x3 convolution with padding 1, got kernel {conv.kernel_size} "
+                             f"padding {conv.padding}")
+        if not isinstance(scale, int) or scale < 2:
+            raise ValueError(f"phase split needs an integer upsampling scale >= 2, got {scale!r}")
+        self.scale = scale
+        weight = conv.weight
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels * scale * scale, 2, padding=1,
+                              bias=conv.bias is not None, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            self.conv.weight.copy_(phase_split_weight(weight, scale))
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias.repeat_interleave(scale * scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        shuffled = F.pixel_shuffle(self.conv(x), self.scale)  # (B, Cout, scale (H+1), scale (W+1))
+        start = self.scale // 2
+        return shuffled[..., start:start + self.scale * height, start:start + self.scale * width]
+
+
+def phase_split_upsampled_convs(net: nn.Module) -> list[str]:
+    """Replace every NearestUpsampledConv (scale >= 2) in `net` with its PhaseSplitConv."""
+    return _replace_children(net, lambda parent, name, child: isinstance(child, NearestUpsampledConv)
+                             and child.scale >= 2,
+                             lambda child: PhaseSplitConv(child.conv, child.scale))
+
+
+# --------------------------------------------------------------------------------------
+# Conv3d as a Conv2d over depth slices
+
+
+class DepthSplitConv3d(nn.Module):
+    """A stride-1 Conv3d with kernel (kd, kh, kw) and 'same' depth padding (kd // 2), as one
+    Conv2d over the D depth slices (a batch of B*D images) computing all kd depth taps at once
+    (kd * Cout channels), then out[:, :, d] = bias + sum_t Y[d + t - pd, t] over the slices that
+    exist (the zero depth padding contributes nothing and is never computed). Same FLOPs as the
+    Conv3d; the taps are summed in float32 at least."""
+
+    def __init__(self, conv: nn.Conv3d):
+        super().__init__()
+        _check_plain_conv(conv, nn.Conv3d)
+        depth_kernel, depth_padding = conv.kernel_size[0], conv.padding[0]
+        if 2 * depth_padding != depth_kernel - 1:
+            raise ValueError(f"DepthSplitConv3d needs 'same' depth padding (kernel_size[0] // 2 with an odd depth "
+                             f"kernel), got depth kernel {depth_kernel} padding {depth_padding}")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.padding = conv.kernel_size, conv.padding
+        with torch.no_grad():
+            # (Cout, C, kd, kh, kw) -> (kd * Cout, C, kh, kw): output channel t * Cout + o is tap t of filter o
+            weight = conv.weight.permute(2, 0, 1, 3, 4).reshape(depth_kernel * conv.out_channels,
+                                                                 conv.in_channels, *conv.kernel_size[1:])
+            self.weight = nn.Parameter(weight.clone())
+            # Always a bias (zeros if the Conv3d had none): adding it also allocates the sum's
+            # buffer in the taps' memory order, which a copy of the strided slice would not.
+            bias = conv.bias if conv.bias is not None else weight.new_zeros(conv.out_channels)
+            self.bias = nn.Parameter(bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, depth, height, width = x.shape
+        # (B, C, D, H, W) -> (B*D, C, H, W): a view (channels-last 2-D) when x is channels_last_3d.
+        slices = x.transpose(1, 2).reshape(batch * depth, channels, height, width)
+        taps = F.conv2d(slices, self.weight, padding=self.padding[1:])
+        depth_kernel, depth_padding = self.kernel_size[0], self.padding[0]
+        taps = taps.unflatten(0, (batch, depth)).unflatten(2, (depth_kernel, self.out_channels))
+        # (B, D, kd, Cout, H', W'); sum in float32 at least, so half precision rounds once, as the Conv3d.
+        accumulate = torch.promote_types(taps.dtype, torch.float32)
+        out = taps[:, :, depth_padding] + self.bias.to(accumulate).view(-1, 1, 1)
+        for tap in range(depth_kernel):
+            shift = tap - depth_padding
+            if shift == 0:
+                continue
+            first, last = max(0, -shift), min(depth, depth - shift)
+            out[:, first:last] += taps[:, first + shift:last + shift, tap]
+        # (B, D, Cout, H, W) -> (B, Cout, D, H, W): channels_last_3d when x was.
+        return out.to(taps.dtype).transpose(1, 2)
+
+
+def depth_split_conv3ds(net: nn.Module, every_conv3d: bool = False) -> list[str]:
+    """Replace the dense-motion `mask` Conv3d of `net` (W) with a DepthSplitConv3d; with
+    every_conv3d, every nn.Conv3d whose depth kernel is > 1."""
+    def selected(parent: nn.Module, name: str, child: nn.Module) -> bool:
+        if type(child) is not nn.Conv3d:
+            return False
+        if every_conv3d:
+            return child.kernel_size[0] > 1
+        return isinstance(parent, DenseMotionNetwork) and name == "mask"
+
+    return _replace_children(net, selected, DepthSplitConv3d)
+
+
+# --------------------------------------------------------------------------------------
+# a wide k x k convolution to few outputs as per-tap 1x1 maps
+
+
+class TapSumConv2d(nn.Module):
+    """A stride-1 k x k Conv2d as a 1x1 convolution to one map per (output, tap), then each map
+    shifted by its tap offset (zeros outside) and summed, plus the bias. The shifted sum is a
+    grouped k x k convolution with a fixed one-hot kernel: k*k MACs per output pixel instead of
+    Cin*k*k. Exact reordering of the original sum."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        _check_plain_conv(conv, nn.Conv2d)
+        weight = conv.weight
+        outputs, inputs, kernel_h, kernel_w = weight.shape
+        taps = kernel_h * kernel_w
+        self.in_channels, self.out_channels = inputs, outputs
+        self.taps = nn.Conv2d(inputs, outputs * taps, 1, bias=False, device=weight.device, dtype=weight.dtype)
+        self.shift_sum = nn.Conv2d(outputs * taps, outputs, conv.kernel_size, padding=conv.padding, groups=outputs,
+                                   bias=conv.bias is not None, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            # map o * taps + i * kernel_w + j holds sum_c w[o, c, i, j] x[c]
+            self.taps.weight.copy_(weight.flatten(2).transpose(1, 2).reshape(outputs * taps, inputs, 1, 1))
+            one_hot = torch.eye(taps, dtype=weight.dtype, device=weight.device).view(1, taps, kernel_h, kernel_w)
+            self.shift_sum.weight.copy_(one_hot.expand(outputs, -1, -1, -1))
+            if conv.bias is not None:
+                self.shift_sum.bias.copy_(conv.bias)
+        self.shift_sum.weight.requires_grad_(False)  # a fixed selection, not a learned weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shift_sum(self.taps(x))
+
+
+def occlusion_as_taps(net: nn.Module) -> list[str]:
+    """Replace W's dense-motion `occlusion` Conv2d with a TapSumConv2d."""
+    return _replace_children(net, lambda parent, name, child: isinstance(parent, DenseMotionNetwork)
+                             and name == "occlusion" and type(child) is nn.Conv2d, TapSumConv2d)
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def _check_plain_conv(conv: nn.Module, kind: type) -> None:
+    """A convolution the rewrites handle: stride 1, no dilation, one group, zero padding given as sizes."""
+    if type(conv) is not kind:
+        raise TypeError(f"expected an {kind.__name__}, got {type(conv).__name__}")
+    ones = (1,) * len(conv.kernel_size)
+    if (conv.stride != ones or conv.dilation != ones or conv.groups != 1 or conv.padding_mode != "zeros"
+            or isinstance(conv.padding, str)):
+        raise ValueError(f"only stride 1, dilation 1, groups 1, zero padding given as sizes can be rewritten; got "
+                         f"stride {conv.stride}, dilation {conv.dilation}, groups {conv.groups}, "
+                         f"padding {conv.padding!r} ({conv.padding_mode})")
+
+
+def _replace_children(net: nn.Module, selected: Callable[[nn.Module, str, nn.Module], bool],
+                      replacement: Callable[[nn.Module], nn.Module]) -> list[str]:
+    """Swap each selected child module for replacement(child); the changed modules' names."""
+    targets = [(parent_name, parent, name, child) for parent_name, parent in net.named_modules()
+               for name, child in parent.named_children() if selected(parent, name, child)]
+    for _, parent, name, child in targets:
+        setattr(parent, name, replacement(child))
+    return [f"{parent_name}.{name}" if parent_name else name for parent_name, parent, name, _ in targets]
+
+
+# Rewritten layers that `lpperf profile` times as one layer (their inner convolutions are part of them).
+LAYER_TYPES = (PhaseSplitConv, DepthSplitConv3d, TapSumConv2d)

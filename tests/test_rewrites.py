@@ -1,0 +1,296 @@
+"""The exact layer rewrites against the layers they replace, in float64 on small sizes: relative
+error <= 1e-6 (float64 reordering gives ~1e-15; a wrong tap, phase or bias gives ~1), for
+contiguous and channels-last inputs and batches > 1."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from lpperf import models, recipes, rewrites, roofline
+from lpperf.models.blocks import ResBlock3d
+
+EXACT = 1e-6
+LAYOUTS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
+    return (torch.linalg.vector_norm(out - expected) / torch.linalg.vector_norm(expected)).item()
+
+
+def channels_last(value):
+    """A tensor, or every 4-D/5-D parameter of a module, in the channels-last layout (as the
+    channels_last step lays them out)."""
+    if isinstance(value, torch.Tensor):
+        return value.contiguous(memory_format=LAYOUTS[value.dim()])
+    for parameter in value.parameters():
+        if parameter.dim() in LAYOUTS:
+            parameter.data = parameter.data.contiguous(memory_format=LAYOUTS[parameter.dim()])
+    return value
+
+
+def randomise_batch_norms(net: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so that folding them is not a no-op."""
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, _BatchNorm):
+                size = module.num_features
+                module.running_mean.copy_(0.5 * torch.randn(size, generator=generator))
+                module.running_var.copy_(0.5 + 1.5 * torch.rand(size, generator=generator))
+                module.weight.copy_(1 + 0.3 * torch.randn(size, generator=generator))
+                module.bias.copy_(0.3 * torch.randn(size, generator=generator))
+    return net
+
+
+@pytest.fixture
+def generator():
+    return torch.Generator().manual_seed(0)
+
+
+def tiny_warp(generator, **overrides) -> nn.Module:
+    torch.manual_seed(1)
+    net = models.build("warping_module", **{**models.TINY["warping_module"], **overrides})
+    return randomise_batch_norms(net, generator).double()
+
+
+def warp_inputs(generator, batch: int = 2, size: int = 16):
+    feature = torch.randn(batch, 4, 4, size, size, generator=generator, dtype=torch.float64)
+    kp_source = 0.6 * (2 * torch.rand(batch, 21, 3, generator=generator, dtype=torch.float64) - 1)
+    kp_driving = kp_source + 0.05 * torch.randn(batch, 21, 3, generator=generator, dtype=torch.float64)
+    return feature, kp_driving, kp_source
+
+
+def tiny_decoder() -> nn.Module:
+    torch.manual_seed(2)
+    return models.build("spade_generator", **models.TINY["spade_generator"]).double()
+
+
+# --------------------------------------------------------------------------------------
+# BatchNorm folding
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_folded_batch_norm_equals_conv_then_norm(generator, dims, bias):
+    conv = (nn.Conv2d if dims == 2 else nn.Conv3d)(5, 6, 3, padding=1, bias=bias).double()
+    norm = randomise_batch_norms((nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(6), generator).double().eval()
+    x = torch.randn(2, 5, *[6] * dims, generator=generator, dtype=torch.float64)
+    expected = norm(conv(x))
+    rewrites.fold_conv_batch_norm(conv, norm)
+    assert relative_error(conv(x), expected) <= EXACT
+    assert relative_error(conv(channels_last(x)), expected) <= EXACT
+
+
+def test_folding_refuses_a_training_mode_norm():
+    with pytest.raises(ValueError, match="eval-mode BatchNorm"):
+        rewrites.fold_conv_batch_norm(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3).train())
+
+
+def test_fold_batch_norms_folds_w_but_leaves_pre_activation_norms(generator):
+    warp = tiny_warp(generator)
+    inputs = warp_inputs(generator)
+    expected = warp(*inputs)
+    folded = rewrites.fold_batch_norms(warp)
+    assert {"third", "dense_motion_network", "dense_motion_network.hourglass.decoder",
+            "dense_motion_network.hourglass.encoder.down_blocks.0"} <= set(folded)
+    assert not any(isinstance(m, _BatchNorm) for m in warp.modules())
+    out = warp(*inputs)
+    for key in ("out", "deformation", "occlusion_map"):
+        assert relative_error(out[key], expected[key]) <= EXACT, key
+
+    torch.manual_seed(3)
+    appearance = randomise_batch_norms(models.build("appearance_feature_extractor",
+                                                    **models.TINY["appearance_feature_extractor"]), generator).double()
+    image = torch.rand(2, 3, 32, 32, generator=generator, dtype=torch.float64)
+    expected = appearance(image)
+    assert rewrites.fold_batch_norms(appearance)
+    assert relative_error(appearance(channels_last(image)), expected) <= EXACT
+    resblocks = [m for m in appearance.modules() if isinstance(m, ResBlock3d)]
+    assert resblocks and all(isinstance(r.norm1, nn.BatchNorm3d) and isinstance(r.norm2, nn.BatchNorm3d)
+                             for r in resblocks)
+    assert rewrites.fold_batch_norms(appearance) == []
+
+
+# --------------------------------------------------------------------------------------
+# phase split
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("size", [(5, 6), (4, 7)])
+def test_phase_split_equals_conv_of_nearest_upsampled_map(generator, scale, size):
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    split = rewrites.PhaseSplitConv(conv, scale)
+    x = torch.randn(2, 3, *size, generator=generator, dtype=torch.float64)
+    upsampled = F.interpolate(x, size=(scale * size[0], scale * size[1]), mode="nearest")
+    expected = conv(upsampled)
+    assert relative_error(split(x), expected) <= EXACT
+    assert relative_error(channels_last(split)(channels_last(x)), expected) <= EXACT
+
+
+def test_phase_split_without_bias_and_its_flops(generator):
+    conv = nn.Conv2d(6, 8, 3, padding=1, bias=False).double()
+    split = rewrites.PhaseSplitConv(conv, 4)
+    x = torch.randn(1, 6, 16, 16, generator=generator, dtype=torch.float64)
+    upsampled = F.interpolate(x, scale_factor=4, mode="nearest")
+    assert relative_error(split(x), conv(upsampled)) <= EXACT
+    ratio = roofline.count_flops(split, x).total / roofline.count_flops(conv, upsampled).total
+    assert ratio == pytest.approx(4 / 9 * 17 * 17 / (16 * 16))  # a 2x2 kernel on the (H+1, W+1) grid
+
+
+@pytest.mark.parametrize("conv, scale, message", [
+    (nn.Conv2d(2, 2, 5, padding=2), 2, "3x3 convolution with padding 1"),
+    (nn.Conv2d(2, 2, 3, padding=1, stride=2), 2, "stride 1"),
+    (nn.Conv2d(2, 2, 3, padding=1), 1, "integer upsampling scale >= 2"),
+])
+def test_phase_split_refuses_what_it_cannot_compute(conv, scale, message):
+    with pytest.raises(ValueError, match=message):
+        rewrites.PhaseSplitConv(conv, scale)
+
+
+# --------------------------------------------------------------------------------------
+# batched SPADE modulations
+
+
+@pytest.mark.parametrize("phase_split", [False, True])
+def test_batched_spade_decoder_equals_the_decoder(generator, phase_split):
+    decoder = tiny_decoder()
+    feature = torch.rand(2, decoder.in_channels, 8, 8, generator=generator, dtype=torch.float64)
+    batched = rewrites.batch_spade_modulations(copy.deepcopy(decoder))
+    expected = decoder(feature)
+    if phase_split:
+        assert rewrites.phase_split_upsampled_convs(batched) == ["stages.1.modulations.shared",
+                                                                 "stages.2.modulations.shared"]
+        assert rewrites.phase_split_upsampled_convs(batched) == []
+    assert relative_error(batched(feature), expected) <= EXACT
+    assert relative_error(channels_last(batched)(channels_last(feature)), expected) <= EXACT
+    # one shared conv per resolution, one gamma/beta conv per SPADE (12 + 3 + 3)
+    assert [len(stage.modulations.gamma_beta) for stage in batched.stages] == [12, 3, 3]
+
+
+def test_batched_spade_decoder_keeps_the_residual_stream_and_casts():
+    """bfloat16 convolutions with a float32 residual stream: the same dtypes reach the same layers."""
+    decoder = tiny_decoder().float().to(torch.bfloat16)
+    decoder.residual_dtype = torch.float32
+    batched = rewrites.batch_spade_modulations(copy.deepcopy(decoder))
+    feature = torch.rand(1, decoder.in_channels, 8, 8).to(torch.bfloat16)
+
+    def traced(net):
+        seen = []
+        hooks = [module.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, args[0].dtype)))
+                 for name, module in net.named_modules() if name.rsplit(".", 1)[-1] in {"conv_0", "conv_1", "conv_s"}
+                 or isinstance(module, (models.spade.SPADEResnetBlock, rewrites.ModulatedResnetBlock))]
+        out = net(feature)
+        for hook in hooks:
+            hook.remove()
+        return out, [dtype for _, dtype in seen]
+
+    expected, expected_dtypes = traced(decoder)
+    out, dtypes = traced(batched)
+    assert dtypes == expected_dtypes
+    assert {torch.float32, torch.bfloat16} == set(dtypes)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+
+
+def test_batch_spade_modulations_needs_a_spade_decoder():
+    with pytest.raises(TypeError, match="expected a SPADEDecoder"):
+        rewrites.batch_spade_modulations(nn.Conv2d(1, 1, 1))
+
+
+# --------------------------------------------------------------------------------------
+# Conv3d split over depth
+
+
+@pytest.mark.parametrize("kernel, padding", [((7, 7, 7), (3, 3, 3)), ((3, 3, 3), (1, 1, 1)), ((3, 1, 1), (1, 0, 0)),
+                                             ((1, 3, 3), (0, 1, 1)), ((5, 3, 3), (2, 0, 0))])
+@pytest.mark.parametrize("bias", [True, False])
+def test_depth_split_conv3d_equals_conv3d(generator, kernel, padding, bias):
+    conv = nn.Conv3d(6, 5, kernel, padding=padding, bias=bias).double()
+    split = rewrites.DepthSplitConv3d(conv)
+    x = torch.randn(2, 6, 4, 7, 9, generator=generator, dtype=torch.float64)  # depth 4 < kernel 7: edge taps
+    expected = conv(x)
+    assert split(x).shape == expected.shape
+    assert relative_error(split(x), expected) <= EXACT
+    out = channels_last(split)(channels_last(x))
+    assert relative_error(out, expected) <= EXACT
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_depth_split_reads_channels_last_3d_slices_without_a_copy(generator, monkeypatch):
+    split = channels_last(rewrites.DepthSplitConv3d(nn.Conv3d(8, 4, 3, padding=1).double()))
+    x = channels_last(torch.randn(2, 8, 3, 5, 5, generator=generator, dtype=torch.float64))
+    inputs = []
+    conv2d = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda slices, *args, **kw: inputs.append(slices) or conv2d(slices, *args, **kw))
+    split(x)
+    assert len(inputs) == 1 and inputs[0].shape == (6, 8, 5, 5)
+    assert inputs[0].data_ptr() == x.data_ptr() and inputs[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_depth_split_flops_equal_the_conv3d(generator):
+    conv = nn.Conv3d(4, 3, 7, padding=3).double()
+    x = torch.randn(1, 4, 5, 6, 6, generator=generator, dtype=torch.float64)
+    split = rewrites.DepthSplitConv3d(conv)
+    assert roofline.count_flops(split, x).total == roofline.count_flops(conv, x).total
+
+
+@pytest.mark.parametrize("conv, message", [
+    (nn.Conv3d(2, 2, 3, padding=(0, 1, 1)), "'same' depth padding"),
+    (nn.Conv3d(2, 2, 3, padding=1, stride=(1, 2, 2)), "stride 1"),
+    (nn.Conv2d(2, 2, 3), "expected an Conv3d"),
+])
+def test_depth_split_refuses_what_it_cannot_compute(conv, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        rewrites.DepthSplitConv3d(conv)
+
+
+# --------------------------------------------------------------------------------------
+# a k x k convolution as per-tap maps
+
+
+@pytest.mark.parametrize("outputs, kernel, padding, bias", [(1, 7, 3, True), (2, 3, 1, False),
+                                                            (1, (3, 5), (0, 2), True)])
+def test_tap_sum_conv_equals_the_conv(generator, outputs, kernel, padding, bias):
+    conv = nn.Conv2d(10, outputs, kernel, padding=padding, bias=bias).double()
+    taps = rewrites.TapSumConv2d(conv)
+    x = torch.randn(2, 10, 9, 8, generator=generator, dtype=torch.float64)
+    expected = conv(x)
+    assert relative_error(taps(x), expected) <= EXACT
+    assert relative_error(channels_last(taps)(channels_last(x)), expected) <= EXACT
+
+
+# --------------------------------------------------------------------------------------
+# the rewrites of W, composed with padding and folding
+
+
+@pytest.mark.parametrize("every_conv3d", [False, True])
+def test_w_rewrites_after_padding_and_folding_leave_w_unchanged(generator, every_conv3d):
+    warp = tiny_warp(generator)
+    inputs = warp_inputs(generator)
+    expected = warp(*inputs)
+    steps = [recipes.pad_warp_channels, recipes.fold_batch_norm,
+             recipes.warp_depth_split_all if every_conv3d else recipes.warp_depth_split, recipes.occlusion_as_taps]
+    engine = recipes.build(steps, {"warping_module": warp}, "cpu")
+    assert engine.applied == [step.__name__ for step in steps], engine.skipped
+    rewritten = engine.nets["warping_module"]
+    dense = rewritten.dense_motion_network
+    assert isinstance(dense.mask, rewrites.DepthSplitConv3d) and dense.mask.out_channels == 24  # padded 22 -> 24
+    assert isinstance(dense.occlusion, rewrites.TapSumConv2d)
+    split = [m for m in rewritten.modules() if isinstance(m, rewrites.DepthSplitConv3d)]
+    assert len(split) == (2 + 2 + 1 + 1 if every_conv3d else 1)  # encoder, decoder blocks, last conv, mask
+    for out in (rewritten(*inputs), channels_last(rewritten)(*[channels_last(t) for t in inputs[:1]], *inputs[1:])):
+        for key in ("out", "deformation", "occlusion_map"):
+            assert relative_error(out[key], expected[key]) <= EXACT, key
+
+
+def test_rewrites_of_w_report_what_they_changed(generator):
+    warp = tiny_warp(generator)
+    assert rewrites.depth_split_conv3ds(warp) == ["dense_motion_network.mask"]
+    assert rewrites.depth_split_conv3ds(warp) == []
+    assert rewrites.occlusion_as_taps(warp) == ["dense_motion_network.occlusion"]
+    assert rewrites.occlusion_as_taps(warp) == []
+    without_occlusion = tiny_warp(generator, estimate_occlusion_map=False)
+    assert rewrites.occlusion_as_taps(without_occlusion) == []
