@@ -1,37 +1,80 @@
 """The recipe waterfall: each row adds one optimization; speed, memory and parity side by side.
 
-Every row is measured in the same process on the same card, on the sample portrait and
-driving sequence, against the float32 reference (TF32 off) on the same weights:
+Every row is measured in the same process on the same card, on the sample portrait and driving
+sequence, against the float32 reference (TF32 off) on the same weights (lpperf.frame):
 
-    rows = bench.waterfall(nets, device="cuda", batch=1)
-    print(bench.format_table(rows))
+    rows = bench.waterfall_rows("fastest") + bench.peer_rows()
+    results = bench.run(rows, nets, device="cuda", config=bench.BenchConfig(batch=1))
+    print(bench.format_table(results, title="batch 1 on an H200"))
+    data = bench.report(results, environment, config, weights="synthetic")  # report.json
 
-Per row: ms per frame (median, p90 of CUDA-event samples after warm-up), frames/s,
-speedup over the first row, achieved TFLOP/s (checked against the card's measured
-peak: a faster-than-physics number raises), NVML process memory and torch's peak,
-parity (PSNR, largest 8-bit difference, NaN/Inf count) and compile time, kept apart.
+Per row: ms per frame (median and p90 of CUDA-event samples after warm-up; a row whose samples did
+not settle is marked), frames/s, speedup over the first row and over the peer row (BenchConfig.peer),
+achieved TFLOP/s (checked against the card's measured peak: a faster-than-physics number raises),
+NVML process memory and torch's peak, parity (PSNR, largest 8-bit difference, NaN/Inf count),
+compile time (kept apart) and the time of each stage run alone (lpperf.frame.time_stages).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import gc
-import itertools
+import datetime
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from lpperf import memory, parity, pipeline, recipes, roofline, sample, timing
+from lpperf import frame, history, memory, parity, recipes, roofline, timing
 from lpperf.recipes import Engine
+from lpperf.validation import check_positive_int
 
 log = logging.getLogger(__name__)
 
-PARITY_FRAMES = 4
+BASELINE_ROW = "fp32 eager"
+DEFAULT_PEER = "official-reduce-overhead"  # the strongest official-style recipe: the "vs peer" column
+# One label per step name (a step without one is shown by its name).
+STEP_LABELS = {
+    "inference_mode": "+ inference_mode",
+    "cudnn_benchmark": "+ cudnn.benchmark",
+    "tf32_off": "+ TF32 off",
+    "fold_spectral_norm": "+ fold spectral norm",
+    "warp_source_cache": "+ W source cache",
+    "pad_warp_channels": "+ pad W's 3-D conv channels to x8",
+    "fold_batch_norm": "+ fold BatchNorm into convs",
+    "warp_depth_split": "+ W's mask Conv3d split over depth",
+    "warp_depth_split_all": "+ W's Conv3d split over depth",
+    "occlusion_as_taps": "+ occlusion conv as tap maps",
+    "batch_spade_modulations": "+ G's SPADE modulations batched",
+    "phase_split_upsampled_convs": "+ G's upsampled convs phase-split",
+    "autocast_fp16": "+ autocast fp16",
+    "half": "+ fp16 weights (.half())",
+    "bfloat16": "+ bf16 weights",
+    "residual_float32": "+ fp32 residual stream in G",
+    "channels_last": "+ channels_last",
+    "inductor_freezing": "+ inductor freezing",
+    "compile_step": "+ compile whole step",
+    "compile_nets": "+ compile each network",
+}
+# The compile steps by name. In the waterfall a reduce-overhead compile (torch.compile plus CUDA
+# graphs) is shown twice: first its mode="default" twin (the compile alone), then as the recipe has it.
+COMPILE_STEPS = {"compile_step": recipes.compile_step, "compile_nets": recipes.compile_nets}
+CUDA_GRAPH_LABEL = "+ CUDA graph (reduce-overhead)"
+PEER_LABELS = {"autocast-fp16": "peer: autocast fp16 eager (official app)",
+               "official-default": "peer: .half() + compile per net (official, mode=default)",
+               "official-reduce-overhead": "peer: .half() + compile per net, reduce-overhead (strongest)",
+               "fast-bf16": "fast-bf16"}
+BASELINE_RECIPE = "fp32-eager"  # always the first row: speedups are over it
+CPU_DEFAULT_RECIPES = (BASELINE_RECIPE, "fast")
+UNSETTLED = "~"  # marks a time whose samples did not settle before the stopping rule's cap
+GPU_RULE = timing.StoppingRule(min_repeats=20, min_seconds=0.5, max_rel_iqr=0.05, max_repeats=300, max_seconds=15.0)
+CPU_RULE = timing.StoppingRule(min_repeats=5, min_seconds=0.0, max_rel_iqr=0.10, max_repeats=25, max_seconds=10.0)
+CPU_STAGE_RULE = timing.StoppingRule(min_repeats=3, min_seconds=0.0, max_rel_iqr=0.10, max_repeats=10,
+                                     max_seconds=2.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,262 +83,194 @@ class Row:
 
     name: str
     steps: tuple[Callable[[Engine], None], ...]
-    precision: str  # the parity tolerance class: fp32, tf32, fp16 or bf16
+    recipe: str = ""  # the recipe the row measures whole; "" for a waterfall prefix
 
 
-def waterfall_rows() -> list[Row]:
-    """The segment-anything-fast style waterfall: each row is the previous plus one step."""
-    r = recipes
-    chain: list[tuple[str, Callable[[Engine], None] | None, str]] = [
-        ("fp32 eager", None, "tf32"),
-        ("+ inference_mode + cudnn.benchmark", None, "tf32"),
-        ("+ fold spectral norm", r.fold_spectral_norm, "tf32"),
-        ("+ W source cache", r.warp_source_cache, "tf32"),
-        ("+ pad W's 3-D conv channels to x8", r.pad_warp_channels, "tf32"),
-        ("+ fp16 weights (.half())", r.half, "fp16"),
-        ("+ fp32 residual stream in G", r.residual_float32, "fp16"),
-        ("+ channels_last", r.channels_last, "fp16"),
-        ("+ compile whole step (default)", r.compile_step("default"), "fp16"),
-        ("+ CUDA graph (reduce-overhead)", r.compile_step("reduce-overhead"), "fp16"),
-    ]
-    rows, steps = [], []
-    for name, step, precision in chain:
-        if name.startswith("+ inference_mode"):
-            steps += [r.inference_mode, r.cudnn_benchmark]
-        elif step is not None:
-            if step.__name__ == "compile_step":
-                steps = [s for s in steps if s.__name__ != "compile_step"]
-            steps.append(step)
-        rows.append(Row(name, tuple(steps), precision))
+def lookup_recipe(name: str) -> recipes.Recipe:
+    """The recipe called `name`, or a ValueError naming the known ones."""
+    return recipes.lookup(name)
+
+
+def recipe_row(name: str, label: str = "") -> Row:
+    return Row(label or name, lookup_recipe(name).steps, recipe=name)
+
+
+def waterfall_rows(recipe: str = "fastest") -> list[Row]:
+    """The segment-anything-fast style waterfall: fp32 eager, then each prefix of the recipe's steps
+    (each row is the previous plus one step), the last row the whole recipe."""
+    steps = lookup_recipe(recipe).steps
+    rows, before = [recipe_row(BASELINE_RECIPE, BASELINE_ROW)], ()  # fp32-eager: no steps
+    for step in steps:
+        if _compile_mode(step) == "reduce-overhead":
+            twin = COMPILE_STEPS[step.__name__]("default")
+            rows.append(Row(_label(twin), before + (twin,)))
+        before += (step,)
+        rows.append(Row(_label(step), before))
+    if steps:
+        rows[-1] = Row(f"{rows[-1].name} = {recipe}", steps, recipe=recipe)
     return rows
 
 
 def peer_rows() -> list[Row]:
-    """Rows measured beside the waterfall: the official app's and speed script's settings,
-    and the bf16 variant of the fastest recipe."""
-    labels = {"autocast-fp16": "peer: autocast fp16 eager (official app)",
-              "official-default": "peer: .half() + compile per net (official, mode=default)",
-              "fast-bf16": "fast-bf16"}
-    return [dataclasses.replace(recipe_row(name), name=label) for name, label in labels.items()]
+    """Rows measured beside the waterfall: the official app's and speed script's settings, and the
+    bf16 variant of the fastest recipe."""
+    return [recipe_row(name, label) for name, label in PEER_LABELS.items()]
 
 
-def variant_rows() -> list[Row]:
-    """The fast recipe with one step added or removed: what each of its choices is worth."""
-    r = recipes
-    fast = recipes.RECIPES["fast"].steps
-    without = {step.__name__ for step in fast}
-    rows = [Row("fast", fast, "fp16"), Row("fast + inductor freezing", fast + (r.inductor_freezing,), "fp16")]
-    for removed in ("residual_float32", "channels_last", "warp_source_cache", "pad_warp_channels", "fold_spectral_norm"):
-        if removed in without:
-            rows.append(Row(f"fast - {removed}", tuple(s for s in fast if s.__name__ != removed), "fp16"))
-    return rows
+def default_rows(device: torch.device, names: Sequence[str] = ()) -> list[Row]:
+    """What `lpperf bench` measures: the named recipes, fp32-eager first as the baseline; without names
+    the waterfall and peer rows on CUDA, fp32-eager and fast on the CPU."""
+    if names:
+        names = list(dict.fromkeys(names))
+        return [recipe_row(name) for name in ([] if BASELINE_RECIPE in names else [BASELINE_RECIPE]) + names]
+    if device.type == "cuda":
+        return waterfall_rows() + peer_rows()
+    return [recipe_row(name) for name in CPU_DEFAULT_RECIPES]
 
 
-def profile_step(recipe: str, nets: dict, device: str | torch.device, steps: int = 20) -> str:
-    """torch.profiler's table of the kernels of `steps` per-frame steps of `recipe` (after warm-up),
-    sorted by total device time: where the remaining time goes."""
-    from torch.profiler import ProfilerActivity, profile
-
-    device = torch.device(device)
-    engine = recipes.build(recipe, nets, device)
-    animator = engine.animator(sample.portrait(), reference=driving_batch(1))
-    driving = driving_batch(1, offset=1).to(device)
-    for _ in range(5):
-        animator.step(driving)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as profiler:
-        for _ in range(steps):
-            animator.step(driving)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    table = profiler.key_averages().table(sort_by=sort_by, row_limit=30, max_name_column_width=70)
-    return f"recipe {recipe}, {steps} steps, batch 1, applied {engine.applied}\n{table}"
+def default_config(device: torch.device, batch: int) -> BenchConfig:
+    """The full stopping rule on CUDA; on the CPU a smoke run with few repeats, whose noise shows as
+    "not converged" rows."""
+    if device.type == "cuda":
+        return BenchConfig(batch=batch)
+    return BenchConfig(batch=batch, warmup=1, parity_frames=2, rule=CPU_RULE, stage_rule=CPU_STAGE_RULE)
 
 
-def recipe_row(name: str) -> Row:
-    recipe = recipes.RECIPES.get(name)
-    if recipe is None:
-        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(recipes.RECIPES)}")
-    return Row(name, recipe.steps, recipe.precision)
+def _label(step: Callable[[Engine], None]) -> str:
+    mode = _compile_mode(step)
+    if mode == "reduce-overhead":
+        return CUDA_GRAPH_LABEL
+    label = STEP_LABELS.get(step.__name__, f"+ {step.__name__}")
+    return label if mode is None else f"{label} ({mode})"
+
+
+def _compile_mode(step: Callable[[Engine], None]) -> str | None:
+    """The torch.compile mode a compile step sets (None for any other step), read from the engine field
+    it sets on an empty CUDA engine (nothing is compiled or allocated)."""
+    if step.__name__ not in COMPILE_STEPS:
+        return None
+    probe = Engine(nets={}, device=torch.device("cuda"))
+    step(probe)
+    return probe.compile_step_mode or probe.compile_nets_mode
+
+
+def precision_of(engine: Engine) -> str:
+    """The parity tolerance class (lpperf.parity.Tolerance.for_precision) of what the engine computes."""
+    dtype = engine.autocast_dtype or engine.weight_dtype
+    half = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+    return half.get(dtype, "tf32" if engine.allow_tf32 else "fp32")
 
 
 @dataclasses.dataclass
 class RowResult:
+    """One measured row. Times are per frame (the step's median over its batch); None where not measured."""
+
     name: str
+    recipe: str
     batch: int
+    precision: str
     applied: list[str]
     skipped: dict[str, str]
-    timing: dict[str, Any]
+    timing: timing.TimingResult | None
     ms_per_frame: float
     p90_ms_per_frame: float
     frames_per_second: float
-    speedup: float | None
+    converged: bool  # the samples settled (IQR/median within the rule) before a cap stopped them
     tflops: float | None
     compile_seconds: float | None
-    memory: dict[str, Any] | None
-    memory_unavailable: str
-    parity: dict[str, Any] | None
+    memory: memory.MemoryReport | None
+    memory_unavailable: str  # why memory is None
+    parity: parity.ParityReport | None
     parity_failures: list[str]
-    stage_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    stage_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # batch 1, see stage_clock
+    stage_clock: str = ""  # what stage_ms measures (lpperf.frame.stage_clock)
+    speedup: float | None = None  # over the first row of the run
+    speedup_vs_peer: float | None = None  # over the peer row (BenchConfig.peer), if the run has it
     error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
+
+
+def _plain(value):
+    return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     batch: int = 1
     warmup: int = 5
-    rule: timing.StoppingRule = timing.StoppingRule(min_repeats=20, min_seconds=0.5, max_rel_iqr=0.05,
-                                                     max_repeats=300, max_seconds=15.0)
-    parity_frames: int = PARITY_FRAMES
+    rule: timing.StoppingRule = GPU_RULE
+    parity_frames: int = frame.PARITY_FRAMES
     stages: bool = True  # also time F, M, S, W, G alone per row
+    stage_rule: timing.StoppingRule = frame.STAGE_RULE
+    peer: str = DEFAULT_PEER  # the recipe whose row the "vs peer" speedups compare with
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.batch, "BenchConfig.batch")
+        check_positive_int(self.parity_frames, "BenchConfig.parity_frames (frames compared with the reference)")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"BenchConfig.warmup must be an int >= 0, got {self.warmup!r}")
 
 
-def driving_batch(batch: int, offset: int = 0) -> torch.Tensor:
-    """`batch` consecutive frames of the sample driving sequence, starting at `offset`."""
-    frames = itertools.islice(sample.driving_frames(), offset, offset + batch)
-    return torch.cat(list(frames), dim=0)
-
-
-def reference_frames(nets: dict, device: torch.device, count: int) -> torch.Tensor:
-    """The float32, TF32-off frames every row is compared with (driving frames 0..count-1)."""
-    engine = recipes.build("reference", nets, device)
-    animator = engine.animator(sample.portrait(), reference=driving_batch(1))
-    outputs = [animator.step(frame.to(device)).float().cpu()
-               for frame in itertools.islice(sample.driving_frames(), count)]
-    return torch.cat(outputs)
-
-
-STAGE_NAMES = ("f_s", "keypoints", "deformation", "warped")
-STAGES = ("F", "M", "S", "W", "G")  # F runs once per source; M + S + W + G once per frame
-STAGE_RULE = timing.StoppingRule(min_repeats=10, min_seconds=0.05, max_rel_iqr=0.05, max_repeats=100, max_seconds=1.0)
-
-
-def stage_calls(animator: recipes.OptimizedAnimator, driving: torch.Tensor) -> dict[str, Callable[[], object]]:
-    """Zero-argument callables running each stage alone on the animator's networks (in its
-    precision and layout, eagerly: compilation applies to the whole step), inputs prepared once."""
-    source = animator.source
-    nets = animator.nets
-    kp_driving = animator.driving_keypoints(pipeline.motion_from_extractor(nets[pipeline.MOTION_NET](driving)))
-    warped = nets[pipeline.WARP_NET](source.feature, kp_driving=kp_driving, kp_source=source.keypoints)
-    return {
-        "F": lambda: nets[pipeline.FEATURE_NET](source.image),
-        "M": lambda: nets[pipeline.MOTION_NET](driving),
-        "S": lambda: pipeline.stitch(nets[pipeline.STITCHING_NET], source.keypoints, kp_driving),
-        "W": lambda: nets[pipeline.WARP_NET](source.feature, kp_driving=kp_driving, kp_source=source.keypoints),
-        "G": lambda: nets[pipeline.DECODER_NET](warped["out"]),
-    }
-
-
-def measure_stages(animator: recipes.OptimizedAnimator, driving: torch.Tensor, device: torch.device,
-                   rule: timing.StoppingRule = STAGE_RULE) -> dict[str, float]:
-    """Median ms of each stage at batch 1 (eager; see stage_calls)."""
-    with animator.engine.context():
-        calls = stage_calls(animator, driving[:1])
-        return {stage: timing.time_callable(call, device, warmup=2, rule=rule).median_ms
-                for stage, call in calls.items()}
-
-
-def stage_outputs(animator: recipes.OptimizedAnimator, driving: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each stage's output for one driving batch, run stage by stage (eagerly) in the animator's
-    precision and layout, as float32 on the CPU: the source volume f_s, the driving keypoints,
-    W's deformation and warped feature, and the frame."""
-    with animator.engine.context():
-        source = animator.source
-        batch = driving.shape[0]
-        motion = pipeline.motion_from_extractor(animator.nets[pipeline.MOTION_NET](driving))
-        keypoints = animator.driving_keypoints(motion)
-        warped = animator.nets[pipeline.WARP_NET](
-            source.feature.expand(batch, *source.feature.shape[1:]), kp_driving=keypoints,
-            kp_source=source.keypoints.expand(batch, -1, -1))
-        frame = animator.nets[pipeline.DECODER_NET](warped["out"])
-    outputs = {"f_s": source.feature, "keypoints": keypoints, "deformation": warped["deformation"],
-               "warped": warped["out"], "frame": frame}
-    return {name: value.float().cpu() for name, value in outputs.items()}
-
-
-def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
-                reference: torch.Tensor | None, flops_per_frame: float | None,
-                peak: roofline.PeakThroughput | None) -> RowResult:
-    """Build the row's engine, run the first frames for parity, then time the per-frame step,
-    with NVML tracking the process's GPU memory throughout (where NVML is usable)."""
+def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig, reference: torch.Tensor | None,
+                flops_per_frame: float | None, peak: roofline.PeakThroughput | None) -> RowResult:
+    """Build the row's engine, run the first frames for parity, time the per-frame step with NVML
+    tracking the process's GPU memory (where NVML is usable), then time each stage alone."""
     engine = recipes.build(row.steps, nets, device)
-    memory_report, memory_reason = None, "memory is measured through NVML on CUDA devices only"
+    precision = precision_of(engine)
     with contextlib.ExitStack() as stack:
-        tracker = None
-        if device.type == "cuda":
-            availability = memory.available()
-            memory_reason = availability.reason
-            if availability:
-                tracker = stack.enter_context(memory.track_peak_memory(device))
-        animator = engine.animator(sample.portrait(), reference=driving_batch(1))
-        outputs = [animator.step(frame.to(device)).float().cpu()
-                   for frame in itertools.islice(sample.driving_frames(), config.parity_frames)]
-        driving = driving_batch(config.batch, offset=config.parity_frames).to(device)
-        result = timing.time_callable(lambda: animator.step(driving), device,
-                                      warmup=config.warmup, rule=config.rule)
-        stage_ms = measure_stages(animator, driving, device) if config.stages else {}
-    if tracker is not None:
-        memory_report, memory_reason = tracker.report.to_dict(), ""
+        tracker, memory_unavailable = _track_memory(stack, device)
+        animator = frame.sample_animator(engine)
+        outputs = frame.run_frames(animator, config.parity_frames)
+        driving = frame.driving_batch(config.batch, offset=config.parity_frames).to(device)
+        result = timing.time_callable(lambda: animator.step(driving), device, warmup=config.warmup, rule=config.rule)
+    stage_ms = {}
+    if config.stages:
+        stage_ms = frame.time_stages(animator, driving[:1], device, warmup=config.warmup, rule=config.stage_rule)
 
-    parity_dict, failures = None, []
+    parity_report, failures = None, []
     if reference is not None:
-        report = parity.compare({}, {}, torch.cat(outputs), reference, precision=row.precision)
-        parity_dict = report.to_dict()
-        failures = report.failures(parity.Tolerance.for_precision(row.precision))
+        parity_report = parity.compare({}, {}, outputs, reference, precision=precision)
+        failures = parity_report.failures(parity.Tolerance.for_precision(precision))
     per_frame_s = result.stats.median_s / config.batch
     tflops = None
     if flops_per_frame:
         tflops = (roofline.check(flops_per_frame, per_frame_s, peak, label=f"waterfall row {row.name!r}")
                   if peak is not None else roofline.achieved_tflops(flops_per_frame, per_frame_s))
     return RowResult(
-        name=row.name, batch=config.batch, applied=list(engine.applied), skipped=dict(engine.skipped),
-        timing=result.to_dict(), ms_per_frame=per_frame_s * 1e3,
-        p90_ms_per_frame=result.stats.p90_s / config.batch * 1e3,
-        frames_per_second=1.0 / per_frame_s, speedup=None, tflops=tflops,
-        compile_seconds=engine.compile_seconds, memory=memory_report, memory_unavailable=memory_reason,
-        parity=parity_dict, parity_failures=failures, stage_ms=stage_ms)
+        name=row.name, recipe=row.recipe, batch=config.batch, precision=precision, applied=list(engine.applied),
+        skipped=dict(engine.skipped), timing=result, ms_per_frame=per_frame_s * 1e3,
+        p90_ms_per_frame=result.stats.p90_s / config.batch * 1e3, frames_per_second=1.0 / per_frame_s,
+        converged=result.converged, tflops=tflops, compile_seconds=engine.compile_seconds,
+        memory=None if tracker is None else tracker.report, memory_unavailable=memory_unavailable,
+        parity=parity_report, parity_failures=failures, stage_ms=stage_ms,
+        stage_clock=frame.stage_clock(device) if stage_ms else "")
 
 
-def frame_flops(nets: dict, batch: int = 1) -> float:
-    """FLOPs of one per-frame step: M(driving) + S + W + G (keypoint math is negligible),
-    counted with torch's flop counter on meta tensors, so nothing is computed."""
-    with torch.device("meta"):
-        meta = {name: copy.deepcopy(net).to("meta") for name, net in nets.items()}
-        images = torch.empty(batch, 3, sample.PORTRAIT_SIZE, sample.PORTRAIT_SIZE)
-
-        def one_frame() -> None:
-            motion = meta[pipeline.MOTION_NET](images)
-            keypoints = motion["kp"].view(batch, -1, 3)
-            feature = meta[pipeline.FEATURE_NET](images)
-            stitching = meta.get(pipeline.STITCHING_NET)
-            if stitching is not None:
-                stitching(torch.cat([keypoints.flatten(1), keypoints.flatten(1)], dim=1))
-            warped = meta[pipeline.WARP_NET](feature, keypoints, keypoints)
-            meta[pipeline.DECODER_NET](warped["out"])
-
-        with torch.no_grad():
-            feature_flops = roofline.count_flops(meta[pipeline.FEATURE_NET], images).total
-            total = roofline.count_flops(one_frame).total
-    return (total - feature_flops) / batch
+def _track_memory(stack: contextlib.ExitStack, device: torch.device) -> tuple[memory.MemoryTracker | None, str]:
+    """An NVML tracker entered on `stack`, or None and the reason there is none."""
+    if device.type != "cuda":
+        return None, "memory is measured through NVML on CUDA devices only"
+    availability = memory.available()
+    if not availability:
+        return None, availability.reason
+    return stack.enter_context(memory.track_peak_memory(device)), ""
 
 
 def run(rows: Sequence[Row], nets: dict, device: str | torch.device = "cuda", config: BenchConfig = BenchConfig(),
         progress: Callable[[str], None] = log.info) -> list[RowResult]:
-    """Measure every row in order; speedups are over the first row, all in this one run."""
+    """Measure every row in order; speedups are over the first row and the peer row of this one run."""
     device = torch.device(device)
     progress("counting FLOPs per frame")
-    flops = frame_flops(nets)
+    flops = frame.flops_per_frame(nets)
     peak = None
     if device.type == "cuda":
         progress("measuring the card's matmul peak")
         peak = roofline.measure_peak(device)
     progress("computing the float32 reference frames (TF32 off)")
-    reference = reference_frames(nets, device, config.parity_frames)
-    _release()
+    reference = frame.reference_frames(nets, device, config.parity_frames)
+    memory.release_cached_memory()
     results = []
     for row in rows:
         progress(f"row: {row.name}")
@@ -303,39 +278,62 @@ def run(rows: Sequence[Row], nets: dict, device: str | torch.device = "cuda", co
             results.append(measure_row(row, nets, device, config, reference, flops, peak))
         except torch.cuda.OutOfMemoryError as error:
             results.append(_failed_row(row, config, f"out of GPU memory: {error}"))
-        _release()
-    baseline = results[0].ms_per_frame if results and not results[0].error else None
-    for result in results:
-        if baseline and not result.error:
-            result.speedup = baseline / result.ms_per_frame
+        memory.release_cached_memory()
+    _set_speedups(results, config.peer)
     return results
 
 
-def format_table(results: Iterable[RowResult]) -> str:
-    header = ("recipe", "ms/frame", "p90", "frames/s", "speedup", "TFLOP/s", "NVML MiB", "torch MiB",
-              "PSNR dB", "max lvl", "NaN/Inf", "compile s")
-    lines = [header]
+def _set_speedups(results: Sequence[RowResult], peer: str) -> None:
+    measured = [result for result in results if not result.error]
+    baseline = results[0] if results and not results[0].error else None
+    peer_result = next((result for result in measured if result.recipe == peer), None)
+    for result in measured:
+        result.speedup = None if baseline is None else baseline.ms_per_frame / result.ms_per_frame
+        result.speedup_vs_peer = None if peer_result is None else peer_result.ms_per_frame / result.ms_per_frame
+
+
+def _failed_row(row: Row, config: BenchConfig, error: str) -> RowResult:
+    return RowResult(name=row.name, recipe=row.recipe, batch=config.batch, precision="", applied=[], skipped={},
+                     timing=None, ms_per_frame=math.nan, p90_ms_per_frame=math.nan, frames_per_second=math.nan,
+                     converged=False, tflops=None, compile_seconds=None, memory=None, memory_unavailable="",
+                     parity=None, parity_failures=[], error=error)
+
+
+# ------------------------------------------------------------------------------------------ the table
+
+COLUMNS = ("recipe", "ms/frame", "p90", "frames/s", "speedup", "vs peer", "TFLOP/s", "NVML MiB", "torch MiB",
+           "PSNR dB", "max lvl", "NaN/Inf", "compile s")
+
+
+def format_table(results: Sequence[RowResult], title: str = "", peer: str = DEFAULT_PEER) -> str:
+    """The rows as a text table, `title` above it and what its marks mean below it."""
+    lines = [COLUMNS]
     for r in results:
-        frame = (r.parity or {}).get("frame") or {}
-        mem = r.memory or {}
+        frame_parity = r.parity.frame if r.parity is not None else None
+        unsettled = UNSETTLED if not (r.converged or r.error) else ""
         lines.append((
-            r.name, _fmt(r.ms_per_frame, 2), _fmt(r.p90_ms_per_frame, 2), _fmt(r.frames_per_second, 1),
-            _fmt(r.speedup, 2, "x"), _fmt(r.tflops, 1),
-            _fmt(_mib(mem.get("process_peak_bytes")), 0), _fmt(_mib(mem.get("torch_max_reserved_bytes")), 0),
-            _fmt(frame.get("psnr_db"), 1), str(frame.get("max_level_diff", "-")),
-            str(frame.get("nonfinite_actual", "-")), _fmt(r.compile_seconds, 1)))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+            r.name, _fmt(r.ms_per_frame, 2, unsettled), _fmt(r.p90_ms_per_frame, 2), _fmt(r.frames_per_second, 1),
+            _fmt(r.speedup, 2, "x" + unsettled), _fmt(r.speedup_vs_peer, 2, "x" + unsettled), _fmt(r.tflops, 1),
+            _fmt(_mib(r.memory.process_peak_bytes if r.memory else None), 0),
+            _fmt(_mib(r.memory.torch_max_reserved_bytes if r.memory else None), 0),
+            _fmt(frame_parity.psnr_db if frame_parity else None, 1),
+            _fmt(frame_parity.max_level_diff if frame_parity else None, 0),
+            _fmt(frame_parity.nonfinite_actual if frame_parity else None, 0), _fmt(r.compile_seconds, 1)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
     rendered = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(line))
                 for line in lines]
     rendered.insert(1, "-" * len(rendered[0]))
-    return "\n".join(rendered)
+    notes = [f"vs peer: speedup over the {peer} row" + ("" if any(r.recipe == peer for r in results)
+                                                         else " (not in this run: '-')")]
+    if any(not (r.converged or r.error) for r in results):
+        notes.append(f"{UNSETTLED} not converged: the samples still varied by more than the stopping rule allows "
+                     "when it stopped; treat that time and its speedups as noise")
+    return "\n".join(([title] if title else []) + rendered + notes)
 
 
 def _fmt(value: Any, digits: int, suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "inf" if value == math.inf else "-"
-    if isinstance(value, str):
-        return value
     return f"{value:.{digits}f}{suffix}"
 
 
@@ -343,23 +341,45 @@ def _mib(value: int | None) -> float | None:
     return None if value is None else value / 2**20
 
 
-def _memory_tracker(device: torch.device):
-    if device.type != "cuda":
+# ----------------------------------------------------------------------------------------- the report
+
+def report(results: Sequence[RowResult], environment: dict, config: dict, weights: str) -> dict:
+    """The JSON report: a run lpperf.history reads (its `benchmarks`, one per measured row and batch)
+    plus every row in full. NaN and infinity become null."""
+    benchmarks = []
+    for result in results:
+        if result.error or result.timing is None:
+            continue  # failed rows stay in `rows` with their error, not in the comparable benchmarks
+        stats = result.timing.stats
+        benchmarks.append(history.BenchmarkResult(
+            name=f"{result.name} [batch {result.batch}]", median_s=result.ms_per_frame / 1e3,
+            mean_s=stats.mean_s / result.batch, min_s=stats.min_s / result.batch, max_s=stats.max_s / result.batch,
+            rounds=stats.count))
+    run_record = history.Run(
+        source="lpperf bench", format=history.RunFormat.LPPERF_REPORT, card=environment.get("device_name"),
+        commit=_git_commit(), datetime=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        machine_info={"device": environment.get("device"), "torch": environment.get("torch_version")},
+        results=tuple(benchmarks))
+    data = history.report_dict(run_record)
+    data.update(environment=environment, config=config, weights=weights,
+                rows=[_finite_or_none(result.to_dict()) for result in results])
+    return data
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
-    return memory.track_peak_memory(device)
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
-def _failed_row(row: Row, config: BenchConfig, error: str) -> RowResult:
-    return RowResult(name=row.name, batch=config.batch, applied=[], skipped={}, timing={}, ms_per_frame=math.nan,
-                     p90_ms_per_frame=math.nan, frames_per_second=math.nan, speedup=None, tflops=None,
-                     compile_seconds=None, memory=None, memory_unavailable="", parity=None, parity_failures=[],
-                     error=error)
-
-
-def _release() -> None:
-    """Free the last configuration's GPU memory (compiled graphs and CUDA-graph pools too) before
-    the next; call it once that configuration's objects are out of scope."""
-    torch._dynamo.reset()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None

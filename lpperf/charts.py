@@ -12,8 +12,13 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from lpperf.history import Run, change_points
 from lpperf.video import atomic_path
+
+if TYPE_CHECKING:
+    from lpperf.bench import RowResult
 
 
 def unavailable_reason() -> str:
@@ -50,15 +55,22 @@ def _finite(value) -> bool:
 
 
 def _bar_chart(labels: Sequence[str], values: Sequence[float], path: Path, title: str, xlabel: str,
-               errors: Sequence[float] | None = None, reference_line: float | None = None) -> Path:
+               errors: Sequence[float] | None = None, reference_line: float | None = None,
+               unsettled: Sequence[bool] = ()) -> Path:
+    """Horizontal bars, first row on top; bars flagged in `unsettled` are hatched and explained."""
     figure = _figure(9, 1.2 + 0.38 * len(labels))
     axes = figure.add_subplot()
     positions = range(len(labels))
-    axes.barh(positions, values, xerr=errors, color="#4C72B0", capsize=3)
+    bars = axes.barh(positions, values, xerr=errors, color="#4C72B0", capsize=3)
+    for bar, flagged in zip(bars, unsettled):
+        if flagged:
+            bar.set_facecolor("#C9D4E8")
+            bar.set_edgecolor("#4C72B0")
+            bar.set_hatch("//")
     axes.set_yticks(list(positions), labels)
     axes.invert_yaxis()  # first row on top, as in the table
-    axes.set_xlabel(xlabel)
-    axes.set_title(title)
+    axes.set_xlabel(xlabel + (f"\nhatched: {UNSETTLED_NOTE}" if any(unsettled) else ""))
+    axes.set_title(title, fontsize=10)
     if reference_line is not None:
         axes.axvline(reference_line, color="grey", linestyle="--", linewidth=1)
     for position, value in zip(positions, values):
@@ -67,82 +79,110 @@ def _bar_chart(labels: Sequence[str], values: Sequence[float], path: Path, title
     return _save(figure, path)
 
 
-def bench_charts(rows: Sequence[Mapping], out_dir: Path, title: str) -> tuple[list[Path], dict[str, str]]:
-    """Charts of bench rows (RowResult.to_dict() dicts): latency, speedup, memory, parity.
+UNSETTLED_NOTE = "not converged (the samples still varied too much when sampling stopped): noise"
 
-    Returns (written PNG paths, {chart: why it was skipped}). Rows that failed (error set)
-    are left out of every chart; a chart without any value to draw is skipped with the reason.
+
+def bench_charts(results: Sequence[RowResult], out_dir: Path, title: str) -> tuple[list[Path], dict[str, str]]:
+    """Charts of bench results (lpperf.bench.RowResult): latency, per-stage time, speedup, memory, parity.
+
+    Returns (written PNG paths, {chart: why it was skipped}; {"all": why} without matplotlib). Rows that
+    failed (error set) are left out of every chart; rows whose timing did not converge are hatched. A
+    chart without any value to draw is skipped with the reason. `title` should say what ran (card,
+    networks); every chart carries it.
     """
-    batches = {row["batch"] for row in rows}
+    reason = unavailable_reason()
+    if reason:
+        return [], {"all": reason}
+    batches = {r.batch for r in results}
 
-    def label(row: Mapping) -> str:
-        return row["name"] if len(batches) == 1 else f"{row['name']} (batch {row['batch']})"
+    def label(r: RowResult) -> str:
+        return r.name if len(batches) == 1 else f"{r.name} (batch {r.batch})"
 
-    good = [row for row in rows if not row.get("error") and _finite(row.get("ms_per_frame"))]
+    good = [r for r in results if not r.error and _finite(r.ms_per_frame)]
     written, skipped = [], {}
 
-    def chart(name: str, pairs: list, why_empty: str, **kwargs) -> None:
-        if not pairs:
+    def chart(name: str, rows: list, values: list, why_empty: str, **kwargs) -> None:
+        if not rows:
             skipped[name] = why_empty
             return
-        labels, values = zip(*pairs)
-        written.append(_bar_chart(labels, values, out_dir / f"{name}.png", **kwargs))
+        written.append(_bar_chart([label(r) for r in rows], values, out_dir / f"{name}.png", **kwargs))
 
-    latency = [(label(r), r["ms_per_frame"]) for r in good]
-    errors = [max(r["p90_ms_per_frame"] - r["ms_per_frame"], 0.0) if _finite(r.get("p90_ms_per_frame")) else 0.0
-              for r in good]
-    if latency:
-        labels, values = zip(*latency)
-        written.append(_bar_chart(labels, values, out_dir / "latency.png",
-                                  title=f"Latency per frame (median, bar to p90) - {title}",
-                                  xlabel="ms per frame", errors=[[0.0] * len(errors), errors]))
-    else:
-        skipped["latency"] = "no row was measured successfully"
-    staged = [r for r in good if r.get("stage_ms")]
+    errors = [max(r.p90_ms_per_frame - r.ms_per_frame, 0.0) if _finite(r.p90_ms_per_frame) else 0.0 for r in good]
+    chart("latency", good, [r.ms_per_frame for r in good], "no row was measured successfully",
+          title=f"Latency per frame (median, bar to p90)\n{title}", xlabel="ms per frame",
+          errors=[[0.0] * len(errors), errors], unsettled=[not r.converged for r in good])
+    staged = [r for r in good if r.stage_ms]
     if staged:
-        written.append(_stage_chart([label(r) for r in staged], [r["stage_ms"] for r in staged],
+        written.append(_stage_chart([label(r) for r in staged], [r.stage_ms for r in staged], staged[0].stage_clock,
                                     out_dir / "latency_per_stage.png", title))
     else:
         skipped["latency_per_stage"] = "no row has per-stage timings (BenchConfig.stages was off)"
-    chart("speedup", [(label(r), r["speedup"]) for r in good if _finite(r.get("speedup"))],
-          "no speedups (the first row, the baseline, failed)",
-          title=f"Speedup over the first row of its batch - {title}", xlabel="x faster", reference_line=1.0)
-    chart("memory", [(label(r), r["memory"]["process_peak_bytes"] / 2**20) for r in good
-                     if (r.get("memory") or {}).get("process_peak_bytes") is not None],
-          next((r["memory_unavailable"] for r in good if r.get("memory_unavailable")), "no memory measured"),
-          title=f"GPU memory, process peak (NVML) - {title}", xlabel="MiB")
-    chart("parity", [(label(r), r["parity"]["frame"]["psnr_db"]) for r in good
-                     if _finite(((r.get("parity") or {}).get("frame") or {}).get("psnr_db"))],
+    sped = [r for r in good if _finite(r.speedup)]
+    chart("speedup", sped, [r.speedup for r in sped], "no speedups (the first row, the baseline, failed)",
+          title=f"Speedup over the first row of its batch\n{title}", xlabel="x faster", reference_line=1.0,
+          unsettled=[not r.converged for r in sped])
+    measured = [r for r in good if r.memory is not None]
+    chart("memory", measured, [r.memory.process_peak_bytes / 2**20 for r in measured],
+          next((r.memory_unavailable for r in good if r.memory_unavailable), "no memory measured"),
+          title=f"GPU memory, process peak (NVML)\n{title}", xlabel="MiB")
+    compared = [r for r in good if r.parity is not None and r.parity.frame is not None
+                and _finite(r.parity.frame.psnr_db)]
+    chart("parity", compared, [r.parity.frame.psnr_db for r in compared],
           "no finite PSNR (no parity measured, or outputs identical to the reference)",
-          title=f"Parity vs the float32 reference (PSNR, higher is closer) - {title}", xlabel="PSNR dB")
+          title=f"Parity vs the float32 reference (PSNR, higher is closer)\n{title}", xlabel="PSNR dB")
     return written, skipped
 
 
-def _stage_chart(labels: Sequence[str], stage_ms: Sequence[Mapping[str, float]], path: Path, title: str) -> Path:
-    """Stacked bars: each stage's median ms (run alone, eagerly) per row."""
-    figure = _figure(9, 0.45 * len(labels) + 1.6)
-    axes = figure.add_subplot()
+def _stage_chart(labels: Sequence[str], stage_ms: Sequence[Mapping[str, float]], clock: str, path: Path,
+                 title: str) -> Path:
+    """One panel per stage, a bar per row: each stage's median run alone. Deliberately not stacked: the
+    stages of a compiled step are fused, so their times alone do not add up to its frame time."""
+    stages = list(dict.fromkeys(stage for row in stage_ms for stage in row))
+    figure = _figure(2.5 + 2.1 * len(stages), 1.9 + 0.32 * len(labels))
+    panels = figure.subplots(1, len(stages), sharey=True, squeeze=False)[0]
     positions = range(len(labels))
-    left = [0.0] * len(labels)
-    for stage in dict.fromkeys(stage for row in stage_ms for stage in row):
-        widths = [row.get(stage, 0.0) for row in stage_ms]
-        axes.barh(positions, widths, left=left, label=stage)
-        left = [a + b for a, b in zip(left, widths)]
-    axes.set_yticks(list(positions), labels, fontsize=8)
-    axes.invert_yaxis()
-    axes.set_xlabel("ms (each stage run alone, eagerly, in the row's precision)")
-    axes.set_title(f"Latency per stage - {title}")
-    axes.legend(fontsize=8, ncols=5)
+    for axes, stage in zip(panels, stages):
+        values = [row.get(stage, math.nan) for row in stage_ms]
+        axes.barh(positions, values, color="#55A868")
+        for position, value in zip(positions, values):
+            axes.annotate(f"{value:.3g}", (value, position), xytext=(2, 0), textcoords="offset points",
+                          va="center", fontsize=7)
+        axes.set_title(f"{stage} (once per source)" if stage == "F" else stage, fontsize=9)
+        axes.set_xlabel("ms", fontsize=8)
+        axes.tick_params(labelsize=7)
+    panels[0].set_yticks(list(positions), labels, fontsize=7)
+    panels[0].invert_yaxis()
+    figure.suptitle(f"{clock}, batch 1, ms\n{title}\nNot comparable with the frame latency: each stage runs alone "
+                    "and uncompiled, while compiled rows fuse work across stages", fontsize=9)
     return _save(figure, path)
 
 
+def trend_charts(groups: Mapping[str, Sequence[Run]], out_dir: Path) -> list[Path]:
+    """trend_chart for every benchmark of the runs, one line per group (card), runs oldest first."""
+    names = dict.fromkeys(result.name for runs in groups.values() for run in runs for result in run.results)
+    written = []
+    for name in names:
+        series = {card: [(_run_label(run), run.result(name).median_s) for run in runs if run.result(name)]
+                  for card, runs in groups.items()}
+        series = {card: points for card, points in series.items() if points}
+        written.append(trend_chart(name, series, out_dir / f"trend-{slug(name)}.png"))
+    return written
+
+
+def _run_label(run: Run) -> str:
+    return (run.datetime or "")[:16] or Path(run.source).stem
+
+
 def trend_chart(name: str, series: Mapping[str, Sequence[tuple[str, float]]], path: Path) -> Path:
-    """One benchmark's median over runs, one line per card: series = {card: [(run label, seconds)]}."""
+    """One benchmark's median over runs, one line per card: series = {card: [(run label, seconds)]}; a
+    dashed line marks each change point of a card's series (lpperf.history.change_points)."""
     figure = _figure(9, 4.5)
     axes = figure.add_subplot()
     for card, points in series.items():
         labels = [point[0] for point in points]
-        axes.plot(range(len(points)), [point[1] * 1e3 for point in points], marker="o", label=card)
+        line, = axes.plot(range(len(points)), [point[1] * 1e3 for point in points], marker="o", label=card)
+        for index in change_points([point[1] for point in points]):  # between runs index - 1 and index
+            axes.axvline(index - 0.5, color=line.get_color(), linestyle="--", linewidth=1)
         if len(series) == 1:
             axes.set_xticks(range(len(points)), labels, rotation=30, ha="right", fontsize=7)
     if len(series) > 1:

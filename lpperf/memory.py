@@ -18,13 +18,15 @@ caching allocator and are reported next to it.
 
 This module also holds the small NVML plumbing (session, device handle) that
 ``lpperf.timing`` and ``lpperf.environment`` reuse, so the "NVML missing" path is
-written once.
+written once, and :func:`release_cached_memory`, which everything that measures one
+configuration after another calls in between.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import threading
 from collections.abc import Iterator
@@ -292,3 +294,13 @@ def track_peak_memory(
                 torch.cuda.synchronize(cuda_index)
             tracker.stop()
 
+
+
+def release_cached_memory() -> None:
+    """Free what the last configuration left behind before measuring the next: torch.compile's
+    graphs (and their CUDA-graph memory pools), unreachable objects, and torch's cached GPU blocks.
+    Call it once that configuration's engines and animators are out of scope."""
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

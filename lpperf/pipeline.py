@@ -9,7 +9,8 @@ Conventions (as the official LivePortrait code):
   t = t_s + (t_d - t_d0).
 
 The Animator runs the source-only work (F, M, R_s, x_s) once per source;
-each driving batch then costs M + keypoint math + S + W + G in `step`.
+each driving batch then costs M + keypoint math + S + W + G in `step`
+(written once, in `run_stages`; lpperf.frame runs and times the stages alone).
 
 Not implemented (no landmark detector or convex hull here): the official
 "expression-friendly" driving option (motion multiplier from keypoint hull
@@ -25,17 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lpperf.models import DECODER_NET, EYE_NET, FEATURE_NET, LIP_NET, MOTION_NET, STITCHING_NET, WARP_NET
 from lpperf.validation import (check_feature_volume, check_floating, check_images, check_keypoints,
-                               check_positive_int, check_ratio, check_same_placement, check_tensor)
+                               check_positive_int, check_ratio, check_same_placement, check_tensor,
+                               check_unit_range_async)
 
 NUM_POSE_BINS = 66
 POSE_BIN_DEGREES = 3.0
 POSE_OFFSET_DEGREES = 97.5
 LIP_NORMALIZE_THRESHOLD = 0.03  # official default: normalise the source lip only if it is this open
-
-FEATURE_NET, MOTION_NET, WARP_NET, DECODER_NET = (
-    "appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
-STITCHING_NET, LIP_NET, EYE_NET = "stitching", "lip", "eye"
 
 # With absolute motion (relative_motion=False) only these expression entries
 # come from the driving frame, the rest stay the source's (official
@@ -218,6 +217,15 @@ class SourceState:
     lip_delta: torch.Tensor | None  # lip normalisation offsets (1xKx3), or None
 
 
+@dataclass
+class StepValues:
+    """What each stage of one per-frame step produced."""
+    motion: Motion  # M: the driving frames' motion
+    keypoints: torch.Tensor  # keypoint math + S: the keypoints x_d that W warps to (BxKx3)
+    warped: dict  # W: "out" (the warped feature), "deformation", "occlusion_map"
+    frame: torch.Tensor  # G: the animated frames (Bx3x512x512)
+
+
 class Animator:
     """Animate one source portrait with driving frames.
 
@@ -268,8 +276,8 @@ class Animator:
         reset_reference() for a new driving video.
         """
         check_images(image, "source image", batch=1)
-        feature = check_feature_volume(self.nets[FEATURE_NET](image), "appearance feature (F output)", batch=1)
-        motion = motion_from_extractor(self.nets[MOTION_NET](image))
+        feature = check_feature_volume(self.extract_feature(image), "appearance feature (F output)", batch=1)
+        motion = self.extract_motion(image).first()  # a copy: M's output buffers may be reused (CUDA graphs)
         keypoints = motion.keypoints()
         lip_delta = None
         if lip_ratio is not None and self.relative_motion and lip_ratio >= self.lip_normalize_threshold:
@@ -288,7 +296,7 @@ class Animator:
         source = self._require_source()
         check_images(frame, "reference frame", batch=1)
         check_same_placement(frame, "reference frame", source.image, "the source image")
-        self.reference = motion_from_extractor(self.nets[MOTION_NET](frame)).first()
+        self.reference = self.extract_motion(frame).first()
         return self.reference
 
     def reset_reference(self) -> None:
@@ -307,8 +315,11 @@ class Animator:
              lip_ratio: torch.Tensor | None = None) -> torch.Tensor:
         """Animate a Bx3x256x256 driving batch: returns Bx3x512x512.
 
-        Checks shapes, dtype and device only (no device sync); animate() also
-        checks values. With relative motion, set_reference() must have run.
+        Checks shapes, dtype and device, and that the values are finite and
+        within [0, 1] without synchronising the device (on a GPU a bad value is
+        a device-side assertion: see check_unit_range_async; animate() checks
+        values on the host first). With relative motion, set_reference() must
+        have run.
         eye_ratio (1x3 or Bx3: source left, source right, target) and
         lip_ratio (1x2 or Bx2: source, target) switch on the official eye/lip
         retargeting; as in the official pipeline, with relative motion the
@@ -318,9 +329,39 @@ class Animator:
         source = self._require_source()
         check_images(driving, "driving frames", check_values=False)
         check_same_placement(driving, "driving frames", source.image, "the source image")
-        motion = motion_from_extractor(self.nets[MOTION_NET](driving))
-        driving_kp = self.driving_keypoints(motion, eye_ratio=eye_ratio, lip_ratio=lip_ratio)
-        return self.render(driving_kp)
+        check_unit_range_async(driving, "driving frames")
+        return self.run_stages(driving, eye_ratio=eye_ratio, lip_ratio=lip_ratio).frame
+
+    def run_stages(self, driving: torch.Tensor, *, eye_ratio: torch.Tensor | None = None,
+                   lip_ratio: torch.Tensor | None = None) -> StepValues:
+        """The per-frame work stage by stage, without step()'s input checks: M, keypoint math + S, W, G."""
+        motion = self.extract_motion(driving)
+        keypoints = self.driving_keypoints(motion, eye_ratio=eye_ratio, lip_ratio=lip_ratio)
+        warped = self.warp(keypoints)
+        return StepValues(motion, keypoints, warped, self.decode(warped["out"]))
+
+    # the stages (driving_keypoints, below, is the keypoint math + S) ----------------------------
+
+    def extract_feature(self, image: torch.Tensor) -> torch.Tensor:
+        """F: the appearance feature volume of a source image (run once per source)."""
+        return self.nets[FEATURE_NET](image)
+
+    def extract_motion(self, images: torch.Tensor) -> Motion:
+        """M: the motion parameters of a batch of images."""
+        return motion_from_extractor(self.nets[MOTION_NET](images))
+
+    def warp(self, driving_kp: torch.Tensor) -> dict:
+        """W: the source feature warped from x_s to `driving_kp` (BxKx3)."""
+        source = self._require_source()
+        batch = driving_kp.shape[0]
+        check_keypoints(driving_kp, "driving keypoints", num_kp=source.keypoints.shape[1])
+        feature = source.feature.expand(batch, *source.feature.shape[1:])
+        source_kp = source.keypoints.expand(batch, -1, -1)
+        return self.nets[WARP_NET](feature, kp_driving=driving_kp, kp_source=source_kp)
+
+    def decode(self, warped_feature: torch.Tensor) -> torch.Tensor:
+        """G: a warped feature (W's "out") decoded to Bx3x512x512 frames."""
+        return self.nets[DECODER_NET](warped_feature)
 
     def driving_keypoints(self, motion: Motion, *, eye_ratio: torch.Tensor | None = None,
                           lip_ratio: torch.Tensor | None = None) -> torch.Tensor:
@@ -354,13 +395,7 @@ class Animator:
 
     def render(self, driving_kp: torch.Tensor) -> torch.Tensor:
         """W then G: the source feature warped from x_s to `driving_kp` (BxKx3), decoded to Bx3x512x512."""
-        source = self._require_source()
-        batch = driving_kp.shape[0]
-        check_keypoints(driving_kp, "driving keypoints", num_kp=source.keypoints.shape[1])
-        feature = source.feature.expand(batch, *source.feature.shape[1:])
-        source_kp = source.keypoints.expand(batch, -1, -1)
-        warped = self.nets[WARP_NET](feature, kp_driving=driving_kp, kp_source=source_kp)
-        return self.nets[DECODER_NET](warped["out"])
+        return self.decode(self.warp(driving_kp)["out"])
 
     def _ratio(self, ratio, name: str, *, width: int, batch: int) -> torch.Tensor:
         check_ratio(ratio, name, width=width, batch=batch)
@@ -388,7 +423,9 @@ class Animator:
         relative motion and no reference yet, the first frame becomes the
         reference (one extra M call). The outputs are views of the batch output: copy them
         before the next iteration if the step reuses its output buffers
-        (CUDA graphs).
+        (CUDA graphs). check_values=False skips the host-side value check of
+        each frame (a device synchronisation per frame); step() still refuses
+        bad values without synchronising (a device-side assertion on a GPU).
         """
         source = self._require_source()
         check_positive_int(batch_size, "batch_size")

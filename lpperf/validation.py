@@ -6,7 +6,8 @@ is an error, not something to repair silently.
 
 Shape and dtype checks cost nothing on the GPU. Value checks (range, NaN,
 Inf) read a result back to the host, so they synchronise the device; the
-pipeline runs them where frames enter, not inside its per-frame step.
+pipeline runs them where frames enter. Inside its per-frame step it uses
+check_unit_range_async instead, which never waits for the device.
 """
 
 import torch
@@ -57,7 +58,9 @@ def check_images(images, name: str, *, batch: int | None = None, size: int = IMA
 
 
 def check_unit_range(values: torch.Tensor, name: str) -> torch.Tensor:
-    """All values finite and within [0, 1] (one host read-back)."""
+    """All values finite and within [0, 1] (one host read-back; meta tensors hold no values to check)."""
+    if values.device.type == "meta":
+        return values
     low, high = torch.aminmax(values.detach())  # NaN propagates into both
     low, high = torch.stack([low, high]).float().tolist()
     if low != low or high != high:
@@ -69,6 +72,24 @@ def check_unit_range(values: torch.Tensor, name: str) -> torch.Tensor:
     if low < 0.0 or high > 1.0:
         hint = "; 8-bit images need / 255" if high > 1.0 and high <= 255.0 else ""
         raise ValueError(f"{name} values must lie in [0, 1], got min {low:.6g} and max {high:.6g}{hint}")
+    return values
+
+
+def check_unit_range_async(values: torch.Tensor, name: str) -> torch.Tensor:
+    """All values finite and within [0, 1], without waiting for the device.
+
+    On the CPU this is check_unit_range (nothing to wait for; a ValueError with the counts). On a
+    GPU it queues torch._assert_async, eagerly or inside a torch.compile'd step (inductor emits it
+    as a device assertion): a bad value prints this message from the device and the next
+    synchronisation raises "device-side assert triggered"; the CUDA context cannot be used after
+    that. Where a bad input must be survivable, check it on the host first (check_unit_range;
+    animate() does).
+    """
+    if values.device.type in ("cpu", "meta"):
+        return check_unit_range(values, name)
+    in_range = ((values >= 0) & (values <= 1)).all()  # NaN fails both comparisons
+    torch._assert_async(in_range, f"{name}: values must be finite and within [0, 1] (NaN, Inf or 0-255 "
+                                  "input?); check frames with lpperf.validation.check_unit_range first")
     return values
 
 

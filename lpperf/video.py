@@ -24,6 +24,7 @@ from lpperf.validation import IMAGE_SIZE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_FPS = 25
+VIDEO_SUFFIX = ".mp4"
 _INSTALL_HINT = "install the video extra: pip install 'lpperf[video]'"
 
 
@@ -167,14 +168,29 @@ def _umask() -> int:
     return current
 
 
+def check_video_path(path: str | Path) -> Path:
+    """`path` if a video can be written there: an .mp4 name (the one container VideoWriter writes), not a
+    folder, in a folder that exists."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the path of the .mp4 file to write")
+    if path.suffix.lower() != VIDEO_SUFFIX:
+        raise ValueError(f"cannot write {path}: lpperf writes H.264 video in an MP4 container, so the file name "
+                         f"must end in {VIDEO_SUFFIX} (e.g. {path.with_suffix(VIDEO_SUFFIX)})")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {path.parent} does not exist; create it or choose another path")
+    return path
+
+
 class VideoWriter:
     """Encodes RGB frames one at a time into an H.264 MP4 (MPEG-4 part 2 where FFmpeg lacks libx264).
 
-    Use as a context manager: the file appears at `path` only when the block ends without error.
+    `path` must end in .mp4. Use as a context manager: the file appears at `path` only when the block
+    ends without error.
     """
 
     def __init__(self, path: str | Path, fps: Fraction | int = DEFAULT_FPS, quality_crf: int = 18):
-        self.path = Path(path)
+        self.path = check_video_path(path)
         self.fps = Fraction(fps)
         self.quality_crf = quality_crf
         self.frames_written = 0
@@ -220,9 +236,3 @@ class VideoWriter:
             raise
         self._container.close()
         self._atomic.__exit__(kind, error, traceback)
-
-
-def count_video_frames(path: str | Path) -> int:
-    """Frames in a video file, by decoding it (for checks and tests)."""
-    source = DrivingSource(path, size=None)
-    return sum(1 for _ in source.frames())

@@ -3,12 +3,14 @@
     nets = load_official("pretrained_weights/liveportrait")   # the official human model
     nets = synthetic(seed=0)                                  # no download needed
     save_official(nets, "some/folder")                        # the official file layout
+    networks = load_networks(None, torch.device("cpu"))       # what `lpperf bench` runs, described
 
 Every function returns / takes a dict name -> nn.Module keyed by lpperf.models.NAMES,
 networks in eval mode.
 """
 
 import contextlib
+import dataclasses
 import math
 import pickle
 from pathlib import Path
@@ -18,17 +20,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpperf import models
+from lpperf.models import DECODER_NET, EYE_NET, FEATURE_NET, LIP_NET, MOTION_NET, STITCHING_NET, WARP_NET
 
 # Network -> official file (plain state dicts).
 OFFICIAL_FILES = {
-    "appearance_feature_extractor": "appearance_feature_extractor.pth",
-    "motion_extractor": "motion_extractor.pth",
-    "warping_module": "warping_module.pth",
-    "spade_generator": "spade_generator.pth",
+    FEATURE_NET: "appearance_feature_extractor.pth",
+    MOTION_NET: "motion_extractor.pth",
+    WARP_NET: "warping_module.pth",
+    DECODER_NET: "spade_generator.pth",
 }
 # The retargeting MLPs share one file: a dict of three state dicts.
 RETARGETING_FILE = "stitching_retargeting_module.pth"
-RETARGETING_KEYS = {"stitching": "retarget_shoulder", "lip": "retarget_mouth", "eye": "retarget_eye"}
+RETARGETING_KEYS = {STITCHING_NET: "retarget_shoulder", LIP_NET: "retarget_mouth", EYE_NET: "retarget_eye"}
 # The official release keeps the files in these sub-folders of pretrained_weights/liveportrait.
 _OFFICIAL_SUBFOLDERS = {RETARGETING_FILE: "retargeting_models"}
 _DEFAULT_SUBFOLDER = "base_models"
@@ -408,16 +411,61 @@ def synthetic(seed: int = 0, device: torch.device | str = "cpu",
     generator = torch.Generator().manual_seed(seed)
     nets = _uninitialised_float32_nets()
     with torch.no_grad():
-        _init_appearance(nets["appearance_feature_extractor"], generator)
-        _init_motion(nets["motion_extractor"], generator)
-        _init_warping(nets["warping_module"], generator)
-        _init_spade(nets["spade_generator"], generator)
+        _init_appearance(nets[FEATURE_NET], generator)
+        _init_motion(nets[MOTION_NET], generator)
+        _init_warping(nets[WARP_NET], generator)
+        _init_spade(nets[DECODER_NET], generator)
         for name in RETARGETING_KEYS:
             _init_retargeting(nets[name], generator)
 
-        appearance = nets["appearance_feature_extractor"]
+        appearance = nets[FEATURE_NET]
         with _recording_batch_norm_statistics(appearance):
             feature = appearance(images)[:1]  # as in eval mode: the running statistics are this batch's
-        warped = _calibrate_warping(nets["warping_module"], feature, _rest_keypoints(nets["motion_extractor"]))
-        _calibrate_output_layer(nets["spade_generator"], warped)
+        warped = _calibrate_warping(nets[WARP_NET], feature, _rest_keypoints(nets[MOTION_NET]))
+        _calibrate_output_layer(nets[DECODER_NET], warped)
     return {name: net.to(device).eval() for name, net in nets.items()}
+
+
+# ----------------------------------------------------------------------------------- what a run uses
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+    """The networks a command runs, and what they are: for banners, table and chart titles, reports."""
+
+    nets: dict[str, nn.Module]
+    description: str
+    reduced: bool  # lpperf.models.TINY sizes: about 1/35 of the official FLOPs
+    official_weights: bool  # the official checkpoints: the output images mean something
+
+
+def tiny_networks(seed: int = 0) -> dict[str, nn.Module]:
+    """The seven networks at lpperf.models.TINY sizes, for CPU runs.
+
+    Weights are PyTorch's default initialisation drawn from a generator seeded with `seed`
+    (torch's global RNG is left as it was), so runs are repeatable; they are not trained-like
+    (synthetic() builds official sizes only) and the output images mean nothing.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return {name: models.build(name, **models.TINY.get(name, {})) for name in models.NAMES}
+
+
+def load_networks(weights: str | Path | None, device: str | torch.device, seed: int = 0) -> Networks:
+    """The networks, on the CPU, that a command run on `device` uses.
+
+    weights: a folder of official checkpoints (full size on any device), or None / "synthetic" for
+    synthetic weights from `seed`: TINY sizes on the CPU, official sizes (trained-like) elsewhere.
+    """
+    if weights is not None and str(weights) != "synthetic":
+        folder = Path(weights).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"weights folder {folder} does not exist; give the folder holding the official "
+                                    "LivePortrait checkpoints (base_models/, retargeting_models/) or 'synthetic'")
+        return Networks(load_official(folder, "cpu"), f"official checkpoints from {folder}, official sizes",
+                        reduced=False, official_weights=True)
+    if torch.device(device).type == "cpu":
+        return Networks(tiny_networks(seed), "TINY networks (lpperf.models.TINY: ~1/35 of the official FLOPs), "
+                        "synthetic weights (seeded default init)", reduced=True, official_weights=False)
+    return Networks(synthetic(seed, device="cpu"), f"synthetic weights (lpperf.weights.synthetic, seed {seed}), "
+                    "official sizes", reduced=False, official_weights=False)

@@ -286,3 +286,17 @@ def test_gpu_peak_covers_a_known_allocation():
     if report.method == METHOD_PROCESS:
         assert report.context_bytes > 0  # the CUDA context lives outside the caching allocator
     json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_release_cached_memory_drops_compiled_graphs_objects_and_cached_blocks(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: calls.append("compiled graphs"))
+    monkeypatch.setattr(memory.gc, "collect", lambda: calls.append("unreachable objects") or 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("cached GPU blocks"))
+    memory.release_cached_memory()
+    assert calls == ["compiled graphs", "unreachable objects", "cached GPU blocks"]
+    calls.clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    memory.release_cached_memory()
+    assert calls == ["compiled graphs", "unreachable objects"]

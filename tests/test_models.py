@@ -141,6 +141,14 @@ def test_state_dict_layout_matches_official_manifest(name):
     assert got == list(expected.items())
 
 
+def test_network_names_are_the_official_layouts_names():
+    """The seven names are defined once (lpperf.models) and key the official checkpoint layout."""
+    assert models.NAMES == (models.FEATURE_NET, models.MOTION_NET, models.WARP_NET, models.DECODER_NET,
+                            models.STITCHING_NET, models.LIP_NET, models.EYE_NET)
+    manifest = json.loads(MANIFEST_FILE.read_text())
+    assert set(models.NAMES) == (set(manifest) - {"stitching_retargeting_module"}) | set(MANIFEST_KEY)
+
+
 def test_build_returns_eval_mode_and_rejects_bad_requests():
     assert not models.build("lip").training
     with pytest.raises(ValueError, match="unknown network"):

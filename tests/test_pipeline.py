@@ -341,8 +341,9 @@ def stand_in_nets(stitching_bias=0.0):
     }
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def frames():
+    """Seven driving frames, made once (read only: tests clone before changing one)."""
     return sample.driving_clip(7, seed=1)
 
 
@@ -590,12 +591,39 @@ def test_bad_driving_input(frames):
         animator.render(torch.zeros(1, 20, 3))
 
 
-def test_value_checks_in_animate_can_be_switched_off(frames):
+def test_step_refuses_nan_inf_and_8_bit_input(frames):
+    """step() used to return an all-NaN frame for one NaN pixel and a plausible image for 0-255 input,
+    without a word (only animate() checked values)."""
+    animator = ready_animator(frames)
+    nan_frame = frames[:1].clone()
+    nan_frame[0, 1, 20, 30] = float("nan")
+    with pytest.raises(ValueError, match="driving frames contains 1 NaN value"):
+        animator.step(nan_frame)
+    with pytest.raises(ValueError, match="driving frames contains 1 infinite value"):
+        animator.step(torch.where(torch.isnan(nan_frame), torch.tensor(float("inf")), nan_frame))
+    with pytest.raises(ValueError, match=r"driving frames values must lie in \[0, 1\], .* 8-bit images need / 255"):
+        animator.step(frames[:2] * 255)
+    assert animator.step(frames[:2]).shape == (2, 3, 512, 512)  # the same frames in [0, 1] pass
+
+
+def test_host_value_checks_in_animate_can_be_switched_off_but_step_still_checks(frames):
     animator = ready_animator(frames)
     too_bright = frames[:2] * 1.5
-    with pytest.raises(ValueError, match="values must lie in"):
+    with pytest.raises(ValueError, match="driving frame 0 values must lie in"):
         list(animator.animate(too_bright))
-    assert len(list(animator.animate(too_bright, check_values=False))) == 2
+    with pytest.raises(ValueError, match="driving frames values must lie in"):  # step's own check
+        list(animator.animate(too_bright, check_values=False))
+    assert len(list(animator.animate(frames[:2], check_values=False))) == 2
+
+
+def test_run_stages_is_the_step_stage_by_stage(frames):
+    animator = ready_animator(frames)
+    values = animator.run_stages(frames[3:5])
+    assert torch.equal(values.frame, animator.step(frames[3:5]))
+    assert torch.equal(values.keypoints, animator.driving_keypoints(animator.extract_motion(frames[3:5])))
+    assert torch.equal(values.warped["out"], animator.warp(values.keypoints)["out"])
+    assert torch.equal(animator.decode(values.warped["out"]), values.frame)
+    assert torch.equal(animator.extract_feature(animator.source.image), animator.source.feature)
 
 
 # --- the real networks (lpperf.models, small configuration, default initialisation) --------------

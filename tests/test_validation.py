@@ -51,6 +51,21 @@ def test_nan_and_inf_are_reported_with_counts():
         validation.check_images(y, "frames")
 
 
+def test_the_step_value_check_is_an_ordinary_check_on_the_cpu():
+    """check_unit_range_async queues a device assertion on a GPU (no synchronisation); on the CPU,
+    where there is nothing to wait for, it raises the same ValueError as check_unit_range."""
+    good = images(1, 3, 8, 8)
+    assert validation.check_unit_range_async(good, "frames") is good
+    bad = images(1, 3, 8, 8)
+    bad[0, 2, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="frames contains 1 NaN value"):
+        validation.check_unit_range_async(bad, "frames")
+    with pytest.raises(ValueError, match=r"got min 255 and max 255; 8-bit images need / 255"):
+        validation.check_unit_range_async(images(1, 3, 8, 8, fill=255.0), "frames")
+    meta = torch.empty(1, 3, 8, 8, device="meta")  # no values: nothing to check (FLOP counting runs on meta)
+    assert validation.check_unit_range_async(meta, "frames") is meta
+
+
 def test_value_checks_can_be_skipped_but_shape_checks_cannot():
     assert validation.check_images(images(1, 3, 256, 256, fill=7.0), "x", check_values=False) is not None
     with pytest.raises(ValueError, match="256x256"):

@@ -13,13 +13,16 @@ from lpperf.sample import driving_frames, portrait
 
 OFFICIAL_FILENAMES = [*weights.OFFICIAL_FILES.values(), weights.RETARGETING_FILE]
 
+# The official-size synthetic networks and one frame through them are session fixtures: built once per
+# pytest process (once per xdist worker that runs a test of this file).
 
-@pytest.fixture(scope="module")
+
+@pytest.fixture(scope="session")
 def nets():
     return weights.synthetic(seed=0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def saved_dir(nets, tmp_path_factory):
     directory = tmp_path_factory.mktemp("official")
     weights.save_official(nets, directory)
@@ -261,7 +264,7 @@ def animate(nets) -> dict:
                 kp_driving=kp_driving, warped=warped, image=image)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def animated(nets):
     return animate(nets)
 
@@ -324,3 +327,32 @@ def test_retargeting_corrections_are_small(nets, animated):
     assert delta.shape == (1, 65)
     assert 1e-4 < delta.abs().mean() < 0.1
     assert not math.isnan(delta.sum().item())
+
+
+# ---- what a command runs
+
+
+def test_tiny_networks_are_deterministic_and_not_degenerate():
+    first, second = weights.tiny_networks(), weights.tiny_networks()
+    for name in models.NAMES:
+        for (key, a), b in zip(first[name].state_dict().items(), second[name].state_dict().values()):
+            assert torch.equal(a, b), f"{name}.{key} differs between two builds"
+    assert not torch.equal(first["stitching"].mlp[0].weight, weights.tiny_networks(seed=1)["stitching"].mlp[0].weight)
+    weight = first["spade_generator"].state_dict()
+    assert not all(math.isclose(float(v.float().std()), 0.0) for v in weight.values() if v.numel() > 1)
+
+
+def test_load_networks_says_what_it_loaded(saved_dir, tmp_path, monkeypatch):
+    tiny = weights.load_networks(None, "cpu")
+    assert (tiny.reduced, tiny.official_weights) == (True, False) and tiny.description.startswith("TINY networks")
+    assert weights.load_networks("synthetic", "cpu").reduced
+    monkeypatch.setattr(weights, "synthetic", lambda seed, device: {"seed": seed})
+    on_gpu = weights.load_networks(None, "cuda", seed=3)  # nothing touches the GPU: networks load on the CPU
+    assert on_gpu.nets == {"seed": 3} and (on_gpu.reduced, on_gpu.official_weights) == (False, False)
+    assert "official sizes" in on_gpu.description
+    official = weights.load_networks(saved_dir, "cpu")
+    assert (official.reduced, official.official_weights) == (False, True)
+    assert official.description == f"official checkpoints from {saved_dir}, official sizes"
+    assert sorted(official.nets) == sorted(models.NAMES)
+    with pytest.raises(FileNotFoundError, match="weights folder .*nowhere does not exist"):
+        weights.load_networks(tmp_path / "nowhere", "cpu")

@@ -15,7 +15,7 @@ PROCESS_START = time.perf_counter()
 
 import torch  # noqa: E402  (timed: importing torch is part of a start)
 
-from lpperf import bench, recipes, sample, weights  # noqa: E402
+from lpperf import frame, recipes, weights  # noqa: E402
 
 
 def main() -> int:
@@ -27,8 +27,8 @@ def main() -> int:
     nets = weights.synthetic(0, "cpu")
     marks["weights"] = time.perf_counter() - PROCESS_START
     engine = recipes.build(args.recipe, nets, "cuda")
-    animator = engine.animator(sample.portrait().cuda(), reference=bench.driving_batch(1).cuda())
-    driving = bench.driving_batch(1, offset=1).cuda()
+    animator = frame.sample_animator(engine)
+    driving = frame.driving_batch(1, offset=1).cuda()
     animator.step(driving)
     torch.cuda.synchronize()
     marks["first_frame"] = time.perf_counter() - PROCESS_START

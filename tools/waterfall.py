@@ -1,6 +1,6 @@
 """Measure the recipe waterfall on this machine's GPU and write it as JSON (one run, one card).
 
-    python tools/waterfall.py --out DIR [--batch 1 16] [--rows waterfall peers]
+    python tools/waterfall.py --out DIR [--batch 1 16] [--rows waterfall peers variants] [--recipe fast]
 
 Used to produce the numbers in docs/PERFORMANCE.md; `lpperf bench` is the user-facing command.
 """
@@ -14,7 +14,41 @@ from pathlib import Path
 
 import torch
 
-from lpperf import bench, environment, weights
+from lpperf import bench, environment, frame, recipes, weights
+
+
+def variant_rows(recipe: str) -> list[bench.Row]:
+    """The recipe with one step added or removed: what each of its choices is worth."""
+    steps = bench.lookup_recipe(recipe).steps
+    names = {step.__name__ for step in steps}
+    rows = [bench.recipe_row(recipe), bench.Row(f"{recipe} + inductor freezing", steps + (recipes.inductor_freezing,))]
+    removable = ("residual_float32", "channels_last", "warp_source_cache", "pad_warp_channels", "fold_spectral_norm")
+    for removed in removable:
+        if removed in names:
+            rows.append(bench.Row(f"{recipe} - {removed}", tuple(s for s in steps if s.__name__ != removed)))
+    return rows
+
+
+def profile_step(recipe: str, nets: dict, device: str | torch.device, steps: int = 20) -> str:
+    """torch.profiler's table of the kernels of `steps` per-frame steps of `recipe` (after warm-up),
+    sorted by total device time: where the remaining time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    engine = recipes.build(bench.lookup_recipe(recipe), nets, device)
+    animator = frame.sample_animator(engine)
+    driving = frame.driving_batch(1, offset=1).to(device)
+    for _ in range(5):
+        animator.step(driving)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            animator.step(driving)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort_by, row_limit=30, max_name_column_width=70)
+    return f"recipe {recipe}, {steps} steps, batch 1, applied {engine.applied}\n{table}"
 
 
 def main() -> int:
@@ -23,6 +57,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
     parser.add_argument("--rows", nargs="+", default=["waterfall", "peers"],
                         help="row sets (waterfall, peers, variants) and/or recipe names")
+    parser.add_argument("--recipe", default="fast", help="the recipe of the waterfall and variants rows")
     parser.add_argument("--profile", metavar="RECIPE", help="also write a kernel profile of RECIPE's step")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -34,17 +69,19 @@ def main() -> int:
     print(f"synthetic weights in {time.perf_counter() - start:.1f} s", flush=True)
     rows = []
     for name in args.rows:
-        sets = {"waterfall": bench.waterfall_rows, "peers": bench.peer_rows, "variants": bench.variant_rows}
+        sets = {"waterfall": lambda: bench.waterfall_rows(args.recipe), "peers": bench.peer_rows,
+                "variants": lambda: variant_rows(args.recipe)}
         rows += sets[name]() if name in sets else [bench.recipe_row(name)]
     report = {"environment": environment.environment_info("cuda"), "runs": []}
     for batch in args.batch:
-        results = bench.run(rows, nets, "cuda", bench.BenchConfig(batch=batch), progress=print)
-        print(f"\nbatch {batch}\n" + bench.format_table(results), flush=True)
+        config = bench.BenchConfig(batch=batch)
+        results = bench.run(rows, nets, "cuda", config, progress=print)
+        print("\n" + bench.format_table(results, f"batch {batch}", peer=config.peer), flush=True)
         report["runs"].append({"batch": batch, "rows": [r.to_dict() for r in results]})
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "waterfall.json").write_text(json.dumps(report, indent=1, default=str))
     if args.profile:
-        (args.out / f"profile-{args.profile}.txt").write_text(bench.profile_step(args.profile, nets, "cuda"))
+        (args.out / f"profile-{args.profile}.txt").write_text(profile_step(args.profile, nets, "cuda"))
     return 0
 
 

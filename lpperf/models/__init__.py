@@ -18,32 +18,38 @@ from lpperf.models.spade import SPADEDecoder
 from lpperf.models.stitching import RetargetingMLP
 from lpperf.models.warping import WarpingNetwork
 
-NAMES = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator",
-         "stitching", "lip", "eye")
+# The seven networks' names: keys of every nets dict in lpperf (and of the official checkpoints' layout).
+FEATURE_NET = "appearance_feature_extractor"  # F
+MOTION_NET = "motion_extractor"  # M
+WARP_NET = "warping_module"  # W
+DECODER_NET = "spade_generator"  # G
+STITCHING_NET = "stitching"  # S
+LIP_NET = "lip"  # lip retargeting MLP
+EYE_NET = "eye"  # eye retargeting MLP
+NAMES = (FEATURE_NET, MOTION_NET, WARP_NET, DECODER_NET, STITCHING_NET, LIP_NET, EYE_NET)
 
 _CONFIG_PATH = Path(__file__).with_name("config.json")
 
 # name -> (class, path of its hyper-parameters in config.json)
 _REGISTRY = {
-    "appearance_feature_extractor": (AppearanceFeatureExtractor, ("appearance_feature_extractor_params",)),
-    "motion_extractor": (MotionExtractor, ("motion_extractor_params",)),
-    "warping_module": (WarpingNetwork, ("warping_module_params",)),
-    "spade_generator": (SPADEDecoder, ("spade_generator_params",)),
-    "stitching": (RetargetingMLP, ("stitching_retargeting_module_params", "stitching")),
-    "lip": (RetargetingMLP, ("stitching_retargeting_module_params", "lip")),
-    "eye": (RetargetingMLP, ("stitching_retargeting_module_params", "eye")),
+    FEATURE_NET: (AppearanceFeatureExtractor, ("appearance_feature_extractor_params",)),
+    MOTION_NET: (MotionExtractor, ("motion_extractor_params",)),
+    WARP_NET: (WarpingNetwork, ("warping_module_params",)),
+    DECODER_NET: (SPADEDecoder, ("spade_generator_params",)),
+    STITCHING_NET: (RetargetingMLP, ("stitching_retargeting_module_params", "stitching")),
+    LIP_NET: (RetargetingMLP, ("stitching_retargeting_module_params", "lip")),
+    EYE_NET: (RetargetingMLP, ("stitching_retargeting_module_params", "eye")),
 }
 
 
 # A consistent small configuration of all seven networks (same interfaces, 21 keypoints, 256x256 in,
 # 512x512 out) for CPU tests and the CPU run of `lpperf bench`: about 1/35 of the official FLOPs.
 TINY: dict[str, dict] = {
-    "appearance_feature_extractor": dict(block_expansion=8, max_features=16, reshape_channel=4, reshape_depth=4,
-                                         num_resblocks=1),
-    "warping_module": dict(block_expansion=8, max_features=16, reshape_channel=4,
-                           dense_motion_params=dict(block_expansion=8, max_features=32, num_blocks=2, compress=1,
-                                                    reshape_depth=4)),
-    "spade_generator": dict(block_expansion=8, max_features=32, out_channels=16, spade_hidden=16),
+    FEATURE_NET: dict(block_expansion=8, max_features=16, reshape_channel=4, reshape_depth=4, num_resblocks=1),
+    WARP_NET: dict(block_expansion=8, max_features=16, reshape_channel=4,
+                   dense_motion_params=dict(block_expansion=8, max_features=32, num_blocks=2, compress=1,
+                                            reshape_depth=4)),
+    DECODER_NET: dict(block_expansion=8, max_features=32, out_channels=16, spade_hidden=16),
 }
 
 
@@ -87,5 +93,6 @@ def build(name: str, **overrides) -> nn.Module:
     return cls(**config).eval()
 
 
-__all__ = ["NAMES", "TINY", "build", "default_config", "AppearanceFeatureExtractor", "MotionExtractor",
+__all__ = ["NAMES", "FEATURE_NET", "MOTION_NET", "WARP_NET", "DECODER_NET", "STITCHING_NET", "LIP_NET", "EYE_NET",
+           "TINY", "build", "default_config", "AppearanceFeatureExtractor", "MotionExtractor",
            "WarpingNetwork", "SPADEDecoder", "RetargetingMLP"]

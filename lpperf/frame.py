@@ -1,0 +1,147 @@
+"""What one animated frame is made of, for everything that measures frames: lpperf bench, the GPU
+suite and the `lpperf gate` worker.
+
+A frame is one per-frame step of lpperf.pipeline.Animator (written there once, in run_stages): M,
+keypoint math + S, W, G; F runs once per source. This module runs that step on the sample data and
+takes it apart:
+
+    animator = sample_animator(recipes.build("fast", nets, "cuda"))
+    frames = run_frames(animator, PARITY_FRAMES)                # the parity frame loop
+    reference = reference_frames(nets, "cuda", PARITY_FRAMES)   # float32, TF32 off
+    stage_ms = time_stages(animator, driving_batch(1), "cuda")  # each stage alone, GPU time
+    flops = flops_per_frame(nets)
+
+Each stage alone runs eagerly and uncompiled: a compiled step fuses work across stage boundaries, so its
+frame time is not the sum of its stages' times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+from collections.abc import Callable
+
+import torch
+
+from lpperf import pipeline, recipes, roofline, sample, timing
+from lpperf.validation import check_positive_int
+
+STAGES = ("F", "M", "S", "W", "G")  # F runs once per source; M, S, W and G once per frame
+STAGE_OUTPUT_NAMES = ("f_s", "keypoints", "deformation", "warped")  # the stages' outputs compared for parity
+PARITY_FRAMES = 4  # driving frames compared with the float32 reference
+STAGE_RULE = timing.StoppingRule(min_repeats=10, min_seconds=0.05, max_rel_iqr=0.05, max_repeats=100,
+                                 max_seconds=1.0)
+
+
+def driving_batch(batch: int, offset: int = 0) -> torch.Tensor:
+    """`batch` consecutive frames of the sample driving sequence, starting at frame `offset`."""
+    check_positive_int(batch, "batch")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be an int >= 0 (the first driving frame), got {offset!r}")
+    return torch.cat(list(itertools.islice(sample.driving_frames(), offset, offset + batch)))
+
+
+def sample_animator(engine: recipes.Engine) -> recipes.OptimizedAnimator:
+    """The engine's animator for the sample portrait, with driving frame 0 as the motion reference."""
+    return engine.animator(sample.portrait(), reference=driving_batch(1))
+
+
+def run_frames(animator: pipeline.Animator, count: int, offset: int = 0) -> torch.Tensor:
+    """Driving frames offset .. offset+count-1 through animator.step one at a time: count x 3 x 512 x 512,
+    float32 on the CPU (the frames compared with reference_frames)."""
+    check_positive_int(count, "count (driving frames to run)")
+    if animator.source is None:
+        raise RuntimeError("the animator has no source image: set one first (sample_animator does)")
+    device = animator.source.image.device
+    frames = driving_batch(count, offset).split(1)
+    return torch.cat([animator.step(frame.to(device)).float().cpu() for frame in frames])
+
+
+def reference_frames(nets: dict, device: str | torch.device, count: int) -> torch.Tensor:
+    """The first `count` frames of the float32, TF32-off reference recipe on `nets`: what every
+    optimization is compared with."""
+    return run_frames(sample_animator(recipes.build("reference", nets, device)), count)
+
+
+def stage_calls(animator: pipeline.Animator, driving: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """Zero-argument callables running each stage alone on the animator's networks, in their precision
+    and layout (the recipe's context), eagerly and uncompiled; their inputs are prepared here, once."""
+    eager = uncompiled(animator)
+    with _context(animator):
+        values = eager.run_stages(driving)
+
+    def alone(run: Callable, *args) -> Callable[[], object]:
+        def call():
+            with _context(animator):
+                return run(*args)
+        return call
+
+    return {
+        "F": alone(eager.extract_feature, eager.source.image),
+        "M": alone(eager.extract_motion, driving),
+        "S": alone(eager.driving_keypoints, values.motion),
+        "W": alone(eager.warp, values.keypoints),
+        "G": alone(eager.decode, values.warped["out"]),
+    }
+
+
+def stage_outputs(animator: pipeline.Animator, driving: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each stage's output for one driving batch (STAGE_OUTPUT_NAMES plus "frame"), run eagerly in the
+    animator's precision and layout, as float32 on the CPU."""
+    eager = uncompiled(animator)
+    with _context(animator):
+        values = eager.run_stages(driving)
+    outputs = {"f_s": eager.source.feature, "keypoints": values.keypoints, "deformation": values.warped["deformation"],
+               "warped": values.warped["out"], "frame": values.frame}
+    return {name: value.float().cpu() for name, value in outputs.items()}
+
+
+def time_stages(animator: pipeline.Animator, driving: torch.Tensor, device: str | torch.device, *,
+                warmup: int = 2, rule: timing.StoppingRule = STAGE_RULE) -> dict[str, float]:
+    """Median ms of each stage run alone (stage_calls). On CUDA each stage's kernels are captured once
+    as a CUDA graph and its replays timed with CUDA events: the GPU time of that stage alone, without
+    launch overhead. On the CPU, host time of the eager call."""
+    device = torch.device(device)
+    times = {}
+    for stage, call in stage_calls(animator, driving).items():
+        run = timing.graph_replay(call, device) if device.type == "cuda" else call
+        times[stage] = timing.time_callable(run, device, warmup=warmup, rule=rule).median_ms
+    return times
+
+
+def stage_clock(device: str | torch.device) -> str:
+    """What time_stages measures on `device`, in words (for tables and charts)."""
+    if torch.device(device).type == "cuda":
+        return "GPU time of each stage run alone (CUDA-graph replay, eager kernels)"
+    return "host time of each stage run alone (eager call)"
+
+
+def flops_per_frame(nets: dict, batch: int = 1) -> float:
+    """FLOPs of one frame of the per-frame step (M, keypoint math, S, W, G; F runs once per source),
+    counted with torch's flop counter on meta tensors, so nothing is computed."""
+    check_positive_int(batch, "batch")
+    meta = {name: copy.deepcopy(net).to("meta") for name, net in nets.items()}
+    animator = pipeline.Animator(meta, stitching=pipeline.STITCHING_NET in meta)
+    size = sample.PORTRAIT_SIZE
+    with torch.no_grad():
+        animator.set_source(torch.empty(1, 3, size, size, device="meta"))
+        animator.set_reference(torch.empty(1, 3, size, size, device="meta"))
+        driving = torch.empty(batch, 3, size, size, device="meta")
+        return roofline.count_flops(animator.run_stages, driving).total / batch
+
+
+def uncompiled(animator: pipeline.Animator) -> pipeline.Animator:
+    """The animator (same source, reference and settings) over its networks unwrapped from
+    torch.compile: a recipe that compiles each network would otherwise run (and capture) its own
+    compiled graphs."""
+    eager = copy.copy(animator)
+    eager.nets = {name: getattr(net, "_orig_mod", net) for name, net in animator.nets.items()}
+    return eager
+
+
+def _context(animator: pipeline.Animator) -> contextlib.AbstractContextManager:
+    """A recipe's grad mode, backend flags and autocast; no_grad for a plain Animator."""
+    if isinstance(animator, recipes.OptimizedAnimator):
+        return animator.engine.context()
+    return torch.no_grad()

@@ -1,0 +1,171 @@
+"""lpperf.bench on the CPU: the rows (waterfall from a recipe's steps, peers), the speedups over the first
+row and the peer row, the table of typed results, the report, and one real run on small networks."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from lpperf import bench, history, recipes, timing
+from test_frame import small_networks
+
+RULE = timing.StoppingRule(min_repeats=2, min_seconds=0.0, max_rel_iqr=1.0, max_repeats=2, max_seconds=5.0)
+
+
+def result(name: str, ms: float, recipe: str = "", converged: bool = True, error: str = "") -> bench.RowResult:
+    samples = [ms / 1e3] * 3
+    measured = timing.TimingResult(
+        device="cpu", clock=timing.CLOCK_HOST, stats=timing.TimingStats.from_samples(samples), samples_s=samples,
+        converged=converged, stop_reason="test", first_call_s=0.0, warmup_s=0.0, warmup_calls=0,
+        measurement_wall_s=0.0, l2_flush_bytes=0, rule=RULE, clocks_before=None, clocks_after=None,
+        clocks_unavailable_reason="test")
+    return bench.RowResult(
+        name=name, recipe=recipe, batch=1, precision="fp16", applied=[], skipped={},
+        timing=None if error else measured, ms_per_frame=math.nan if error else ms,
+        p90_ms_per_frame=math.nan if error else ms, frames_per_second=math.nan if error else 1e3 / ms,
+        converged=converged, tflops=None, compile_seconds=None, memory=None, memory_unavailable="no NVML",
+        parity=None, parity_failures=[], error=error)
+
+
+# ---- rows
+
+def test_waterfall_is_each_prefix_of_the_recipe_with_the_compile_shown_twice():
+    steps = recipes.RECIPES["fast"].steps
+    rows = bench.waterfall_rows("fast")
+    assert rows[0] == bench.Row("fp32 eager", (), recipe="fp32-eager")
+    compile_at = [step.__name__ for step in steps].index("compile_step")
+    assert [row.steps for row in rows[:compile_at + 1]] == [steps[:count] for count in range(compile_at + 1)]
+    assert [row.name for row in rows[1:4]] == ["+ inference_mode", "+ cudnn.benchmark", "+ fold spectral norm"]
+    twin = rows[compile_at + 1]  # the compile alone, before its CUDA graphs
+    assert twin.name == "+ compile whole step (default)" and twin.steps[:-1] == steps[:compile_at]
+    assert bench._compile_mode(twin.steps[-1]) == "default"
+    assert rows[-1] == bench.Row("+ CUDA graph (reduce-overhead) = fast", steps, recipe="fast")
+    assert len(rows) == len(steps) + 2
+
+
+def test_a_new_recipe_with_a_new_step_appears_without_editing_bench(monkeypatch):
+    def brand_new_step(engine):
+        engine.inference_mode = True
+
+    steps = (recipes.half, brand_new_step, recipes.compile_nets("reduce-overhead"))
+    monkeypatch.setitem(recipes.RECIPES, "brand-new", recipes.Recipe("brand-new", steps, "a test recipe", "fp16"))
+    assert [row.name for row in bench.waterfall_rows("brand-new")] == [
+        "fp32 eager", "+ fp16 weights (.half())", "+ brand_new_step", "+ compile each network (default)",
+        "+ CUDA graph (reduce-overhead) = brand-new"]
+
+
+def test_every_step_of_every_recipe_has_a_label():
+    """A new step shows as '+ its_name' until it gets one line in bench.STEP_LABELS."""
+    names = {step.__name__ for recipe in recipes.RECIPES.values() for step in recipe.steps}
+    assert names - set(bench.STEP_LABELS) == set()
+
+
+def test_default_rows_and_unknown_recipes():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [row.recipe for row in bench.default_rows(cpu)] == list(bench.CPU_DEFAULT_RECIPES)
+    assert [row.recipe for row in bench.default_rows(cpu, ["fast", "fast"])] == ["fp32-eager", "fast"]
+    assert [row.recipe for row in bench.default_rows(cpu, ["fast", "fp32-eager"])] == ["fast", "fp32-eager"]
+    assert [row.name for row in bench.default_rows(cuda)] == [
+        row.name for row in bench.waterfall_rows() + bench.peer_rows()]
+    assert {row.recipe for row in bench.peer_rows()} == set(bench.PEER_LABELS)
+    with pytest.raises(ValueError, match="unknown recipe 'warp-speed'; known recipes: fp32-eager, reference"):
+        bench.default_rows(cpu, ["warp-speed"])
+
+
+def test_precision_is_what_the_engine_computes():
+    def engine(**settings):
+        return recipes.Engine(nets={}, device=torch.device("cpu"), **settings)
+
+    assert bench.precision_of(engine()) == "tf32"
+    assert bench.precision_of(engine(allow_tf32=False)) == "fp32"
+    assert bench.precision_of(engine(weight_dtype=torch.float16)) == "fp16"
+    assert bench.precision_of(engine(autocast_dtype=torch.bfloat16)) == "bf16"
+
+
+def test_config_is_checked():
+    assert bench.default_config(torch.device("cpu"), 2).rule == bench.CPU_RULE
+    assert bench.default_config(torch.device("cuda"), 2) == bench.BenchConfig(batch=2)
+    with pytest.raises(ValueError, match=r"parity_frames \(frames compared with the reference\) must be an int >= 1"):
+        bench.BenchConfig(parity_frames=0)
+    with pytest.raises(ValueError, match="BenchConfig.warmup must be an int >= 0, got -1"):
+        bench.BenchConfig(warmup=-1)
+
+
+# ---- speedups and the table
+
+def test_speedups_over_the_first_row_and_the_peer_row():
+    results = [result("fp32 eager", 20.0), result("peer", 10.0, recipe="official-default"),
+               result("fast", 5.0, recipe="fast"), result("broken", 1.0, error="out of GPU memory")]
+    bench._set_speedups(results, peer="official-default")
+    assert [r.speedup for r in results] == [1.0, 2.0, 4.0, None]
+    assert [r.speedup_vs_peer for r in results] == [0.5, 1.0, 2.0, None]
+    bench._set_speedups(results, peer="official-reduce-overhead")  # not in this run
+    assert [r.speedup_vs_peer for r in results] == [None, None, None, None]
+    table = bench.format_table(results, title="batch 1 on a test card", peer="official-reduce-overhead")
+    lines = table.splitlines()
+    assert lines[0] == "batch 1 on a test card" and lines[1].split()[:6] == [
+        "recipe", "ms/frame", "p90", "frames/s", "speedup", "vs"]
+    fast = next(line for line in lines if line.startswith("fast"))
+    assert fast.split()[1:6] == ["5.00", "5.00", "200.0", "4.00x", "-"]
+    assert next(line for line in lines if line.startswith("broken")).split()[1:3] == ["-", "-"]
+    assert "vs peer: speedup over the official-reduce-overhead row (not in this run: '-')" in table
+
+
+def test_table_marks_unconverged_rows():
+    results = [result("fp32 eager", 20.0), result("fast", 9.0, recipe="fast", converged=False)]
+    bench._set_speedups(results, peer="fast")
+    table = bench.format_table(results, peer="fast")
+    fast = next(line for line in table.splitlines() if line.startswith("fast"))
+    assert fast.split()[1] == "9.00~" and fast.split()[4:6] == ["2.22x~", "1.00x~"]
+    assert "~ not converged" in table and "vs peer: speedup over the fast row\n" in table + "\n"
+
+
+# ---- the report
+
+def test_report_is_a_history_run_with_every_row():
+    results = [result("fp32 eager", 20.0), result("broken", 1.0, error="out of GPU memory")]
+    bench._set_speedups(results, peer="official-default")
+    data = bench.report(results, {"device": "cpu", "device_name": "Test CPU", "torch_version": "2.x"},
+                        {"batches": [1]}, weights="TINY networks")
+    text = json.dumps(data, allow_nan=False)  # NaN became null
+    run = history.parse_run(json.loads(text), "report.json")
+    assert run.card == "Test CPU" and [(b.name, b.median_s, b.rounds) for b in run.results] == [
+        ("fp32 eager [batch 1]", pytest.approx(0.020), 3)]
+    assert [row["name"] for row in data["rows"]] == ["fp32 eager", "broken"]
+    assert data["rows"][1]["ms_per_frame"] is None and data["rows"][1]["error"] == "out of GPU memory"
+    assert data["rows"][0]["timing"]["stats"]["count"] == 3 and data["weights"] == "TINY networks"
+
+
+# ---- a real run
+
+def test_run_on_small_networks_on_the_cpu(monkeypatch):
+    rows = [bench.recipe_row("fp32-eager"), bench.recipe_row("reference")]
+    config = bench.BenchConfig(warmup=0, rule=RULE, parity_frames=1, stages=False, peer="reference")
+    messages = []
+    results = bench.run(rows, small_networks(), "cpu", config, progress=messages.append)
+    assert messages == ["counting FLOPs per frame", "computing the float32 reference frames (TF32 off)",
+                        "row: fp32-eager", "row: reference"]
+    eager, reference = results
+    assert (eager.precision, reference.precision) == ("tf32", "fp32")
+    assert reference.parity.frame.max_level_diff == 0 and not reference.parity_failures
+    assert eager.timing.stats.count == 2 and eager.ms_per_frame == pytest.approx(eager.timing.stats.median_s * 1e3)
+    assert eager.speedup == 1.0 and reference.speedup_vs_peer == 1.0
+    assert eager.speedup_vs_peer == pytest.approx(reference.ms_per_frame / eager.ms_per_frame)
+    assert eager.tflops > 0 and eager.memory is None and "CUDA devices only" in eager.memory_unavailable
+
+
+def test_a_row_out_of_gpu_memory_is_reported_and_the_others_still_run(monkeypatch):
+    monkeypatch.setattr(bench.frame, "flops_per_frame", lambda nets: 1.0)
+    monkeypatch.setattr(bench.frame, "reference_frames", lambda nets, device, count: None)
+
+    def measure_row(row, *args):
+        if row.recipe == "fast":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return result(row.name, 10.0, recipe=row.recipe)
+
+    monkeypatch.setattr(bench, "measure_row", measure_row)
+    results = bench.run([bench.recipe_row("fp32-eager"), bench.recipe_row("fast"), bench.recipe_row("reference")],
+                        {}, "cpu", bench.BenchConfig(), progress=lambda message: None)
+    assert [r.error for r in results] == ["", "out of GPU memory: CUDA out of memory (test)", ""]
+    assert [r.speedup for r in results] == [1.0, None, 1.0]
