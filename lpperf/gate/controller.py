@@ -1,0 +1,305 @@
+"""Same-job A/B: time two versions of lpperf on the same card, interleaved, and decide.
+
+Each side runs in its own long-lived worker (lpperf/gate/worker.py): its own imports, its own
+compile, warm-up done once. Loading (CPU only) runs on both sides at once; building, compiling and
+autotuning run one side at a time (autotuning that races the other side would time the race); after
+that exactly one worker touches the card at a time. A round times every metric in ABBA order
+(BAAB every other round): a block of back-to-back calls per side, per-call time from CUDA events
+around the block. The round's log-ratio log(head / base) uses the mean of each side's two blocks,
+so linear drift cancels. After `rounds` rounds the gate decides (lpperf.gate.stats); while a gated
+metric is undecided it adds the same number of rounds again, up to `max_rounds`.
+
+With several cards (`lanes`), metrics are sharded by recipe: each card gets its own pair of workers
+and compares base and head on that card only; no number is ever compared across cards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lpperf.gate import stats
+from lpperf.gate.workers import GateError, Worker, worker_command
+
+DEFAULT_RECIPES = ("fast", "fp32-eager")
+DEFAULT_BATCHES = (1, 4)
+STAGES = ("F", "M", "S", "W", "G")
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    name: str
+    recipe: str
+    batch: int
+    stage: str | None  # None: the whole frame (M + keypoints + S + W + G) as the recipe runs it
+    gated: bool
+
+    def request(self) -> dict:
+        return {"name": self.name, "recipe": self.recipe, "batch": self.batch, "stage": self.stage}
+
+
+def default_metrics(recipes: Sequence[str] = DEFAULT_RECIPES, batches: Sequence[int] = DEFAULT_BATCHES,
+                    stages: bool = True, gate_stages: bool = False) -> list[Metric]:
+    """Whole frames of each recipe at each batch size (gated) and each stage alone at batch 1
+    (attributed: named when a frame regresses; gated only with gate_stages)."""
+    metrics = [Metric(f"frame {recipe} b{batch}", recipe, batch, None, True)
+               for recipe in recipes for batch in batches]
+    if stages:
+        metrics += [Metric(f"stage {recipe} {stage}", recipe, 1, stage, gate_stages)
+                    for recipe in recipes for stage in STAGES]
+    return metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    threshold: float = 0.03  # a gated metric regressed when head / base is surely above 1 + threshold
+    alpha: float = 0.01  # family-wise error per side: false "regressed" and false "same"
+    rounds: int = 16  # rounds per look
+    max_rounds: int = 48
+    frame_block_ms: float = 30.0  # GPU time per block of back-to-back calls
+    stage_block_ms: float = 10.0
+    undecided_fails: bool = True
+    weights: str | None = None  # official checkpoint folder; None: synthetic
+    seed: int = 0
+    inject_slowdown: float = 0.0  # test-only: the head spins the GPU this fraction of each frame
+    load_timeout_s: float = 600.0
+    prepare_timeout_s: float = 1800.0
+    measure_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold is a fraction in (0, 1), e.g. 0.03 for 3 %; got {self.threshold}")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha}")
+        if self.rounds < 4 or self.max_rounds < self.rounds:
+            raise ValueError(f"need rounds >= 4 and max_rounds >= rounds, got {self.rounds}, {self.max_rounds}")
+        if self.frame_block_ms <= 0 or self.stage_block_ms <= 0:
+            raise ValueError("block times must be > 0 ms")
+        if not 0 <= self.inject_slowdown < 1:
+            raise ValueError(f"inject_slowdown is a fraction in [0, 1), got {self.inject_slowdown}")
+
+    @property
+    def looks(self) -> int:
+        return math.ceil(self.max_rounds / self.rounds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Side:
+    """One version of the code: a folder holding the lpperf package, and how to name it."""
+
+    label: str
+    tree: Path
+
+
+@dataclasses.dataclass
+class MetricResult:
+    metric: Metric
+    base_ms: list[float]
+    head_ms: list[float]
+    calls_per_block: int
+    estimate: stats.Estimate | None = None
+    verdict: stats.Verdict | None = None
+
+    @property
+    def log_ratios(self) -> np.ndarray:
+        return stats.log_ratios(self.base_ms, self.head_ms)
+
+
+@dataclasses.dataclass
+class GateResult:
+    base: Side
+    head: Side
+    config: GateConfig
+    metrics: list[MetricResult]
+    one_sided_alpha: float
+    clocks: list[dict]  # one reading per round and card: {"lane", "round", "sm_mhz", "reasons"}
+    setup: dict  # per card: load/compile seconds, weights, lpperf paths
+    wall_s: float
+
+    @property
+    def gated(self) -> list[MetricResult]:
+        return [result for result in self.metrics if result.metric.gated]
+
+    @property
+    def regressed(self) -> list[MetricResult]:
+        return [result for result in self.gated if result.verdict is stats.Verdict.REGRESSED]
+
+    @property
+    def undecided(self) -> list[MetricResult]:
+        return [result for result in self.gated if result.verdict is stats.Verdict.UNDECIDED]
+
+    @property
+    def exit_code(self) -> int:
+        if self.regressed:
+            return 1
+        if self.undecided and self.config.undecided_fails:
+            return 3
+        return 0
+
+
+WorkerFactory = Callable[[Side, str, str, Path], Worker]
+
+
+def start_worker(side: Side, role: str, gpu: str | None, log_dir: Path) -> Worker:
+    """A real worker process for `side` on card `gpu` (None: the CPU)."""
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(side.tree)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    device = "cpu"
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+        device = "cuda:0"
+    suffix = "cpu" if gpu is None else f"gpu{gpu}"
+    return Worker(f"{role} ({side.label})", worker_command(side.tree, device), env,
+                  log_dir / f"worker-{role}-{suffix}.log")
+
+
+class Lane:
+    """One card (or the CPU): a base worker and a head worker, and the metrics measured on it."""
+
+    def __init__(self, gpu: str | None, metrics: list[Metric], base: Worker, head: Worker):
+        self.gpu = gpu
+        self.metrics = metrics
+        self.base = base
+        self.head = head
+        self.results: dict[str, MetricResult] = {}
+        self.clocks: list[dict] = []
+        self.setup: dict = {"card": "cpu" if gpu is None else f"gpu {gpu}"}
+
+    def workers(self) -> tuple[Worker, Worker]:
+        return self.base, self.head
+
+    def prepare(self, config: GateConfig) -> None:
+        requests = [metric.request() for metric in self.metrics]
+        for role, worker in (("base", self.base), ("head", self.head)):
+            inject = config.inject_slowdown if role == "head" else 0.0
+            answer = worker.request({"op": "prepare", "metrics": requests, "inject_slowdown": inject},
+                                    config.prepare_timeout_s)
+            self.setup[role] = {key: answer.get(key) for key in ("warm_ms", "compile_s", "injected_ms")}
+        for metric in self.metrics:
+            # The block size comes from the base's time per call, so both sides run the same calls.
+            warm = self.setup["base"]["warm_ms"][metric.name]
+            target = config.stage_block_ms if metric.stage else config.frame_block_ms
+            calls = max(1, math.ceil(target / max(warm, 1e-3)))
+            self.results[metric.name] = MetricResult(metric, [], [], calls)
+
+    def run_rounds(self, count: int, config: GateConfig, stop: threading.Event) -> None:
+        for _ in range(count):
+            if stop.is_set():
+                return
+            number = len(next(iter(self.results.values())).base_ms)
+            order = ("base", "head", "head", "base") if number % 2 == 0 else ("head", "base", "base", "head")
+            first = True
+            for result in self.results.values():
+                times = {"base": [], "head": []}
+                for role in order:
+                    worker = self.base if role == "base" else self.head
+                    answer = worker.request({"op": "measure", "metric": result.metric.name,
+                                             "calls": result.calls_per_block, "clock": first},
+                                            config.measure_timeout_s)
+                    if first and answer.get("clock"):
+                        self.clocks.append({"card": self.setup["card"], "round": number, **answer["clock"]})
+                    first = False
+                    times[role].append(answer["ms"])
+                result.base_ms.append(float(np.mean(times["base"])))
+                result.head_ms.append(float(np.mean(times["head"])))
+
+
+def shard(metrics: Sequence[Metric], lanes: int) -> list[list[Metric]]:
+    """Metrics split by recipe over `lanes` cards (a recipe's engines are built on one card only)."""
+    recipes = list(dict.fromkeys(metric.recipe for metric in metrics))
+    groups: list[list[Metric]] = [[] for _ in range(min(lanes, len(recipes)))]
+    for index, recipe in enumerate(recipes):
+        groups[index % len(groups)] += [metric for metric in metrics if metric.recipe == recipe]
+    return groups
+
+
+def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConfig, gpus: Sequence[str | None],
+             log_dir: Path, progress: Callable[[str], None] = lambda message: None,
+             start: WorkerFactory = start_worker) -> GateResult:
+    """Measure `metrics` for both sides on the cards `gpus` ([None] for the CPU) and decide."""
+    if not metrics:
+        raise ValueError("no metrics to compare")
+    gated = [metric for metric in metrics if metric.gated]
+    if not gated:
+        raise ValueError("no gated metric: nothing could pass or fail")
+    began = time.perf_counter()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    lanes: list[Lane] = []
+    stop = threading.Event()
+    try:
+        for gpu, lane_metrics in zip(gpus, shard(metrics, len(gpus))):
+            lane = Lane(gpu, lane_metrics, start(base, "base", gpu, log_dir), None)  # type: ignore[arg-type]
+            lanes.append(lane)
+            lane.head = start(head, "head", gpu, log_dir)
+        progress(f"loading both sides on {len(lanes)} worker pair(s)")
+        _in_parallel([lambda w=w: _load(w, lane, config) for lane in lanes for w in lane.workers()], stop)
+        for lane in lanes:
+            progress(f"{lane.setup['card']}: building, compiling and warming up, one side at a time")
+            lane.prepare(config)
+        one_sided = stats.per_test_alpha(config.alpha, len(gated), config.looks)
+        done = 0
+        while True:
+            step = min(config.rounds, config.max_rounds - done)
+            progress(f"rounds {done + 1}-{done + step} (ABBA, {len(metrics)} metrics)")
+            _in_parallel([lambda lane=lane: lane.run_rounds(step, config, stop) for lane in lanes], stop)
+            done += step
+            results = [result for lane in lanes for result in lane.results.values()]
+            for result in results:
+                result.estimate = stats.estimate(result.log_ratios, one_sided)
+                result.verdict = result.estimate.verdict(config.threshold)
+            pending = [r for r in results if r.metric.gated and r.verdict is stats.Verdict.UNDECIDED]
+            regressed = [r for r in results if r.metric.gated and r.verdict is stats.Verdict.REGRESSED]
+            if regressed or not pending or done >= config.max_rounds:
+                break
+            progress(f"undecided after {done} rounds: {', '.join(r.metric.name for r in pending)}")
+    except KeyboardInterrupt:
+        stop.set()
+        raise GateError("interrupted (Ctrl-C); the workers were stopped and no verdict was written") from None
+    finally:
+        stop.set()
+        for lane in lanes:
+            for worker in lane.workers():
+                if worker is not None:
+                    worker.stop()
+    order = {metric.name: index for index, metric in enumerate(metrics)}
+    return GateResult(base=base, head=head, config=config, one_sided_alpha=one_sided,
+                      metrics=sorted(results, key=lambda r: order[r.metric.name]),
+                      clocks=[reading for lane in lanes for reading in lane.clocks],
+                      setup={lane.setup["card"]: lane.setup for lane in lanes},
+                      wall_s=time.perf_counter() - began)
+
+
+def _load(worker: Worker, lane: Lane, config: GateConfig) -> None:
+    answer = worker.request({"op": "load", "weights": config.weights, "seed": config.seed}, config.load_timeout_s)
+    role = "base" if worker is lane.base else "head"
+    lane.setup[f"{role}_load"] = {key: answer.get(key) for key in ("lpperf", "torch", "weights", "load_s")}
+
+
+def _in_parallel(tasks: list[Callable[[], None]], stop: threading.Event) -> None:
+    """Run the tasks in threads; the first failure stops the rest and is raised here."""
+    errors: list[BaseException] = []
+
+    def run(task):
+        try:
+            task()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the calling thread below
+            errors.append(error)
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(task,), daemon=True) for task in tasks]
+    for thread in threads:
+        thread.start()
+    # Short waits keep Ctrl-C responsive; on the first failure the caller stops every worker, which
+    # ends the other threads' requests too.
+    while any(thread.is_alive() for thread in threads) and not errors:
+        time.sleep(0.05)
+    if errors:
+        raise errors[0]

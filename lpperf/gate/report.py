@@ -1,0 +1,173 @@
+"""What a gate run says: the verdict table, which stages account for a regressed frame, the card's
+clocks over the run, the JSON record, and the noise calibration table (A/A)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from lpperf.gate import stats
+from lpperf.gate.controller import GateResult, MetricResult
+from lpperf.timing import decode_clock_reasons
+
+# Clock-event reasons that mean the card slowed itself down (idle and application-clock bits do not).
+SLOWDOWN_REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
+                    "hw_power_brake_slowdown")
+POWER = 0.9  # for the smallest detectable regression in the calibration table
+
+
+def _percent(ratio: float) -> str:
+    if math.isinf(ratio) or ratio == 0:
+        return "open"
+    return f"{(ratio - 1) * 100:+.2f}%"
+
+
+def format_table(result: GateResult) -> str:
+    config = result.config
+    header = ("metric", "gated", "base ms", "head ms", "change", "interval", "verdict", "rounds")
+    rows = [header]
+    for item in result.metrics:
+        estimate = item.estimate
+        rows.append((item.metric.name, "yes" if item.metric.gated else "no",
+                     f"{np.median(item.base_ms):.3f}", f"{np.median(item.head_ms):.3f}",
+                     _percent(estimate.ratio), f"[{_percent(estimate.low)}, {_percent(estimate.high)}]",
+                     item.verdict.value if item.metric.gated else _attributed(item, config.threshold),
+                     str(estimate.rounds)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(widths[i]) if i in (0, 6) else cell.rjust(widths[i]) for i, cell in enumerate(row))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"base: {result.base.label}; head: {result.head.label}; threshold {config.threshold:.1%}; "
+                 f"each bound holds at 1 - {result.one_sided_alpha:.2g} (family-wise {config.alpha:g} per side "
+                 f"over {len(result.gated)} gated metrics x {config.looks} looks, Bonferroni)")
+    lines += attribution(result)
+    lines.append(clock_summary(result))
+    return "\n".join(lines)
+
+
+def _attributed(item: MetricResult, threshold: float) -> str:
+    """Stages are not gated; the column still says where they moved."""
+    estimate = item.estimate
+    if estimate.low > 1:
+        return "(slower)"
+    if estimate.high < 1:
+        return "(faster)"
+    return "(no change shown)"
+
+
+def attribution(result: GateResult) -> list[str]:
+    """For each regressed frame: the stages of that recipe that surely got slower, largest first,
+    with the share of the frame's added time each accounts for."""
+    lines = []
+    for frame in result.regressed:
+        if frame.metric.stage is not None:
+            continue
+        added_ms = _added_ms(frame) / frame.metric.batch
+        stages = [item for item in result.metrics
+                  if item.metric.stage is not None and item.metric.recipe == frame.metric.recipe]
+        slower = sorted((item for item in stages if item.estimate.low > 1), key=_added_ms, reverse=True)
+        if not stages:
+            lines.append(f"{frame.metric.name}: +{added_ms:.3f} ms per frame; stages were not measured "
+                         "(run without --no-stages to attribute it)")
+        elif not slower:
+            lines.append(f"{frame.metric.name}: +{added_ms:.3f} ms per frame; no stage alone got surely "
+                         "slower: the time went between or around the stages (launches, the step's own code)")
+        else:
+            parts = [f"{item.metric.stage} +{_added_ms(item):.3f} ms ({_added_ms(item) / added_ms:.0%})"
+                     for item in slower]
+            lines.append(f"{frame.metric.name}: +{added_ms:.3f} ms per frame; accounted for by: {', '.join(parts)}")
+    return lines
+
+
+def _added_ms(item: MetricResult) -> float:
+    return float(np.median(item.base_ms)) * (item.estimate.ratio - 1)
+
+
+def clock_summary(result: GateResult) -> str:
+    if not result.clocks:
+        return "card clocks: not read (no NVML, or the CPU)"
+    mhz = [reading["sm_mhz"] for reading in result.clocks]
+    seen = sorted({name for reading in result.clocks for name in decode_clock_reasons(reading["reasons"])
+                   if name in SLOWDOWN_REASONS})
+    slowed = f"; SLOWDOWN reasons seen: {', '.join(seen)} (the card throttled: repeat on a cooler card)" if seen else \
+        "; no power or thermal slowdown seen"
+    return f"card clocks over {len(result.clocks)} round readings: SM {min(mhz)}-{max(mhz)} MHz{slowed}"
+
+
+def verdict_word(result: GateResult) -> str:
+    if result.regressed:
+        return "regressed"
+    if result.undecided:
+        return "undecided" if result.config.undecided_fails else "undecided (allowed to pass)"
+    return "pass"
+
+
+def to_dict(result: GateResult) -> dict:
+    return {
+        "kind": "lpperf-gate",
+        "version": 1,
+        "base": {"label": result.base.label, "tree": str(result.base.tree)},
+        "head": {"label": result.head.label, "tree": str(result.head.tree)},
+        "config": dataclasses.asdict(result.config),
+        "one_sided_alpha": result.one_sided_alpha,
+        "exit_code": result.exit_code,
+        "verdict": verdict_word(result),
+        "metrics": [{
+            "name": item.metric.name, "recipe": item.metric.recipe, "batch": item.metric.batch,
+            "stage": item.metric.stage, "gated": item.metric.gated, "calls_per_block": item.calls_per_block,
+            "base_ms": item.base_ms, "head_ms": item.head_ms, "ratio": item.estimate.ratio,
+            "low": _finite(item.estimate.low), "high": _finite(item.estimate.high),
+            "verdict": item.verdict.value, "log_ratio_sd": float(np.std(item.log_ratios, ddof=1)),
+        } for item in result.metrics],
+        "attribution": attribution(result),
+        "clocks": result.clocks,
+        "setup": result.setup,
+        "wall_s": result.wall_s,
+    }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    """A/A noise of one metric and the smallest regression the gate would catch with it."""
+
+    name: str
+    gated: bool
+    rounds: int
+    sd: float  # standard deviation of the per-round log-ratios
+    robust_sd: float
+    half_width: float  # of the interval, as a fraction
+    detectable: float  # regression flagged with probability POWER at the configured threshold
+
+
+def calibration(result: GateResult) -> list[Noise]:
+    config = result.config
+    noise = []
+    for item in result.metrics:
+        values = item.log_ratios
+        sd = float(np.std(values, ddof=1))
+        estimate = item.estimate
+        half = (math.log(estimate.high) - math.log(estimate.low)) / 2 if math.isfinite(estimate.high) and \
+            estimate.low > 0 else math.inf
+        noise.append(Noise(item.metric.name, item.metric.gated, len(values), sd, stats.robust_sd(values),
+                           math.expm1(half), stats.smallest_detectable(
+                               max(sd, stats.robust_sd(values)), config.rounds, config.threshold,
+                               result.one_sided_alpha, POWER)))
+    return noise
+
+
+def format_calibration(noise: list[Noise], result: GateResult) -> str:
+    config = result.config
+    lines = [f"A/A noise, {noise[0].rounds if noise else 0} ABBA rounds; detectable = the regression flagged with "
+             f"probability {POWER:.0%} after {config.rounds} rounds at threshold {config.threshold:.1%}",
+             f"{'metric':<24} {'gated':>5} {'sd/round':>9} {'robust sd':>9} {'interval +-':>11} {'detectable':>10}"]
+    for item in noise:
+        lines.append(f"{item.name:<24} {'yes' if item.gated else 'no':>5} {item.sd:>9.2%} {item.robust_sd:>9.2%} "
+                     f"{item.half_width:>11.2%} {item.detectable:>10.2%}")
+    lines.append(clock_summary(result))
+    return "\n".join(lines)

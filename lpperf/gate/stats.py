@@ -1,0 +1,133 @@
+"""The gate's statistics: paired per-round log-ratios, the Hodges-Lehmann estimate of their centre,
+a distribution-free confidence interval from the Wilcoxon signed-rank distribution, and the
+three-way verdict. Pure numpy, no GPU: tested on the CPU with synthetic rounds.
+
+Why these: one ABBA round gives one paired log-ratio log(head / base), with slow drift (clocks,
+temperature) cancelled inside the round. Rounds are close to symmetric around the true log-ratio but
+have occasional outliers (a host hiccup in one block), so the centre is estimated with the
+Hodges-Lehmann estimator (median of the Walsh averages: about 95 % as efficient as the mean on
+normal data, robust to a few bad rounds), and its interval is the exact signed-rank inversion (no
+random resampling, so the same rounds always give the same verdict; exact for up to
+EXACT_LIMIT rounds, normal approximation above).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+EXACT_LIMIT = 200
+# Efficiency of Hodges-Lehmann relative to the mean on normal data is 3/pi: its standard error is
+# sigma * sqrt(pi / 3) / sqrt(n). Used only to predict the smallest detectable change.
+HL_STANDARD_ERROR_FACTOR = math.sqrt(math.pi / 3)
+
+
+class Verdict(enum.Enum):
+    REGRESSED = "regressed"  # the whole interval lies above the threshold
+    SAME = "same"  # the whole interval lies below the threshold (faster counts as same)
+    UNDECIDED = "undecided"  # the interval straddles the threshold: more rounds, or report it
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The centre and interval of per-round log-ratios, as ratios head / base."""
+
+    rounds: int
+    ratio: float
+    low: float
+    high: float
+    one_sided_alpha: float
+
+    def verdict(self, threshold: float) -> Verdict:
+        if self.low > 1 + threshold:
+            return Verdict.REGRESSED
+        if self.high < 1 + threshold:
+            return Verdict.SAME
+        return Verdict.UNDECIDED
+
+
+def log_ratios(base: np.ndarray | list[float], head: np.ndarray | list[float]) -> np.ndarray:
+    """Per-round log(head / base) of paired per-call times; every time must be finite and > 0."""
+    base, head = np.asarray(base, dtype=float), np.asarray(head, dtype=float)
+    if base.shape != head.shape or base.ndim != 1:
+        raise ValueError(f"base and head must be paired 1-D samples, got shapes {base.shape} and {head.shape}")
+    for name, values in (("base", base), ("head", head)):
+        if not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise ValueError(f"{name} times must be finite and > 0, got {values.tolist()}")
+    return np.log(head) - np.log(base)
+
+
+def walsh_averages(values: np.ndarray) -> np.ndarray:
+    """All pairwise means (x_i + x_j) / 2 for i <= j, sorted."""
+    values = np.asarray(values, dtype=float)
+    i, j = np.triu_indices(len(values))
+    return np.sort((values[i] + values[j]) / 2)
+
+
+@functools.lru_cache(maxsize=None)
+def _signed_rank_cdf(n: int) -> np.ndarray:
+    """P(T <= t) for t = 0 .. n(n+1)/2, T the Wilcoxon signed-rank statistic of n untied values."""
+    counts = np.zeros(n * (n + 1) // 2 + 1)
+    counts[0] = 1.0
+    for rank in range(1, n + 1):
+        counts[rank:] = counts[rank:] + counts[:-rank].copy()
+    return np.cumsum(counts) / 2.0**n
+
+
+def signed_rank_critical(n: int, alpha: float) -> int:
+    """The largest k with P(T < k) <= alpha: the interval's bound is the k-th smallest Walsh average
+    (0 when even the most extreme value is more likely than alpha: no bound at that level)."""
+    if n < 1:
+        raise ValueError("need at least one round")
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
+    if n <= EXACT_LIMIT:
+        cdf = _signed_rank_cdf(n)
+        # P(T < k) = cdf[k - 1]; k = number of t with cdf[t] <= alpha
+        return int(np.searchsorted(cdf, alpha, side="right"))
+    mean = n * (n + 1) / 4
+    sd = math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
+    return max(0, int(math.floor(mean - NormalDist().inv_cdf(1 - alpha) * sd + 0.5)))
+
+
+def estimate(values: np.ndarray | list[float], one_sided_alpha: float) -> Estimate:
+    """Hodges-Lehmann centre of the log-ratios and its interval: each bound holds with probability
+    at least 1 - one_sided_alpha. A bound that the rounds cannot support yet is +-inf."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or len(values) == 0 or not np.all(np.isfinite(values)):
+        raise ValueError(f"need a non-empty 1-D array of finite log-ratios, got {values!r}")
+    walsh = walsh_averages(values)
+    k = signed_rank_critical(len(values), one_sided_alpha)
+    low = walsh[k - 1] if k >= 1 else -math.inf
+    high = walsh[len(walsh) - k] if k >= 1 else math.inf
+    return Estimate(rounds=len(values), ratio=math.exp(float(np.median(walsh))), low=math.exp(low),
+                    high=math.exp(high), one_sided_alpha=one_sided_alpha)
+
+
+def per_test_alpha(alpha: float, gated_metrics: int, looks: int) -> float:
+    """Bonferroni: the family-wise error alpha (per side) split over every gated metric and every look
+    at the data (the gate may add rounds and decide again), so the gate as a whole keeps it."""
+    if gated_metrics < 1 or looks < 1:
+        raise ValueError("need at least one gated metric and one look")
+    return alpha / (gated_metrics * looks)
+
+
+def robust_sd(values: np.ndarray | list[float]) -> float:
+    """Standard deviation estimated from the median absolute deviation (1.4826 * MAD)."""
+    values = np.asarray(values, dtype=float)
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def smallest_detectable(sd: float, rounds: int, threshold: float, one_sided_alpha: float,
+                        power: float = 0.9) -> float:
+    """The regression (a fraction, e.g. 0.05) that the gate flags as regressed with probability
+    `power`, given the per-round log-ratio spread `sd` (normal approximation of the HL interval)."""
+    if rounds < 1 or sd < 0:
+        raise ValueError("need rounds >= 1 and sd >= 0")
+    z = NormalDist().inv_cdf(1 - one_sided_alpha) + NormalDist().inv_cdf(power)
+    return (1 + threshold) * math.exp(z * sd * HL_STANDARD_ERROR_FACTOR / math.sqrt(rounds)) - 1

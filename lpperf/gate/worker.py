@@ -1,0 +1,230 @@
+"""One side of an lpperf gate: a long-lived process that builds what it measures once and then
+times it on request. Started by lpperf.gate.controller as a script:
+
+    python path/to/lpperf/gate/worker.py --tree SIDE_TREE --device cuda:0
+
+This file is always the controller's own copy, so both sides speak the same protocol and time the
+same way; everything that is measured (networks, recipes, the frame) comes from the lpperf package
+in SIDE_TREE, which goes first on sys.path. Protocol: one JSON object per line. The controller
+writes a request to stdin, the worker answers with one line on its real stdout (anything the
+measured code prints goes to stderr):
+
+    {"op": "load", "weights": null | "DIR", "seed": 0}      -> {"ok": true, "lpperf": path, "torch": version}
+    {"op": "prepare", "metrics": [{"name", "recipe", "batch", "stage"}], "inject_slowdown": 0.0}
+                                                             -> {"ok": true, "warm_ms": {name: ms}, ...}
+    {"op": "measure", "metric": name, "calls": n}           -> {"ok": true, "ms": per-call ms}
+    {"op": "quit"}                                           -> exits 0
+
+A failure answers {"ok": false, "error": one line, "kind": "oom" | "error"}; the controller stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+WARM_CALLS = 5  # after the first (compiling) call, to estimate each metric's time per call
+SLEEP_CALIBRATION_CYCLES = 10_000_000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", required=True, help="folder holding the lpperf package to measure")
+    parser.add_argument("--device", required=True, help="cpu or cuda:N")
+    args = parser.parse_args()
+    protocol_out = sys.stdout
+    sys.stdout = sys.stderr  # nothing but answers may reach the controller's pipe
+    if os.path.dirname(os.path.abspath(__file__)) in (os.path.abspath(p) for p in sys.path[:1]):
+        sys.path.pop(0)  # this script's folder must not shadow anything
+    sys.path.insert(0, os.path.abspath(args.tree))
+    side = Side(args.tree, args.device)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("op") == "quit":
+            return 0
+        try:
+            answer = {"ok": True, **side.handle(request)}
+        except Exception as error:  # noqa: BLE001 - every failure goes back to the controller as one line
+            kind = "oom" if type(error).__name__ == "OutOfMemoryError" else "error"
+            traceback.print_exc()
+            answer = {"ok": False, "kind": kind, "error": f"{type(error).__name__}: {' '.join(str(error).split())}"[:800]}
+        protocol_out.write(json.dumps(answer) + "\n")
+        protocol_out.flush()
+        if not answer["ok"]:
+            return 1
+    return 0
+
+
+class Side:
+    """The networks and one zero-argument call per metric, built from the side's lpperf."""
+
+    def __init__(self, tree: str, device: str):
+        self.tree = os.path.abspath(tree)
+        self.device_name = device
+        self.nets = None
+        self.calls: dict[str, object] = {}
+
+    def handle(self, request: dict) -> dict:
+        operation = request.get("op")
+        if operation == "load":
+            return self.load(request.get("weights"), int(request.get("seed", 0)))
+        if operation == "prepare":
+            return self.prepare(request["metrics"], float(request.get("inject_slowdown", 0.0)))
+        if operation == "measure":
+            answer = {"ms": self.measure(request["metric"], int(request["calls"]))}
+            if request.get("clock"):
+                answer["clock"] = self.clock()
+            return answer
+        raise ValueError(f"unknown request {operation!r}")
+
+    def load(self, weights: str | None, seed: int) -> dict:
+        import torch
+
+        import lpperf
+        from lpperf import weights as weights_module
+
+        package = os.path.dirname(os.path.abspath(lpperf.__file__))
+        if os.path.commonpath([package, self.tree]) != self.tree:
+            raise RuntimeError(f"imported lpperf from {package}, not from the side's tree {self.tree}; "
+                               "an installed copy shadows it (check PYTHONPATH)")
+        self.torch = torch
+        self.device = torch.device(self.device_name)
+        start = time.perf_counter()
+        loaded = weights_module.load_networks(weights, self.device, seed=seed)
+        self.nets, description = loaded.nets, loaded.description
+        self.nvml = _nvml_handle(torch, self.device)
+        return {"lpperf": package, "torch": torch.__version__, "weights": description,
+                "load_s": time.perf_counter() - start}
+
+    def prepare(self, metrics: list[dict], inject_slowdown: float) -> dict:
+        from lpperf import frame, recipes
+
+        animators, warm_ms, compile_s = {}, {}, {}
+        for metric in metrics:
+            key = (metric["recipe"], metric["batch"])
+            if key not in animators:
+                animator = frame.sample_animator(recipes.build(metric["recipe"], self.nets, self.device))
+                driving = frame.driving_batch(metric["batch"], offset=frame.PARITY_FRAMES).to(self.device)
+                start = time.perf_counter()
+                animator.step(driving)  # compile, autotune and CUDA-graph recording happen here
+                self._synchronize()
+                compile_s[f"{key[0]} batch {key[1]}"] = time.perf_counter() - start
+                animators[key] = (animator, driving)
+            animator, driving = animators[key]
+            if metric.get("stage"):
+                call = frame.stage_calls(animator, driving[:1])[metric["stage"]]  # runs in the recipe's context
+                if self.device.type == "cuda":
+                    from lpperf import timing
+
+                    call = timing.graph_replay(call, self.device)
+            else:
+                call = _bound_step(animator, driving)
+            self.calls[metric["name"]] = call
+            warm_ms[metric["name"]] = self._warm_ms(call)
+        injected = {}
+        if inject_slowdown > 0:
+            injected = self._inject(metrics, warm_ms, inject_slowdown)
+        return {"warm_ms": warm_ms, "compile_s": compile_s, "injected_ms": injected}
+
+    def measure(self, name: str, calls: int) -> float:
+        call = self.calls[name]
+        call()  # one untimed call: the other side just used the card (its data is in L2, not ours)
+        if self.device.type != "cuda":
+            start = time.perf_counter()
+            for _ in range(calls):
+                call()
+            return (time.perf_counter() - start) * 1e3 / calls
+        torch = self.torch
+        torch.cuda.synchronize(self.device)
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(calls):
+            call()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / calls
+
+    def clock(self) -> dict | None:
+        """The card's SM clock and NVML clock-event reasons right now (None without NVML)."""
+        if self.nvml is None:
+            return None
+        pynvml, handle = self.nvml
+        reasons = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons",
+                          getattr(pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
+        return {"sm_mhz": int(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)),
+                "reasons": int(reasons(handle)) if reasons else 0}
+
+    def _warm_ms(self, call) -> float:
+        for _ in range(2):
+            call()
+        self._synchronize()
+        samples = []
+        for _ in range(WARM_CALLS):
+            start = time.perf_counter()
+            call()
+            self._synchronize()
+            samples.append((time.perf_counter() - start) * 1e3)
+        return sorted(samples)[len(samples) // 2]
+
+    def _inject(self, metrics: list[dict], warm_ms: dict, fraction: float) -> dict:
+        """Test-only: after each frame, spin the GPU for `fraction` of that frame's time (a real,
+        calibrated slowdown outside the compiled step). Stages are left alone."""
+        if self.device.type != "cuda":
+            raise ValueError("inject_slowdown spins the GPU; it needs a CUDA device")
+        torch = self.torch
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(SLEEP_CALIBRATION_CYCLES)  # warm
+        begin.record()
+        torch.cuda._sleep(SLEEP_CALIBRATION_CYCLES)
+        end.record()
+        end.synchronize()
+        cycles_per_ms = SLEEP_CALIBRATION_CYCLES / begin.elapsed_time(end)
+        injected = {}
+        for metric in metrics:
+            if metric.get("stage"):
+                continue
+            name = metric["name"]
+            cycles = int(math.ceil(fraction * warm_ms[name] * cycles_per_ms))
+            self.calls[name] = _slowed(self.calls[name], torch, cycles)
+            injected[name] = cycles / cycles_per_ms
+        return injected
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+
+def _nvml_handle(torch, device):
+    """(pynvml, handle) of the card torch calls `device`, matched by UUID; None where NVML is unusable."""
+    if device.type != "cuda":
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+        return pynvml, pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    except Exception as error:  # noqa: BLE001 - no NVML means no clock readings, said once
+        print(f"lpperf gate worker: NVML clock readings unavailable: {error}", file=sys.stderr)
+        return None
+
+
+def _bound_step(animator, driving):
+    return lambda: animator.step(driving)
+
+
+def _slowed(call, torch, cycles: int):
+    def slowed():
+        out = call()
+        torch.cuda._sleep(cycles)
+        return out
+    return slowed
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

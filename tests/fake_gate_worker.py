@@ -1,0 +1,60 @@
+"""A stand-in for lpperf/gate/worker.py that speaks the same protocol with made-up timings, so the
+controller's rounds, decisions and error handling are tested on the CPU without networks.
+
+Behaviour comes from the JSON in LPPERF_FAKE_WORKER: {"ms": {metric: ms}, "default_ms": 1.0,
+"head_factor": {metric: factor} or a number, "noise": relative sd per block, "seed": int,
+"fail": {"role": "head", "op": "prepare", "how": "crash" | "hang" | "oom" | "garbage"}}.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+role = sys.argv[1]
+spec = json.loads(os.environ.get("LPPERF_FAKE_WORKER", "{}"))
+rng = np.random.default_rng(spec.get("seed", 0) + (1 if role == "head" else 0))
+factor = spec.get("head_factor", 1.0)
+fail = spec.get("fail") or {}
+
+
+def per_call_ms(name):
+    base = spec.get("ms", {}).get(name, spec.get("default_ms", 1.0))
+    if role == "head":
+        base *= factor.get(name, 1.0) if isinstance(factor, dict) else factor
+    return base
+
+
+for line in sys.stdin:
+    request = json.loads(line)
+    op = request["op"]
+    if op == "quit":
+        break
+    if fail.get("role") == role and fail.get("op") == op:
+        how = fail["how"]
+        if how == "crash":
+            print("fake worker: crashing on purpose", file=sys.stderr, flush=True)
+            sys.exit(7)
+        if how == "hang":
+            time.sleep(600)
+        if how == "oom":
+            print(json.dumps({"ok": False, "kind": "oom", "error": "OutOfMemoryError: CUDA out of memory"}), flush=True)
+            sys.exit(1)
+        if how == "garbage":
+            print("this is not json", flush=True)
+            continue
+    if op == "load":
+        answer = {"ok": True, "lpperf": "fake", "torch": "fake", "weights": "fake", "load_s": 0.0}
+    elif op == "prepare":
+        answer = {"ok": True, "warm_ms": {m["name"]: per_call_ms(m["name"]) for m in request["metrics"]},
+                  "compile_s": {}, "injected_ms": {}}
+    elif op == "measure":
+        noise = spec.get("noise", 0.0)
+        answer = {"ok": True, "ms": per_call_ms(request["metric"]) * float(np.exp(rng.normal(0, noise)))}
+        if request.get("clock"):
+            answer["clock"] = {"sm_mhz": 1980, "reasons": spec.get("reasons", 0)}
+    else:
+        answer = {"ok": False, "kind": "error", "error": f"unknown op {op}"}
+    print(json.dumps(answer), flush=True)

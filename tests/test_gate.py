@@ -1,0 +1,237 @@
+"""lpperf gate on the CPU: the statistics, the decision, the worker protocol (with a fake worker
+whose timings are known) and every way a run can fail without a verdict."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lpperf.gate import controller, report, stats
+from lpperf.gate.workers import GateError, Worker
+
+FAKE = Path(__file__).with_name("fake_gate_worker.py")
+FRAME = "frame fast b1"
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+@pytest.mark.parametrize("n, alpha, k", [(8, 0.025, 4), (16, 0.025, 30), (10, 0.005, 4), (6, 0.025, 1), (5, 0.025, 0)])
+def test_signed_rank_critical_values_match_the_published_table(n, alpha, k):
+    # Tables give the largest T with P(T <= T_crit) <= alpha; our bound is the (T_crit + 1)-th Walsh average.
+    assert stats.signed_rank_critical(n, alpha) == k
+
+
+def test_normal_approximation_agrees_with_the_exact_distribution_where_they_meet():
+    exact = stats.signed_rank_critical(stats.EXACT_LIMIT, 0.01)
+    mean = stats.EXACT_LIMIT * (stats.EXACT_LIMIT + 1) / 4
+    assert abs(stats.signed_rank_critical(stats.EXACT_LIMIT + 1, 0.01) - exact) / mean < 0.02
+
+
+@pytest.mark.parametrize("rounds", [8, 16, 40])
+def test_interval_bounds_hold_at_their_stated_level(rounds):
+    rng = np.random.default_rng(rounds)
+    true_shift, alpha, trials = 0.02, 0.05, 2000
+    low_misses = high_misses = 0
+    for _ in range(trials):
+        values = true_shift + rng.standard_t(5, rounds) * 0.01  # heavy-ish tails, symmetric
+        estimate = stats.estimate(values, alpha)
+        low_misses += estimate.low > math.exp(true_shift)
+        high_misses += estimate.high < math.exp(true_shift)
+    # each bound may miss at most alpha of the time (binomial slack of 3 sd)
+    slack = 3 * math.sqrt(alpha * (1 - alpha) / trials)
+    assert low_misses / trials <= alpha + slack
+    assert high_misses / trials <= alpha + slack
+    assert low_misses > 0 and high_misses > 0  # and it is not absurdly wide
+
+
+def test_hodges_lehmann_ignores_one_wild_round():
+    values = np.full(15, math.log(1.05))
+    values[3] = math.log(3.0)
+    assert stats.estimate(values, 0.01).ratio == pytest.approx(1.05)
+
+
+def test_verdicts_are_decided_by_the_whole_interval():
+    threshold = 0.03
+    assert stats.Estimate(16, 1.05, 1.04, 1.06, 0.01).verdict(threshold) is stats.Verdict.REGRESSED
+    assert stats.Estimate(16, 1.00, 0.99, 1.01, 0.01).verdict(threshold) is stats.Verdict.SAME
+    assert stats.Estimate(16, 1.03, 1.02, 1.04, 0.01).verdict(threshold) is stats.Verdict.UNDECIDED
+    assert stats.Estimate(4, 1.20, 0.0, math.inf, 0.01).verdict(threshold) is stats.Verdict.UNDECIDED
+
+
+def test_too_few_rounds_give_an_open_interval_not_a_verdict():
+    estimate = stats.estimate([0.5, 0.5, 0.5], 0.001)
+    assert estimate.low == 0 and estimate.high == math.inf
+
+
+def test_bonferroni_over_metrics_and_looks():
+    assert stats.per_test_alpha(0.01, 4, 3) == pytest.approx(0.01 / 12)
+    with pytest.raises(ValueError):
+        stats.per_test_alpha(0.01, 0, 1)
+
+
+def test_log_ratios_refuse_bad_times():
+    with pytest.raises(ValueError, match="finite and > 0"):
+        stats.log_ratios([1.0, 0.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="paired"):
+        stats.log_ratios([1.0], [1.0, 2.0])
+
+
+def test_smallest_detectable_grows_with_noise_and_shrinks_with_rounds():
+    small = stats.smallest_detectable(0.01, 16, 0.03, 0.001)
+    assert 0.03 < small < stats.smallest_detectable(0.02, 16, 0.03, 0.001)
+    assert stats.smallest_detectable(0.01, 64, 0.03, 0.001) < small
+
+
+# ---------------------------------------------------------------------------------- the fake worker
+
+def fake_starter(spec: dict, env: dict | None = None):
+    def start(side, role, gpu, log_dir):
+        variables = dict(os.environ, LPPERF_FAKE_WORKER=json.dumps(spec), **(env or {}))
+        return Worker(f"{role} ({side.label})", [sys.executable, str(FAKE), role], variables,
+                      log_dir / f"{role}.log")
+    return start
+
+
+def run_fake(tmp_path, spec, metrics=None, **config):
+    side = controller.Side("fake", tmp_path)
+    metrics = metrics or controller.default_metrics(("fast",), (1,))
+    config.setdefault("rounds", 12)
+    config.setdefault("max_rounds", 36)
+    return controller.run_gate(side, side, metrics, controller.GateConfig(**config), [None], tmp_path / "logs",
+                               start=fake_starter(spec))
+
+
+def test_a_a_passes(tmp_path):
+    result = run_fake(tmp_path, {"noise": 0.01, "ms": {FRAME: 6.0}})
+    assert result.exit_code == 0
+    frame = result.metrics[0]
+    assert frame.metric.name == FRAME and frame.verdict is stats.Verdict.SAME
+    assert len(frame.base_ms) == 12  # decided at the first look
+    assert frame.calls_per_block == 5  # 30 ms of 6 ms calls
+
+
+def test_a_clear_regression_is_caught_and_attributed_to_its_stage(tmp_path):
+    spec = {"noise": 0.005, "ms": {FRAME: 6.0, "stage fast W": 2.0},
+            "head_factor": {FRAME: 1.10, "stage fast W": 1.30}}
+    result = run_fake(tmp_path, spec)
+    assert result.exit_code == 1
+    assert [item.metric.name for item in result.regressed] == [FRAME]
+    table = report.format_table(result)
+    assert "regressed" in table and "accounted for by: W +0.6" in table
+    stages = {item.metric.stage: item for item in result.metrics if item.metric.stage}
+    assert stages["W"].estimate.low > 1 and stages["G"].estimate.high > 1 > stages["G"].estimate.low
+
+
+def test_a_borderline_change_adds_rounds_then_reports_undecided(tmp_path):
+    result = run_fake(tmp_path, {"noise": 0.03, "head_factor": 1.03}, rounds=8, max_rounds=24)
+    assert len(result.metrics[0].base_ms) == 24
+    assert result.metrics[0].verdict is stats.Verdict.UNDECIDED
+    assert result.exit_code == 3
+    allowed = run_fake(tmp_path, {"noise": 0.03, "head_factor": 1.03}, undecided_fails=False)
+    assert allowed.exit_code == 0 and report.verdict_word(allowed) == "undecided (allowed to pass)"
+
+
+def test_stages_are_not_gated_unless_asked(tmp_path):
+    spec = {"noise": 0.005, "head_factor": {"stage fast G": 1.5}}
+    assert run_fake(tmp_path, spec).exit_code == 0
+    gated = controller.default_metrics(("fast",), (1,), gate_stages=True)
+    assert run_fake(tmp_path, spec, metrics=gated).exit_code == 1
+
+
+def test_metrics_are_sharded_by_recipe_and_never_split(tmp_path):
+    metrics = controller.default_metrics(("fast", "fp32-eager", "fastest"), (1, 4))
+    lanes = controller.shard(metrics, 2)
+    assert len(lanes) == 2
+    assert {m.recipe for m in lanes[0]} == {"fast", "fastest"} and {m.recipe for m in lanes[1]} == {"fp32-eager"}
+    assert sorted(m.name for lane in lanes for m in lane) == sorted(m.name for m in metrics)
+
+
+def test_throttling_reasons_are_shown(tmp_path):
+    result = run_fake(tmp_path, {"reasons": 0x40})
+    assert "hw_thermal_slowdown" in report.clock_summary(result)
+    assert len(result.clocks) == 12
+
+
+def test_calibration_reports_noise_and_detectable_change(tmp_path):
+    result = run_fake(tmp_path, {"noise": 0.01}, rounds=16, max_rounds=16)
+    noise = {item.name: item for item in report.calibration(result)}
+    assert 0.005 < noise[FRAME].sd < 0.02  # two blocks averaged per side: about 0.01
+    assert noise[FRAME].detectable > 0.03
+    assert FRAME in report.format_calibration(list(noise.values()), result)
+
+
+def test_the_json_record_is_complete_and_strict(tmp_path):
+    result = run_fake(tmp_path, {"noise": 0.01})
+    record = report.to_dict(result)
+    json.dumps(record, allow_nan=False)
+    assert record["verdict"] == "pass" and len(record["metrics"]) == 6
+
+
+# ------------------------------------------------------------------------------------------ failures
+
+@pytest.mark.parametrize("how, message", [
+    ("crash", "exited with code 7 during 'prepare'.*crashing on purpose"),
+    ("oom", "ran out of GPU memory during 'prepare'"),
+    ("garbage", "not JSON"),
+])
+def test_a_failing_worker_is_one_clear_error(tmp_path, how, message):
+    with pytest.raises(GateError, match=message):
+        run_fake(tmp_path, {"fail": {"role": "head", "op": "prepare", "how": how}})
+
+
+def test_a_hung_worker_is_stopped_after_its_time_limit(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(GateError, match="no answer to 'measure' within 1 s"):
+        run_fake(tmp_path, {"fail": {"role": "base", "op": "measure", "how": "hang"}}, measure_timeout_s=1.0)
+    assert time.monotonic() - start < 30
+
+
+def test_no_worker_outlives_a_failed_gate(tmp_path):
+    started = []
+
+    def start(side, role, gpu, log_dir):
+        worker = fake_starter({"fail": {"role": "head", "op": "load", "how": "crash"}})(side, role, gpu, log_dir)
+        started.append(worker)
+        return worker
+
+    with pytest.raises(GateError):
+        controller.run_gate(controller.Side("fake", tmp_path), controller.Side("fake", tmp_path),
+                            controller.default_metrics(("fast",), (1,)), controller.GateConfig(rounds=4, max_rounds=4),
+                            [None], tmp_path, start=start)
+    assert len(started) == 2 and all(worker._process.poll() is not None for worker in started)
+
+
+def test_bad_configuration_is_refused():
+    with pytest.raises(ValueError, match="fraction"):
+        controller.GateConfig(threshold=3)
+    with pytest.raises(ValueError, match="rounds"):
+        controller.GateConfig(rounds=2)
+
+
+# ---------------------------------------------------------------------------------- the command line
+
+def gate(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "lpperf", "gate", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, check=False)
+
+
+def test_a_base_ref_that_does_not_exist_is_exit_2(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    done = gate("--base", "no-such-ref-anywhere", "--device", "cpu", "--out", str(tmp_path), cwd=repo)
+    assert done.returncode == 2
+    assert "git ref 'no-such-ref-anywhere' does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_base_and_calibrate_together_is_exit_2(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    done = gate("--calibrate", "--base", "HEAD", "--device", "cpu", "--out", str(tmp_path), cwd=repo)
+    assert done.returncode == 2 and "not both" in done.stderr

@@ -1,0 +1,95 @@
+"""The gate's error rates, measured: many independent `lpperf gate` runs, each with a fresh pair of
+workers, both sides the same code; some with a real, calibrated slowdown injected into the head.
+
+    python tools/gate_study.py --out DIR --aa 10 --inject 0.05:5 0.02:5 0.10:1 [--gpus 0,1] [-- GATE ARGS]
+
+Runs are spread over the cards (one run per card at a time, each pinned with CUDA_VISIBLE_DEVICES).
+Prints, per injected slowdown, how many runs ended regressed / same / undecided and their wall
+times, and writes DIR/study.json; every run's gate.json and worker logs stay in DIR/run-NN/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--aa", type=int, default=10, help="A/A runs (nothing injected)")
+    parser.add_argument("--inject", nargs="*", default=[], metavar="FRACTION:RUNS")
+    parser.add_argument("--gpus", default="0", help="cards to spread the runs over")
+    parser.add_argument("--deadline", type=float, default=float("inf"), metavar="SECONDS",
+                        help="start no new run after this much wall time (runs under way finish)")
+    args, gate_args = parser.parse_known_args()
+    gate_args = [arg for arg in gate_args if arg != "--"]
+    plan = [0.0] * args.aa
+    for item in args.inject:
+        fraction, runs = item.split(":")
+        plan += [float(fraction)] * int(runs)
+    jobs: queue.Queue = queue.Queue()
+    for number, fraction in enumerate(plan):
+        jobs.put((number, fraction))
+    results, lock = [], threading.Lock()
+    began = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def card(gpu: str) -> None:
+        while time.perf_counter() - began < args.deadline:
+            try:
+                number, fraction = jobs.get_nowait()
+            except queue.Empty:
+                return
+            folder = args.out / f"run-{number:02d}"
+            command = [sys.executable, "-m", "lpperf", "gate", "--base", ".", "--out", str(folder),
+                       "--device", "cuda", *gate_args]
+            if fraction:
+                command += ["--inject-slowdown", str(fraction)]
+            start = time.perf_counter()
+            done = subprocess.run(command, env=dict(os.environ, CUDA_VISIBLE_DEVICES=gpu), capture_output=True,
+                                  text=True, check=False)
+            wall = time.perf_counter() - start
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "output.txt").write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
+            record = json.loads((folder / "gate.json").read_text()) if (folder / "gate.json").exists() else None
+            with lock:
+                results.append({"run": number, "gpu": gpu, "inject": fraction, "exit_code": done.returncode,
+                                "wall_s": wall, "verdicts": None if record is None else
+                                {m["name"]: m["verdict"] for m in record["metrics"] if m["gated"]},
+                                "ratios": None if record is None else
+                                {m["name"]: m["ratio"] for m in record["metrics"]}})
+                (args.out / "study.json").write_text(json.dumps(sorted(results, key=lambda r: r["run"]), indent=2))
+            print(f"run {number:02d} gpu {gpu} inject {fraction:.0%}: exit {done.returncode} in {wall:.0f} s "
+                  f"{'' if record is None else record['verdict']}", flush=True)
+
+    threads = [threading.Thread(target=card, args=(gpu,)) for gpu in args.gpus.split(",")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    results.sort(key=lambda item: item["run"])
+    print(summary(results) if results else "no run finished")
+    return 0
+
+
+def summary(results: list[dict]) -> str:
+    lines = ["inject  runs  regressed  same  undecided  errors  wall s (min-max)"]
+    for fraction in sorted({item["inject"] for item in results}):
+        group = [item for item in results if item["inject"] == fraction]
+        codes = [item["exit_code"] for item in group]
+        walls = [item["wall_s"] for item in group]
+        lines.append(f"{fraction:>6.0%}  {len(group):>4}  {codes.count(1):>9}  {codes.count(0):>4}  "
+                     f"{codes.count(3):>9}  {codes.count(2):>6}  {min(walls):.0f}-{max(walls):.0f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
