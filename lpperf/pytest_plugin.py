@@ -146,7 +146,7 @@ _OPTIONS = (
         "unless --benchmark-storage is given (unset: pytest-benchmark's own storage, no lpperf header)",
     ),
     _OptionSpec("min-speedup", "X", _positive_float, "least speedup of the optimized recipe over the strongest "
-                "official-style peer (.half() + torch.compile reduce-overhead per network), same session", "1.5"),
+                "official-style peer (.half() + torch.compile reduce-overhead per network), same session", "2.0"),
     _OptionSpec("memory-budget-mib", "MIB", _positive_int, "most GPU memory (NVML, this process) a test may use",
                 "4096"),
     _OptionSpec("min-psnr", "DB", _positive_float, "least PSNR of optimized output against the fp32 reference", "40"),

@@ -27,14 +27,14 @@ from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 from lpperf import pipeline, rewrites
-from lpperf.models import SPADEDecoder
+from lpperf.models import DECODER_NET, FEATURE_NET, MOTION_NET, WARP_NET, SPADEDecoder
 
 log = logging.getLogger(__name__)
 
-CONVOLUTIONAL_NETS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
+CONVOLUTIONAL_NETS = (FEATURE_NET, MOTION_NET, WARP_NET, DECODER_NET)
 MEMORY_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-HEAVY_NETS = ("motion_extractor", "warping_module", "spade_generator")  # the per-frame networks
+HEAVY_NETS = (MOTION_NET, WARP_NET, DECODER_NET)  # the per-frame networks
 
 
 class StepNotApplicable(RuntimeError):
@@ -146,7 +146,7 @@ class OptimizedAnimator(pipeline.Animator):
     def set_source(self, image: torch.Tensor, **kwargs) -> pipeline.SourceState:
         with self.engine.context():
             state = super().set_source(image, **kwargs)
-            warp = self.engine.nets["warping_module"]
+            warp = self.engine.nets[WARP_NET]
             if isinstance(warp, SourceCachedWarp):
                 Boundary(warp.prepare, self.engine.weight_dtype, self.engine.channels_last)(
                     state.feature, state.keypoints)
@@ -158,6 +158,10 @@ class OptimizedAnimator(pipeline.Animator):
 
     def step(self, driving: torch.Tensor, **kwargs) -> torch.Tensor:
         with self.engine.context():
+            if self.engine.compile_nets_mode == "reduce-overhead":
+                # Each network is its own CUDA graph: say that a new frame begins, so the graphs may
+                # reuse their output buffers (else they refuse and the step silently runs eager).
+                torch.compiler.cudagraph_mark_step_begin()
             if self._compiled_once:
                 return self._step(driving, **kwargs)
             return self._first_compiled_step(driving, **kwargs)
@@ -226,8 +230,8 @@ def residual_float32(engine: Engine) -> None:
     convolutions run in half precision: the fp16 overflow past G_middle_4 cannot happen."""
     if engine.weight_dtype == torch.float32 and engine.autocast_dtype is None:
         raise StepNotApplicable("networks already run in float32")
-    _inner(engine.nets["spade_generator"]).residual_dtype = torch.float32
-    _inner(engine.nets["warping_module"]).sample_dtype = torch.float32
+    _inner(engine.nets[DECODER_NET]).residual_dtype = torch.float32
+    _inner(engine.nets[WARP_NET]).sample_dtype = torch.float32
 
 
 def fold_spectral_norm(engine: Engine) -> None:
@@ -246,10 +250,10 @@ def fold_spectral_norm(engine: Engine) -> None:
 def warp_source_cache(engine: Engine) -> None:
     """Inside W, compute what depends only on the source once per source: the compressed,
     normalised source feature and the source keypoint heatmaps."""
-    warp = engine.nets["warping_module"]
+    warp = engine.nets[WARP_NET]
     if not hasattr(warp, "source_terms"):
         raise StepNotApplicable(f"{type(warp).__name__} cannot split off its source-only terms")
-    engine.nets["warping_module"] = SourceCachedWarp(warp)
+    engine.nets[WARP_NET] = SourceCachedWarp(warp)
 
 
 class SourceCachedWarp(nn.Module):
@@ -284,7 +288,7 @@ def pad_warp_channels(engine: Engine, multiple: int = 8) -> None:
     """Zero-pad the channels of W's dense-motion 3-D convolutions to multiples of 8 (110 -> 112 in,
     142 -> 144 through the hourglass end, 22 -> 24 mask outputs): exact, and cuDNN no longer pads
     those tensors on every call nor falls back to its slower kernels for odd channel counts."""
-    dense = _inner(engine.nets["warping_module"]).dense_motion_network
+    dense = _inner(engine.nets[WARP_NET]).dense_motion_network
     glass = dense.hourglass
     first = glass.encoder.down_blocks[0].conv
     rewritten = [layer for layer in (first, glass.decoder.conv, dense.mask) if type(layer) is not nn.Conv3d]
@@ -324,16 +328,16 @@ def fold_batch_norm(engine: Engine) -> None:
 def batch_spade_modulations(engine: Engine) -> None:
     """Compute all of G's SPADE modulations up front (they depend on G's input only): per
     resolution one convolution for every mlp_shared, then one for each SPADE's gamma and beta."""
-    decoder = engine.nets["spade_generator"]
+    decoder = engine.nets[DECODER_NET]
     if not isinstance(decoder, SPADEDecoder):
         raise StepNotApplicable(f"G is a {type(decoder).__name__}, not a SPADEDecoder (already batched?)")
-    engine.nets["spade_generator"] = rewrites.batch_spade_modulations(decoder)
+    engine.nets[DECODER_NET] = rewrites.batch_spade_modulations(decoder)
 
 
 def phase_split_upsampled_convs(engine: Engine) -> None:
     """Run the batched shared SPADE convolutions of up_0 (2x) and up_1 (4x) at G's input resolution
     as 2x2 convolutions to every output phase plus pixel shuffle: exact, 4/9 of their FLOPs."""
-    decoder = engine.nets["spade_generator"]
+    decoder = engine.nets[DECODER_NET]
     if not isinstance(decoder, rewrites.BatchedSPADEDecoder):
         raise StepNotApplicable(f"G is a {type(decoder).__name__}; phase splitting works on the shared "
                                 "convolutions of batch_spade_modulations, which must run first")
@@ -344,7 +348,7 @@ def phase_split_upsampled_convs(engine: Engine) -> None:
 def warp_depth_split(engine: Engine, every_conv3d: bool = False) -> None:
     """W's dense-motion mask Conv3d (7x7x7) as one Conv2d over the depth slices computing all 7 depth
     taps, then a shifted sum over the taps; with every_conv3d, all of W's Conv3d with depth kernel > 1."""
-    replaced = rewrites.depth_split_conv3ds(engine.nets["warping_module"], every_conv3d=every_conv3d)
+    replaced = rewrites.depth_split_conv3ds(engine.nets[WARP_NET], every_conv3d=every_conv3d)
     if not replaced:
         which = "Conv3d with a depth kernel > 1" if every_conv3d else "dense-motion mask Conv3d"
         raise StepNotApplicable(f"W has no {which} left to split (already split?)")
@@ -358,10 +362,10 @@ def warp_depth_split_all(engine: Engine) -> None:
 def occlusion_as_taps(engine: Engine) -> None:
     """W's occlusion convolution (all hourglass channels x depth -> 1, 7x7) as a 1x1 convolution to
     49 tap maps, then the maps shifted by their tap offsets and summed (a fixed one-hot 7x7 conv)."""
-    dense = _inner(engine.nets["warping_module"]).dense_motion_network
+    dense = _inner(engine.nets[WARP_NET]).dense_motion_network
     if dense.occlusion is None:
         raise StepNotApplicable("W estimates no occlusion map")
-    if not rewrites.occlusion_as_taps(engine.nets["warping_module"]):
+    if not rewrites.occlusion_as_taps(engine.nets[WARP_NET]):
         raise StepNotApplicable(f"W's occlusion layer is a {type(dense.occlusion).__name__}, not a Conv2d "
                                 "(already rewritten?)")
 
@@ -413,7 +417,7 @@ def _check_compile_mode(mode: str) -> None:
 def _cast_nets(engine: Engine, dtype: torch.dtype) -> None:
     if engine.weight_dtype != torch.float32:
         raise StepNotApplicable(f"networks are already {engine.weight_dtype}")
-    for name in HEAVY_NETS + ("appearance_feature_extractor",):
+    for name in HEAVY_NETS + (FEATURE_NET,):
         engine.nets[name] = engine.nets[name].to(dtype)
     engine.weight_dtype = dtype
     engine.autocast_dtype = None
@@ -543,11 +547,16 @@ def build(recipe: str | Recipe | Sequence[Callable[[Engine], None]], nets: dict[
     return engine
 
 
+def lookup(name: str) -> Recipe:
+    """The recipe called `name`, or a ValueError naming the known ones."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
 def _resolve(recipe: str | Recipe | Sequence[Callable[[Engine], None]]) -> tuple:
     if isinstance(recipe, str):
-        if recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
-        return RECIPES[recipe].steps
+        return lookup(recipe).steps
     if isinstance(recipe, Recipe):
         return recipe.steps
     return tuple(recipe)

@@ -276,7 +276,7 @@ def _phase_taps(scale: int) -> torch.Tensor:
 def phase_split_weight(weight: torch.Tensor, scale: int) -> torch.Tensor:
     """The (Cout * scale^2, Cin, 2, 2) weight of PhaseSplitConv for a (Cout, Cin, 3, 3) weight;
     output channel o * scale^2 + qy * scale + qx (pixel_shuffle's order), float64."""
-    taps = _phase_taps(scale)
+    taps = _phase_taps(scale).to(weight.device)
     split = torch.einsum("ytk,xul,oikl->oyxitu", taps, taps, weight.double())
     return split.reshape(weight.shape[0] * scale * scale, weight.shape[1], 2, 2)
 

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from lpperf import bench, models, pipeline, recipes, sample
+from lpperf import frame, models, pipeline, recipes, sample
 
 FRAMES = 2
 
@@ -22,11 +22,11 @@ def tiny_nets():
 
 @pytest.fixture(scope="module")
 def driving():
-    return bench.driving_batch(FRAMES, offset=3)
+    return frame.driving_batch(FRAMES, offset=3)
 
 
 def _frames(engine, driving):
-    animator = engine.animator(sample.portrait(), reference=bench.driving_batch(1))
+    animator = engine.animator(sample.portrait(), reference=frame.driving_batch(1))
     return animator.step(driving)
 
 
@@ -225,7 +225,7 @@ def test_optimized_animator_streams_through_its_own_step(tiny_nets, monkeypatch)
     original = recipes.OptimizedAnimator.step
     monkeypatch.setattr(recipes.OptimizedAnimator, "step", lambda self, d, **kw: calls.append(d.shape[0])
                         or original(self, d, **kw))
-    frames = [f for f in bench.driving_batch(3).split(1)]
+    frames = [f for f in frame.driving_batch(3).split(1)]
     outputs = list(animator.animate(frames, batch_size=2))
     assert calls == [2, 1] and len(outputs) == 3
     assert isinstance(animator, pipeline.Animator)

@@ -1,55 +1,59 @@
-"""The GPU gate: per-stage and per-frame benchmarks, speedup, NVML memory budget, parity.
+"""The GPU suite: frame benchmarks the history gate compares, the speedup over the strongest
+official-style peer, parity, the NVML memory budget, and the roofline guard.
 
 Runs on the card under test (CUDA_VISIBLE_DEVICES picks it); every test skips with the reason
-where there is no CUDA GPU. Benchmarks go through pytest-benchmark with the suite's
-synchronising clock (conftest.py), so `pytest -m gpu --benchmark-compare` gates regressions;
-the assertions below use CUDA-event timings (lpperf.timing) measured in this same session.
+where there is no CUDA GPU. Only timings that are steady from one process to the next are
+pytest-benchmark benchmarks (and so gated by `--benchmark-compare-fail`): whole frames of the
+CUDA-graph recipes (about 1 % apart between runs on an H200). Eager timings are launch-bound and
+moved 16-59 % between identical runs, so they are reported as informational results (the
+`lpperf informational results` section of the summary) and gated only by `lpperf gate`, which
+compares both versions in one job.
 """
 
 from __future__ import annotations
 
-import gc
 import time
 
 import pytest
 import torch
 
-from lpperf import bench, memory, parity, recipes, roofline, sample, timing
+from lpperf import frame, memory, parity, recipes, roofline, timing
 
 pytestmark = pytest.mark.gpu
 
-OPTIMIZED = "fast"
+OPTIMIZED = "fastest"
+PEER = "official-reduce-overhead"  # the strongest official-style configuration: the speedup's baseline
 BASELINE = "fp32-eager"
-FRAME_RECIPES = (BASELINE, "autocast-fp16", OPTIMIZED)
-STAGE_RECIPES = (BASELINE, OPTIMIZED)
-PARITY_FRAMES = 4
+GATED_FRAMES = (OPTIMIZED, "fast")  # CUDA-graph recipes: steady across processes
+EAGER_FRAMES = (BASELINE, "autocast-fp16")  # informational only
 RULE = timing.StoppingRule(min_repeats=30, min_seconds=0.3, max_rel_iqr=0.05, max_repeats=500, max_seconds=10.0)
 
 
 class Session:
-    """Engines and animators built once per test session, one per recipe (compiling is costly)."""
+    """Animators built once per test session, one per recipe (compiling is costly)."""
 
     def __init__(self, nets: dict, device: torch.device):
         self.nets = nets
         self.device = device
         self._animators: dict[str, recipes.OptimizedAnimator] = {}
-        self.driving = bench.driving_batch(1, offset=PARITY_FRAMES).to(device)
+        self.driving = frame.driving_batch(1, offset=frame.PARITY_FRAMES).to(device)
 
     def animator(self, recipe: str) -> recipes.OptimizedAnimator:
         if recipe not in self._animators:
-            engine = recipes.build(recipe, self.nets, self.device)
-            animator = engine.animator(sample.portrait(), reference=bench.driving_batch(1))
+            animator = frame.sample_animator(recipes.build(recipe, self.nets, self.device))
             animator.step(self.driving)  # compile / autotune here, outside every measurement
             torch.cuda.synchronize(self.device)
             self._animators[recipe] = animator
         return self._animators[recipe]
 
+    def time_frame(self, recipe: str) -> timing.TimingResult:
+        animator = self.animator(recipe)
+        return timing.time_callable(lambda: animator.step(self.driving), self.device, warmup=5, rule=RULE)
+
     def release_all(self) -> None:
         """Drop every engine (compiled graphs and CUDA-graph pools too) so memory is measured alone."""
         self._animators.clear()
-        torch._dynamo.reset()
-        gc.collect()
-        torch.cuda.empty_cache()
+        memory.release_cached_memory()
 
 
 @pytest.fixture(scope="session")
@@ -65,93 +69,108 @@ def peak(cuda_device) -> roofline.PeakThroughput:
 
 @pytest.fixture(scope="session")
 def flops_per_frame(gpu_session: Session) -> float:
-    return bench.frame_flops(gpu_session.nets)
-
-
-@pytest.fixture(scope="session")
-def frame_timings(gpu_session: Session) -> dict[str, timing.TimingResult]:
-    """CUDA-event timings of the per-frame step for the baseline and the optimized recipe,
-    measured back to back in this session: the speedup gate is their ratio."""
-    results = {}
-    for recipe in (BASELINE, OPTIMIZED):
-        animator = gpu_session.animator(recipe)
-        results[recipe] = timing.time_callable(lambda: animator.step(gpu_session.driving), gpu_session.device,
-                                               warmup=5, rule=RULE)
-    return results
+    return frame.flops_per_frame(gpu_session.nets)
 
 
 @pytest.fixture(scope="session")
 def reference_frames(gpu_session: Session) -> torch.Tensor:
-    return bench.reference_frames(gpu_session.nets, gpu_session.device, PARITY_FRAMES)
+    return frame.reference_frames(gpu_session.nets, gpu_session.device, frame.PARITY_FRAMES)
 
 
-def _environment_info(card) -> dict:
-    return {"card": card.name, "driver": card.driver, "torch": card.torch, "cuda": card.cuda}
-
-
-@pytest.mark.parametrize("recipe", STAGE_RECIPES)
-@pytest.mark.parametrize("stage", bench.STAGES)
-def test_stage(benchmark, gpu_session, lpperf_card, recipe, stage):
+@pytest.mark.parametrize("recipe", GATED_FRAMES)
+def test_frame(benchmark, gpu_session, lpperf_card, lpperf_settings, flops_per_frame, peak, recipe):
     animator = gpu_session.animator(recipe)
-    benchmark.group = f"stage {stage}"
-    with animator.engine.context():
-        call = bench.stage_calls(animator, gpu_session.driving)[stage]
-        flops = roofline.count_flops(call).total
-        out = benchmark(call)
-    values = out.values() if isinstance(out, dict) else [out]
-    assert all(torch.isfinite(v).all() for v in values if isinstance(v, torch.Tensor)), f"{stage} gave NaN/Inf"
-    median = benchmark.stats.stats.median
-    benchmark.extra_info.update(_environment_info(lpperf_card), recipe=recipe, stage=stage, batch=1, flops=flops,
-                                tflops=flops / median / 1e12 if median > 0 else None,
-                                note="stages run eagerly in the recipe's precision and layout; "
-                                     "compilation applies to the whole step (test_frame)")
-
-
-@pytest.mark.parametrize("recipe", FRAME_RECIPES)
-def test_frame(benchmark, gpu_session, lpperf_card, flops_per_frame, peak, reference_frames, recipe):
-    animator = gpu_session.animator(recipe)
-    benchmark.group = "frame (M + keypoints + S + W + G), batch 1"
-    frames = torch.cat([animator.step(frame.to(gpu_session.device)).float().cpu()
-                        for frame in bench.driving_batch(PARITY_FRAMES).split(1)])
-    report = parity.compare({}, {}, frames, reference_frames)
-    benchmark(animator.step, gpu_session.driving)
+    step = lambda: animator.step(gpu_session.driving)  # noqa: E731
+    injected_ms = 0.0
+    if lpperf_settings.inject_slowdown:
+        step, injected_ms = _slowed(step, gpu_session, lpperf_settings.inject_slowdown)
+    benchmark.group = "frame (M + keypoints + S + W + G), batch 1, CUDA graph"
+    out = benchmark.pedantic(step, rounds=60, warmup_rounds=10, iterations=1)
+    assert torch.isfinite(out).all(), f"{recipe} produced NaN/Inf"
     median = benchmark.stats.stats.median
     tflops = roofline.check(flops_per_frame, median, peak, label=f"frame benchmark {recipe!r}")
-    benchmark.extra_info.update(_environment_info(lpperf_card), recipe=recipe, batch=1, flops=flops_per_frame,
-                                tflops=tflops, applied=animator.engine.applied, skipped=animator.engine.skipped,
-                                compile_seconds=animator.engine.compile_seconds, parity=report.to_dict())
-    assert not report.has_nonfinite, f"{recipe} produced NaN/Inf frames"
+    benchmark.extra_info.update(card=lpperf_card.name, recipe=recipe, batch=1, flops=flops_per_frame, tflops=tflops,
+                                applied=animator.engine.applied, skipped=animator.engine.skipped,
+                                compile_seconds=animator.engine.compile_seconds, injected_ms=injected_ms)
 
 
-def test_speedup(frame_timings, lpperf_thresholds, flops_per_frame, peak):
-    baseline, optimized = frame_timings[BASELINE], frame_timings[OPTIMIZED]
-    for name, result in frame_timings.items():
+def _slowed(step, session: Session, fraction: float):
+    """Test-only: the step followed by GPU spinning for `fraction` of its measured time."""
+    base_ms = timing.time_callable(step, session.device, warmup=3, rule=RULE).median_ms
+    cycles_per_ms = _sleep_cycles_per_ms(session.device)
+    cycles = int(fraction * base_ms * cycles_per_ms)
+
+    def slowed():
+        out = step()
+        torch.cuda._sleep(cycles)
+        return out
+
+    return slowed, cycles / cycles_per_ms
+
+
+def _sleep_cycles_per_ms(device: torch.device, cycles: int = 10_000_000) -> float:
+    spin = lambda: torch.cuda._sleep(cycles)  # noqa: E731
+    return cycles / timing.time_callable(spin, device, warmup=1).median_ms
+
+
+def test_speedup_over_the_strongest_peer(gpu_session, lpperf_thresholds, lpperf_info, flops_per_frame, peak):
+    """The optimized recipe against .half() + torch.compile(mode='reduce-overhead') per network, both
+    timed with CUDA events in this session (fp32 eager beside them, informational).
+
+    Each is built and timed alone, every other engine released first (as lpperf bench does): the
+    peer's per-network CUDA graphs and the optimized step's graph share torch's CUDA-graph tree, and
+    interleaved they re-record (an H200 run measured the optimized step at 83 ms that way, 4.5 ms alone)."""
+    timings = {}
+    for recipe in (PEER, OPTIMIZED, BASELINE):
+        gpu_session.release_all()
+        timings[recipe] = gpu_session.time_frame(recipe)
+    gpu_session.release_all()
+    for name, result in timings.items():
         roofline.check(flops_per_frame, result.stats.median_s, peak, label=f"{name} per-frame timing")
-    speedup = baseline.stats.median_s / optimized.stats.median_s
+    speedup = timings[PEER].stats.median_s / timings[OPTIMIZED].stats.median_s
+    over_fp32 = timings[BASELINE].stats.median_s / timings[OPTIMIZED].stats.median_s
+    lpperf_info["speedup"] = (f"{OPTIMIZED} {timings[OPTIMIZED].median_ms:.2f} ms, {PEER} {timings[PEER].median_ms:.2f} "
+                              f"ms ({speedup:.2f}x), {BASELINE} {timings[BASELINE].median_ms:.2f} ms ({over_fp32:.2f}x)")
     assert speedup >= lpperf_thresholds.min_speedup, (
-        f"{OPTIMIZED} is {speedup:.2f}x faster than {BASELINE} ({optimized.median_ms:.2f} ms vs "
-        f"{baseline.median_ms:.2f} ms per frame), below the gate of {lpperf_thresholds.min_speedup}x")
+        f"{OPTIMIZED} is {speedup:.2f}x faster than {PEER} ({timings[OPTIMIZED].median_ms:.2f} ms vs "
+        f"{timings[PEER].median_ms:.2f} ms per frame), below the gate of {lpperf_thresholds.min_speedup}x")
 
 
-def test_parity(gpu_session, reference_frames, lpperf_thresholds):
-    animator = gpu_session.animator(OPTIMIZED)
-    frames = torch.cat([animator.step(frame.to(gpu_session.device)).float().cpu()
-                        for frame in bench.driving_batch(PARITY_FRAMES).split(1)])
+@pytest.mark.parametrize("recipe", EAGER_FRAMES)
+def test_eager_frame_informational(gpu_session, lpperf_info, flops_per_frame, peak, recipe):
+    result = gpu_session.time_frame(recipe)
+    tflops = roofline.check(flops_per_frame, result.stats.median_s, peak, label=f"{recipe} per-frame timing")
+    lpperf_info[f"frame {recipe}"] = (f"{result.median_ms:.2f} ms median, p90 {result.stats.p90_s * 1e3:.2f} ms, "
+                                      f"{tflops:.0f} TFLOP/s (CUDA events; eager: launch-bound, not gated)")
+
+
+@pytest.mark.parametrize("recipe", (BASELINE, OPTIMIZED))
+def test_stages_informational(gpu_session, lpperf_info, recipe):
+    stage_ms = frame.time_stages(gpu_session.animator(recipe), gpu_session.driving, gpu_session.device)
+    assert set(stage_ms) == set(frame.STAGES) and all(ms > 0 for ms in stage_ms.values()), stage_ms
+    lpperf_info[f"stages {recipe}"] = ", ".join(f"{stage} {ms:.3f} ms" for stage, ms in stage_ms.items()) + \
+        f" ({frame.stage_clock(gpu_session.device)})"
+
+
+@pytest.mark.parametrize("recipe", GATED_FRAMES)
+def test_parity(gpu_session, reference_frames, lpperf_thresholds, recipe):
+    frames = frame.run_frames(gpu_session.animator(recipe), frame.PARITY_FRAMES)
     report = parity.compare({}, {}, frames, reference_frames, precision="fp16")
-    frame = report.frame
-    assert not report.has_nonfinite, "the optimized recipe produced NaN/Inf"
-    assert frame.psnr_db >= lpperf_thresholds.min_psnr_db, (
-        f"PSNR {frame.psnr_db:.2f} dB against the fp32 reference, below {lpperf_thresholds.min_psnr_db} dB")
-    assert frame.max_level_diff <= lpperf_thresholds.max_level_diff, (
-        f"largest difference {frame.max_level_diff} 8-bit levels, above {lpperf_thresholds.max_level_diff}")
+    assert not report.has_nonfinite, f"{recipe} produced NaN/Inf"
+    assert report.frame.psnr_db >= lpperf_thresholds.min_psnr_db, (
+        f"{recipe}: PSNR {report.frame.psnr_db:.2f} dB against the fp32 reference, below "
+        f"{lpperf_thresholds.min_psnr_db} dB")
+    assert report.frame.max_level_diff <= lpperf_thresholds.max_level_diff, (
+        f"{recipe}: largest difference {report.frame.max_level_diff} 8-bit levels, above "
+        f"{lpperf_thresholds.max_level_diff}")
 
 
 def test_stage_parity(gpu_session):
     """Relative error per stage (F's volume, driving keypoints, deformation, warped feature)."""
-    reference = bench.stage_outputs(gpu_session.animator("reference"), gpu_session.driving)
-    optimized = bench.stage_outputs(gpu_session.animator(OPTIMIZED), gpu_session.driving)
-    report = parity.compare({k: optimized[k] for k in bench.STAGE_NAMES},
-                            {k: reference[k] for k in bench.STAGE_NAMES}, precision="fp16")
+    reference = frame.stage_outputs(gpu_session.animator("reference"), gpu_session.driving)
+    optimized = frame.stage_outputs(gpu_session.animator(OPTIMIZED), gpu_session.driving)
+    report = parity.compare({k: optimized[k] for k in frame.STAGE_OUTPUT_NAMES},
+                            {k: reference[k] for k in frame.STAGE_OUTPUT_NAMES}, precision="fp16")
     failures = report.failures(parity.Tolerance.for_precision("fp16"))
     assert not failures, "stage parity against the fp32 reference failed:\n" + "\n".join(failures)
 
@@ -172,17 +191,19 @@ def test_memory_budget(gpu_session, lpperf_thresholds):
         f"{lpperf_thresholds.memory_budget_mib} MiB")
 
 
-def test_unsynchronised_host_timing_is_rejected(gpu_session, flops_per_frame, peak):
-    """The seed's mistake, made on purpose: a host clock around an asynchronous call times the
-    launch only. The roofline guard must reject the implied throughput."""
-    animator = gpu_session.animator(OPTIMIZED)
-    assert "compile_step" in animator.engine.applied, (
-        f"the optimized step did not compile ({animator.engine.skipped}); the launch-only timing "
-        "this test provokes needs the CUDA-graph step")
-    torch.cuda.synchronize(gpu_session.device)
+def test_unsynchronised_host_timing_is_rejected(cuda_device, peak):
+    """The seed's mistake, made on purpose: a host clock around asynchronous GPU work times the launches
+    only. 20 bf16 8192^3 products (22 TFLOP, ~28 ms of work at the card's peak) are launched in well
+    under a millisecond, so the implied throughput is ~100x the peak every time: the guard must trip."""
+    size, count = 8192, 20
+    a, b, out = (torch.randn(size, size, device=cuda_device, dtype=torch.bfloat16) for _ in range(3))
+    torch.mm(a, b, out=out)  # warm: library handles and kernels loaded
+    torch.cuda.synchronize(cuda_device)
     start = time.perf_counter()
-    animator.step(gpu_session.driving)
+    for _ in range(count):
+        torch.mm(a, b, out=out)
     host_seconds = time.perf_counter() - start  # deliberately no synchronize
-    torch.cuda.synchronize(gpu_session.device)
+    torch.cuda.synchronize(cuda_device)
     with pytest.raises(roofline.ImpossibleTimingError, match="measurement error"):
-        roofline.check(flops_per_frame, host_seconds, peak, label="unsynchronised host timing")
+        roofline.check(count * roofline.matmul_flops(size, size, size), host_seconds, peak,
+                       label="unsynchronised host timing")
