@@ -257,6 +257,7 @@ def cmd_history(args) -> int:
     if not runs:
         raise FileNotFoundError(f"no benchmark runs (*.json) under {args.dir}; run `pytest -m gpu "
                                 f"--benchmark-autosave` or `lpperf bench` (which saves into {DEFAULT_HISTORY}) first")
+    pinned = history.read_run(args.pinned) if args.pinned else None
     groups: dict[str, list[history.Run]] = {}
     crept = []
     for run in runs:
@@ -273,8 +274,10 @@ def cmd_history(args) -> int:
             print(f"-- latest {run_format.value} run vs the one before ({card}):")
             print_comparison(_compare(same_kind[-2], same_kind[-1], args.threshold, args.any_card))
             if args.creep_limit is not None:
-                findings = history.creep(same_kind, best_of=args.best_of, limit=args.creep_limit)
-                print(f"-- creep: latest {run_format.value} run vs the best of the {args.best_of} before it:")
+                kept = pinned if pinned is not None and pinned.format is run_format else None
+                findings = history.creep(same_kind, pinned=kept, best_of=args.best_of, limit=args.creep_limit)
+                print(f"-- creep: latest {run_format.value} run vs the best of the {args.best_of} before it"
+                      + (f" and vs the pinned run {kept.source}:" if kept else ":"))
                 print(history.format_creep(findings, args.best_of))
                 crept += [f"{card}: {item.name}" for item in findings if item.flagged]
 
@@ -286,7 +289,7 @@ def cmd_history(args) -> int:
         print(f"\n{len(written)} trend chart(s) in {args.out} (dashed lines: change points)")
     if crept:
         _say(f"lpperf history: FAILED: {len(crept)} benchmark(s) crept more than {args.creep_limit:.0%} above the "
-             f"best of the {args.best_of} runs before: " + ", ".join(crept))
+             f"best of the {args.best_of} runs before or the pinned run: " + ", ".join(crept))
         return EXIT_REGRESSION
     return 0
 
@@ -379,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "than the best of the --best-of runs before it (slow creep past each merge's gate)")
     hist.add_argument("--best-of", type=_at_least(1), default=10, metavar="K", help="runs --creep-limit "
                       "compares with (default %(default)s)")
+    hist.add_argument("--pinned", metavar="FILE", help="a recorded run (a release's) that --creep-limit also "
+                      "compares the latest run of the same card and kind with")
     hist.set_defaults(handler=cmd_history)
 
     animate = commands.add_parser("animate", help="animate a pre-cropped 256x256 portrait with a driving video")

@@ -166,7 +166,7 @@ def save_official(nets: dict[str, nn.Module], directory: str | Path) -> None:
 
 # -------------------------------------------------------------------------------------------- synthetic
 #
-# Default initialisation is nothing like trained weights (see ANCHORS.md): spectral-norm vectors
+# Default initialisation is nothing like trained weights (docs/PERFORMANCE.md, numeric traps): spectral-norm vectors
 # u, v start random, so W / sigma is far too large and G's activations explode; BatchNorm running
 # statistics of 0 / 1 do not match the activations. synthetic() fixes both, and gives the motion
 # heads outputs of the size real ones have, so W sees a sensible, mild deformation.

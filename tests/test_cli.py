@@ -424,9 +424,16 @@ def test_history_flags_creep_and_marks_change_points(tmp_path, capsys, drawn):
                      "--best-of", "8"]) == 1
     captured = capsys.readouterr()
     assert "creep: latest pytest-benchmark run vs the best of the 8 before it" in captured.out
-    assert "FAILED: 1 benchmark(s) crept more than 5% above the best of the 8 runs before: H100: frame" in captured.err
+    assert "FAILED: 1 benchmark(s) crept more than 5% above the best of the 8 runs before or the pinned run: " \
+           "H100: frame" in captured.err
     dashed = [line for line in drawn[-1].axes[0].lines if line.get_linestyle() == "--"]
     assert [list(line.get_xdata()) for line in dashed] == [[3.5, 3.5]]  # between runs 3 and 4
+    # a pinned release run: the latest run against it too (here it is as fast as the latest: no creep)
+    pinned = tmp_path / "release.json"
+    pytest_benchmark_run(pinned, "H100", {"frame": 0.0125}, "2026-01")
+    assert cli.main(["history", str(store), "--out", str(tmp_path / "charts"), "--creep-limit", "0.05",
+                     "--best-of", "1", "--pinned", str(pinned)]) == 0
+    assert "and vs the pinned run" in capsys.readouterr().out
 
 
 def test_history_missing_folder(tmp_path, capsys):

@@ -2,8 +2,8 @@
 
 The pinned outputs in tests/data/model_reference.pt were produced by this
 implementation after it was checked against the official LivePortrait modules
-(float64, worst relative error ~1e-15; /work/official/compare_models.py, kept
-outside the repo). Regenerate them only on purpose:
+(float64, worst relative error ~1e-15, with a comparison script kept outside
+the repo). Regenerate them only on purpose:
     python tests/test_models.py --regenerate
 """
 

@@ -476,3 +476,13 @@ def test_multigpu_refuses_shared_files_and_xdist(args):
 def test_multigpu_refuses_a_card_twice(tmp_path, fake_pytest):
     with pytest.raises(ValueError, match="only one worker"):
         multigpu.run_workers(["0", "0"], [], tmp_path / "out", launcher=fake_pytest)
+
+
+def test_the_suite_s_parity_defaults_are_the_fp16_tolerance():
+    """One set of fp16 parity limits: the plugin's defaults are lpperf.parity's fp16 tolerance."""
+    from lpperf import parity
+
+    defaults = {spec.name: spec.default for spec in pytest_plugin._OPTIONS}
+    fp16 = parity.Tolerance.for_precision("fp16")
+    assert float(defaults["min-psnr"]) == fp16.min_psnr_db
+    assert int(defaults["max-level-diff"]) == fp16.max_level_diff
