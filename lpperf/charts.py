@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lpperf.history import Run, change_points
+from lpperf.history import Run
+from lpperf.trends import change_points
 from lpperf.video import atomic_path
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def _run_label(run: Run) -> str:
 
 def trend_chart(name: str, series: Mapping[str, Sequence[tuple[str, float]]], path: Path) -> Path:
     """One benchmark's median over runs, one line per card: series = {card: [(run label, seconds)]}; a
-    dashed line marks each change point of a card's series (lpperf.history.change_points)."""
+    dashed line marks each change point of a card's series (lpperf.trends.change_points)."""
     figure = _figure(9, 4.5)
     axes = figure.add_subplot()
     for card, points in series.items():

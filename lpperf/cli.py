@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lpperf import charts, history, profile, video, weights
+from lpperf import charts, history, profile, trends, video, weights
 from lpperf.gate import command as gate_command
 
 EXIT_REGRESSION = 1
@@ -275,10 +275,10 @@ def cmd_history(args) -> int:
             print_comparison(_compare(same_kind[-2], same_kind[-1], args.threshold, args.any_card))
             if args.creep_limit is not None:
                 kept = pinned if pinned is not None and pinned.format is run_format else None
-                findings = history.creep(same_kind, pinned=kept, best_of=args.best_of, limit=args.creep_limit)
+                findings = trends.creep(same_kind, pinned=kept, best_of=args.best_of, limit=args.creep_limit)
                 print(f"-- creep: latest {run_format.value} run vs the best of the {args.best_of} before it"
                       + (f" and vs the pinned run {kept.source}:" if kept else ":"))
-                print(history.format_creep(findings, args.best_of))
+                print(trends.format_creep(findings, args.best_of))
                 crept += [f"{card}: {item.name}" for item in findings if item.flagged]
 
     reason = charts.unavailable_reason()

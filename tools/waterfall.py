@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lpperf import bench, environment, frame, recipes, weights
+from lpperf import bench, environment, frame, profile, recipes, weights
 
 
 def variant_rows(recipe: str) -> list[bench.Row]:
@@ -32,22 +32,13 @@ def variant_rows(recipe: str) -> list[bench.Row]:
 def profile_step(recipe: str, nets: dict, device: str | torch.device, steps: int = 20) -> str:
     """torch.profiler's table of the kernels of `steps` per-frame steps of `recipe` (after warm-up),
     sorted by total device time: where the remaining time goes."""
-    from torch.profiler import ProfilerActivity, profile
-
     device = torch.device(device)
     engine = recipes.build(bench.lookup_recipe(recipe), nets, device)
     animator = frame.sample_animator(engine)
     driving = frame.driving_batch(1, offset=1).to(device)
     for _ in range(5):
         animator.step(driving)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as profiler:
-        for _ in range(steps):
-            animator.step(driving)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    table = profiler.key_averages().table(sort_by=sort_by, row_limit=30, max_name_column_width=70)
+    table = profile.kernel_table(animator, driving, device, steps)
     return f"recipe {recipe}, {steps} steps, batch 1, applied {engine.applied}\n{table}"
 
 

@@ -1,0 +1,111 @@
+"""Trends of one card's benchmark history: slow creep (the latest run against a pinned run and the
+best of the runs before it) and change points (where a series moved to another level). Pure
+Python, no torch: `lpperf history` prints both and draws the change points on its charts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lpperf.history import HistoryError, Run, card_slug
+
+
+@dataclass(frozen=True)
+class Creep:
+    """One benchmark of the latest run against a pinned baseline and the best of the runs before it."""
+
+    name: str
+    latest_s: float
+    pinned_s: float | None
+    best_s: float | None  # the fastest median among the `best_of` runs before the latest
+    limit: float
+
+    @property
+    def vs_pinned(self) -> float | None:
+        return None if self.pinned_s is None else self.latest_s / self.pinned_s
+
+    @property
+    def vs_best(self) -> float | None:
+        return None if self.best_s is None else self.latest_s / self.best_s
+
+    @property
+    def flagged(self) -> bool:
+        """A cumulative slowdown past the limit: each merge may have stayed under the per-merge gate."""
+        return any(ratio is not None and ratio - 1 > self.limit for ratio in (self.vs_pinned, self.vs_best))
+
+
+def creep(runs: list[Run], pinned: Run | None = None, best_of: int = 10, limit: float = 0.05) -> list[Creep]:
+    """Slow creep of one card's history (oldest run first): the latest run against `pinned` (a release
+    or a recorded run) and against the best of the `best_of` runs before it."""
+    if not runs:
+        raise ValueError("no runs to check for creep")
+    if best_of < 1 or not 0 <= limit < 1:
+        raise ValueError(f"need best_of >= 1 and a limit fraction in [0, 1), got {best_of}, {limit}")
+    cards = {card_slug(run.card) for run in runs + ([pinned] if pinned else []) if run.card is not None}
+    if len(cards) > 1:
+        raise HistoryError(f"creep is measured on one card's history; these runs come from {sorted(cards)}")
+    latest, earlier = runs[-1], runs[:-1][-best_of:]
+    findings = []
+    for result in latest.results:
+        previous = [run.result(result.name).median_s for run in earlier if run.result(result.name) is not None]
+        pinned_result = pinned.result(result.name) if pinned is not None else None
+        findings.append(Creep(result.name, result.median_s, pinned_result.median_s if pinned_result else None,
+                              min(previous) if previous else None, limit))
+    return findings
+
+
+def format_creep(findings: list[Creep], best_of: int) -> str:
+    width = max([len(item.name) for item in findings] + [len("benchmark")])
+    lines = [f"{'benchmark':<{width}}  {'latest ms':>10}  {'vs pinned':>9}  {f'vs best of {best_of}':>14}  creep"]
+    for item in findings:
+        def ratio(value):
+            return "-" if value is None else f"{(value - 1) * 100:+.1f}%"
+        lines.append(f"{item.name:<{width}}  {item.latest_s * 1e3:>10.3f}  {ratio(item.vs_pinned):>9}  "
+                     f"{ratio(item.vs_best):>14}  {'FLAGGED' if item.flagged else 'ok'}")
+    return "\n".join(lines)
+
+
+# Change points by binary segmentation: the cut that splits a series best into two levels (least squares
+# on log times) is a change point when at least CHANGE_MIN_RUNS runs lie on each side, their medians
+# differ by at least CHANGE_MIN_SHIFT and CHANGE_MIN_ORDERED of all (before, after) pairs are ordered
+# the same way (a rank statistic, so one outlier run neither makes nor hides a change); then both
+# sides are searched again.
+CHANGE_MIN_RUNS = 4
+CHANGE_MIN_SHIFT = 0.02
+CHANGE_MIN_ORDERED = 0.9
+
+
+def change_points(values: list[float], min_runs: int = CHANGE_MIN_RUNS, min_shift: float = CHANGE_MIN_SHIFT,
+                  min_ordered: float = CHANGE_MIN_ORDERED) -> list[int]:
+    """Indices i where the series changes level between values[i - 1] and values[i], in order."""
+    if any(not math.isfinite(value) or value <= 0 for value in values):
+        raise ValueError("change points need finite, positive times")
+    values = [float(value) for value in values]
+
+    logs = [math.log(value) for value in values]
+
+    def cost(segment: list[float]) -> float:  # squared deviations of the log times from their mean
+        mean = sum(segment) / len(segment)
+        return sum((value - mean) ** 2 for value in segment)
+
+    def split(lo: int, hi: int) -> list[int]:
+        # The cut that best explains the segment as two levels (least squares on log times) ...
+        cuts = range(lo + min_runs, hi - min_runs + 1)
+        if not cuts:
+            return []
+        cut = min(cuts, key=lambda c: cost(logs[lo:c]) + cost(logs[c:hi]))
+        # ... counts only if the two sides really differ, in level and in order.
+        before, after = values[lo:cut], values[cut:hi]
+        shift = abs(math.log(_median(after) / _median(before)))
+        ordered = abs(sum((a > b) - (a < b) for a in after for b in before)) / (len(before) * len(after))
+        if shift < math.log1p(min_shift) or ordered < min_ordered:
+            return []
+        return split(lo, cut) + [cut] + split(cut, hi)
+
+    return split(0, len(values))
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
