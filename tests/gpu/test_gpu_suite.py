@@ -139,6 +139,7 @@ def test_speedup_over_the_strongest_peer(gpu_session, lpperf_thresholds, lpperf_
 @pytest.mark.parametrize("recipe", EAGER_FRAMES)
 def test_eager_frame_informational(gpu_session, lpperf_info, flops_per_frame, peak, recipe):
     result = gpu_session.time_frame(recipe)
+    assert result.stats.count >= RULE.min_repeats, f"{recipe}: only {result.stats.count} samples ({result.stop_reason})"
     tflops = roofline.check(flops_per_frame, result.stats.median_s, peak, label=f"{recipe} per-frame timing")
     lpperf_info[f"frame {recipe}"] = (f"{result.median_ms:.2f} ms median, p90 {result.stats.p90_s * 1e3:.2f} ms, "
                                       f"{tflops:.0f} TFLOP/s (CUDA events; eager: launch-bound, not gated)")
