@@ -1,0 +1,218 @@
+"""What a recipe builds: an Engine (its own copy of the networks plus how the per-frame step runs),
+the float32 Boundary around half-precision networks, W with its source terms cached, and the
+OptimizedAnimator whose step runs under the engine's settings (compiled, with an eager fallback).
+The steps that edit an Engine, and the recipes, are in lpperf.recipes."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from lpperf import pipeline
+from lpperf.models import DECODER_NET, FEATURE_NET, MOTION_NET, WARP_NET
+
+log = logging.getLogger(__name__)
+
+CONVOLUTIONAL_NETS = (FEATURE_NET, MOTION_NET, WARP_NET, DECODER_NET)
+HEAVY_NETS = (MOTION_NET, WARP_NET, DECODER_NET)  # the per-frame networks
+MEMORY_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+class StepNotApplicable(RuntimeError):
+    """A step cannot apply here; the engine records the reason and carries on without it."""
+
+
+@dataclasses.dataclass
+class Engine:
+    """Networks plus the settings of the per-frame step; what a recipe builds."""
+
+    nets: dict[str, nn.Module]
+    device: torch.device
+    weight_dtype: torch.dtype = torch.float32
+    autocast_dtype: torch.dtype | None = None
+    inference_mode: bool = False
+    cudnn_benchmark: bool = False
+    allow_tf32: bool = True
+    channels_last: bool = False
+    compile_nets_mode: str | None = None
+    compile_step_mode: str | None = None
+    inductor_freezing: bool = False
+    applied: list[str] = dataclasses.field(default_factory=list)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    compile_seconds: float | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """Grad mode, cuDNN/TF32 flags and autocast for the step, restored afterwards."""
+        grad = torch.inference_mode() if self.inference_mode else torch.no_grad()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(grad)
+            stack.enter_context(torch.backends.cudnn.flags(
+                enabled=True, benchmark=self.cudnn_benchmark, deterministic=False, allow_tf32=self.allow_tf32))
+            stack.enter_context(_matmul_tf32(self.allow_tf32))
+            if self.autocast_dtype is not None:
+                stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
+            if self.inductor_freezing:
+                stack.enter_context(_inductor_config(freezing=True))
+            yield
+
+    def animator(self, source: torch.Tensor, reference: torch.Tensor | None = None,
+                 **options) -> "OptimizedAnimator":
+        """An Animator over this engine's networks with `source` set (and the relative-motion
+        `reference` driving frame, if given); its step runs as the recipe says."""
+        nets = dict(self.nets)
+        if self.weight_dtype != torch.float32 or self.channels_last:
+            for name in CONVOLUTIONAL_NETS:
+                nets[name] = Boundary(nets[name], self.weight_dtype, self.channels_last).eval()
+        if self.compile_nets_mode is not None:
+            for name in HEAVY_NETS:
+                nets[name] = torch.compile(nets[name], mode=self.compile_nets_mode)
+        animator = OptimizedAnimator(nets, self, **options)
+        animator.set_source(source.to(self.device))
+        if reference is not None:
+            animator.set_reference(reference.to(self.device))
+        return animator
+
+    def report(self) -> dict:
+        return {"applied": list(self.applied), "skipped": dict(self.skipped),
+                "compile_seconds": self.compile_seconds}
+
+
+class Boundary(nn.Module):
+    """Runs `net` in `dtype` (and channels-last layout): floating inputs are cast on the way in,
+    floating outputs come back as float32, so the keypoint math between networks stays float32."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype, channels_last: bool):
+        super().__init__()
+        self.net = net
+        self.dtype = dtype
+        self.channels_last = channels_last
+
+    def forward(self, *args, **kwargs):
+        args = [self._cast_in(a) for a in args]
+        kwargs = {key: self._cast_in(value) for key, value in kwargs.items()}
+        out = self.net(*args, **kwargs)
+        if isinstance(out, dict):
+            return {key: _float32(value) for key, value in out.items()}
+        return _float32(out)
+
+    def _cast_in(self, value):
+        # Images and feature volumes take the network's dtype; keypoints (3-D) stay float32.
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() < 4:
+            return value
+        value = value.to(self.dtype)
+        if self.channels_last and value.dim() in MEMORY_FORMATS:
+            value = value.contiguous(memory_format=MEMORY_FORMATS[value.dim()])
+        return value
+
+
+class OptimizedAnimator(pipeline.Animator):
+    """A pipeline.Animator whose source, reference and per-frame step run under the engine's
+    context; the step is compiled if the recipe says so, falling back to eager (and recording
+    why) if compilation fails. animate() streams through the optimized step."""
+
+    def __init__(self, nets: dict, engine: Engine, **options):
+        super().__init__(nets, **options)
+        self.engine = engine
+        self._eager_step = super().step
+        self._step = self._eager_step
+        if engine.compile_step_mode is not None:
+            self._step = torch.compile(self._eager_step, mode=engine.compile_step_mode)
+        self._compiled_once = engine.compile_step_mode is None and engine.compile_nets_mode is None
+
+    def set_source(self, image: torch.Tensor, **kwargs) -> pipeline.SourceState:
+        with self.engine.context():
+            state = super().set_source(image, **kwargs)
+            warp = self.engine.nets[WARP_NET]
+            if isinstance(warp, SourceCachedWarp):
+                Boundary(warp.prepare, self.engine.weight_dtype, self.engine.channels_last)(
+                    state.feature, state.keypoints)
+        return state
+
+    def set_reference(self, frame: torch.Tensor) -> pipeline.Motion:
+        with self.engine.context():
+            return super().set_reference(frame)
+
+    def step(self, driving: torch.Tensor, **kwargs) -> torch.Tensor:
+        with self.engine.context():
+            if self.engine.compile_nets_mode == "reduce-overhead":
+                # Each network is its own CUDA graph: say that a new frame begins, so the graphs may
+                # reuse their output buffers (else they refuse and the step silently runs eager).
+                torch.compiler.cudagraph_mark_step_begin()
+            if self._compiled_once:
+                return self._step(driving, **kwargs)
+            return self._first_compiled_step(driving, **kwargs)
+
+    def _first_compiled_step(self, driving: torch.Tensor, **kwargs) -> torch.Tensor:
+        start = time.perf_counter()
+        try:
+            out = self._step(driving, **kwargs)
+            if self.engine.is_cuda:
+                torch.cuda.synchronize(self.engine.device)
+        except Exception as error:  # noqa: BLE001 - any compiler failure means: run eager, say why
+            reason = f"torch.compile failed, running eager: {type(error).__name__}: {str(error)[:300]}"
+            log.warning(reason)
+            for name in ("compile_step", "compile_nets"):
+                if name in self.engine.applied:
+                    self.engine.applied.remove(name)
+                    self.engine.skipped[name] = reason
+            self.nets.update(_uncompiled(self.nets))
+            self._step = self._eager_step
+            out = self._step(driving, **kwargs)
+        self.engine.compile_seconds = time.perf_counter() - start
+        self._compiled_once = True
+        return out
+
+
+class SourceCachedWarp(nn.Module):
+    """W whose source-only terms are computed by prepare() once per source, then reused."""
+
+    def __init__(self, warp: nn.Module):
+        super().__init__()
+        self.warp = warp
+        self.terms: dict[str, torch.Tensor] | None = None
+        self.train(warp.training)
+
+    def prepare(self, feature_3d: torch.Tensor, kp_source: torch.Tensor) -> None:
+        self.terms = self.warp.source_terms(feature_3d, kp_source)
+
+    def forward(self, feature_3d, kp_driving, kp_source):
+        if self.terms is None:
+            raise RuntimeError("SourceCachedWarp.prepare(feature, kp_source) must run once per source first")
+        return self.warp(feature_3d, kp_driving, kp_source, source_terms=self.terms)
+
+
+def _float32(value):
+    return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def _uncompiled(nets: dict) -> dict:
+    return {name: getattr(net, "_orig_mod", net) for name, net in nets.items()}
+
+
+@contextlib.contextmanager
+def _matmul_tf32(allow: bool) -> Iterator[None]:
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@contextlib.contextmanager
+def _inductor_config(**settings) -> Iterator[None]:
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(**settings):
+        yield
