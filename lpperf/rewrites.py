@@ -362,6 +362,8 @@ class DepthSplitConv3d(nn.Module):
             if shift == 0:
                 continue
             first, last = max(0, -shift), min(depth, depth - shift)
+            if last <= first:  # a volume shallower than the tap's reach: it touches no slice
+                continue
             out[:, first:last] += taps[:, first + shift:last + shift, tap]
         # (B, D, Cout, H, W) -> (B, Cout, D, H, W): channels_last_3d when x was.
         return out.to(taps.dtype).transpose(1, 2)

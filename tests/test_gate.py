@@ -235,3 +235,19 @@ def test_base_and_calibrate_together_is_exit_2(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     done = gate("--calibrate", "--base", "HEAD", "--device", "cpu", "--out", str(tmp_path), cwd=repo)
     assert done.returncode == 2 and "not both" in done.stderr
+
+
+def test_a_real_a_a_gate_runs_both_workers_end_to_end_on_the_cpu(tmp_path):
+    """The real worker (TINY networks on the CPU, the working tree against itself): load, prepare, ABBA
+    rounds, the record. Four rounds cannot decide at the default alpha, so undecided is allowed to pass."""
+    repo = Path(__file__).resolve().parents[1]
+    done = gate("--base", ".", "--device", "cpu", "--recipes", "fp32-eager", "--batches", "1", "--no-stages",
+                "--rounds", "4", "--max-rounds", "4", "--undecided", "pass", "--out", str(tmp_path), cwd=repo)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "gate.json").read_text())
+    [metric] = record["metrics"]
+    assert metric["name"] == "frame fp32-eager b1" and metric["verdict"] == "undecided"
+    assert len(metric["base_ms"]) == len(metric["head_ms"]) == 4 and min(metric["base_ms"] + metric["head_ms"]) > 0
+    loaded = record["setup"]["cpu"]["base_load"]
+    assert loaded["lpperf"] == str(repo / "lpperf") and "TINY" in loaded["weights"]
+    assert "frame fp32-eager b1" in done.stdout and "undecided (allowed to pass)" in done.stdout

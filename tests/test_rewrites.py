@@ -219,6 +219,14 @@ def test_depth_split_conv3d_equals_conv3d(generator, kernel, padding, bias):
     assert out.is_contiguous(memory_format=torch.channels_last_3d)
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_depth_split_of_a_volume_shallower_than_the_tap_reach(generator, depth):
+    """Depth 2 with a 7-deep kernel: the outer taps touch no slice (a negative slice end once wrapped)."""
+    conv = nn.Conv3d(3, 4, 7, padding=3).double()
+    x = torch.randn(1, 3, depth, 8, 8, generator=generator, dtype=torch.float64)
+    assert relative_error(rewrites.DepthSplitConv3d(conv)(x), conv(x)) <= EXACT
+
+
 def test_depth_split_reads_channels_last_3d_slices_without_a_copy(generator, monkeypatch):
     split = channels_last(rewrites.DepthSplitConv3d(nn.Conv3d(8, 4, 3, padding=1).double()))
     x = channels_last(torch.randn(2, 8, 3, 5, 5, generator=generator, dtype=torch.float64))
