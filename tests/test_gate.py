@@ -237,6 +237,16 @@ def test_base_and_calibrate_together_is_exit_2(tmp_path):
     assert done.returncode == 2 and "not both" in done.stderr
 
 
+@pytest.mark.parametrize("args, message", [(("--batches", "0"), "--batches must be whole numbers >= 1"),
+                                           (("--recipes", "nope"), "unknown recipe 'nope'"),
+                                           (("--threshold", "3"), "threshold is a fraction")])
+def test_bad_arguments_are_exit_2_before_any_worker_starts(tmp_path, args, message):
+    repo = Path(__file__).resolve().parents[1]
+    done = gate("--base", ".", "--device", "cpu", "--out", str(tmp_path), *args, cwd=repo)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not list(tmp_path.glob("worker-*.log"))
+
+
 def test_a_real_a_a_gate_runs_both_workers_end_to_end_on_the_cpu(tmp_path):
     """The real worker (TINY networks on the CPU, the working tree against itself): load, prepare, ABBA
     rounds, the record. Four rounds cannot decide at the default alpha, so undecided is allowed to pass."""

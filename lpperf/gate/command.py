@@ -35,8 +35,10 @@ def add_parser(commands) -> None:
     gate.add_argument("--calibrate", action="store_true",
                       help="A/A: the head against itself; prints and writes each metric's noise and the smallest "
                            "regression the gate detects")
-    gate.add_argument("--recipes", nargs="+", default=list(controller.DEFAULT_RECIPES), metavar="NAME")
-    gate.add_argument("--batches", nargs="+", type=int, default=list(controller.DEFAULT_BATCHES), metavar="N")
+    gate.add_argument("--recipes", nargs="+", default=list(controller.DEFAULT_RECIPES), metavar="NAME",
+                      help="recipes whose whole frames are gated (default: %(default)s)")
+    gate.add_argument("--batches", nargs="+", type=int, default=list(controller.DEFAULT_BATCHES), metavar="N",
+                      help="batch sizes of the gated frames (default: %(default)s)")
     gate.add_argument("--no-stages", action="store_true", help="skip the per-stage metrics (no attribution)")
     gate.add_argument("--gate-stages", action="store_true", help="gate the stages too, not only whole frames")
     gate.add_argument("--threshold", type=float, default=0.03, help="regression threshold (default 0.03 = 3%%)")
@@ -64,6 +66,8 @@ def cmd_gate(args) -> int:
                                    max_rounds=args.rounds if args.calibrate else args.max_rounds,
                                    undecided_fails=args.undecided == "fail", weights=args.weights,
                                    inject_slowdown=args.inject_slowdown)
+    if any(batch < 1 for batch in args.batches):
+        raise GateError(f"--batches must be whole numbers >= 1, got {args.batches}")
     metrics = controller.default_metrics(args.recipes, args.batches, stages=not args.no_stages,
                                          gate_stages=args.gate_stages)
     _check_recipes(args.recipes)
