@@ -65,48 +65,29 @@ def _optional_folder(text: str) -> Path | None:
     return Path(text).expanduser() if text else None
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"expected a finite number > 0, got {text!r}")
-    return value
+def _number(kind: type, accepts: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """A parser of `kind` (int or float) whose value must satisfy `accepts`; errors say `expected`."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"expected {expected}, got {text!r}") from None
+        if not accepts(value):
+            raise ValueError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a whole number > 0, got {text!r}") from None
-    if value <= 0:
-        raise ValueError(f"expected a whole number > 0, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a fraction in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise ValueError(f"expected a fraction in [0, 1), e.g. 0.1 for 10 %, got {text!r}")
-    return value
+_positive_float = _number(float, lambda value: 0 < value < float("inf"), "a number > 0 (finite)")
+_positive_int = _number(int, lambda value: value > 0, "a whole number > 0")
+_fraction = _number(float, lambda value: 0 <= value < 1, "a fraction in [0, 1), e.g. 0.1 for 10 %")
+_level_diff = _number(int, lambda value: 0 <= value <= 255, "a whole number of 8-bit levels in [0, 255]")
 
 
 def _optional_text(text: str) -> str | None:
     return text or None
-
-
-def _level_diff(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a whole number of 8-bit levels in [0, 255], got {text!r}") from None
-    if not 0 <= value <= 255:
-        raise ValueError(f"expected a whole number of 8-bit levels in [0, 255], got {text!r}")
-    return value
 
 
 @dataclass(frozen=True)
