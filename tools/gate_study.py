@@ -28,7 +28,9 @@ def main() -> int:
     parser.add_argument("--inject", nargs="*", default=[], metavar="FRACTION:RUNS")
     parser.add_argument("--gpus", default="0", help="cards to spread the runs over")
     parser.add_argument("--deadline", type=float, default=float("inf"), metavar="SECONDS",
-                        help="start no new run after this much wall time (runs under way finish)")
+                        help="finish by this much wall time: a run starts only if the longest run so far "
+                             "(--first-run-guess before any) still fits")
+    parser.add_argument("--first-run-guess", type=float, default=180.0, metavar="SECONDS")
     args, gate_args = parser.parse_known_args()
     gate_args = [arg for arg in gate_args if arg != "--"]
     plan = [0.0] * args.aa
@@ -42,8 +44,13 @@ def main() -> int:
     began = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
 
+    def fits() -> bool:
+        with lock:
+            longest = max((item["wall_s"] for item in results), default=args.first_run_guess)
+        return time.perf_counter() - began + longest < args.deadline
+
     def card(gpu: str) -> None:
-        while time.perf_counter() - began < args.deadline:
+        while fits():
             try:
                 number, fraction = jobs.get_nowait()
             except queue.Empty:
