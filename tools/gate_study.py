@@ -60,12 +60,12 @@ def main() -> int:
                        "--device", "cuda", *gate_args]
             if fraction:
                 command += ["--inject-slowdown", str(fraction)]
-            start = time.perf_counter()
-            done = subprocess.run(command, env=dict(os.environ, CUDA_VISIBLE_DEVICES=gpu), capture_output=True,
-                                  text=True, check=False)
-            wall = time.perf_counter() - start
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "output.txt").write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
+            start = time.perf_counter()
+            with open(folder / "output.txt", "w") as output:  # written as it goes: a killed run still tells
+                done = subprocess.run(command, env=dict(os.environ, CUDA_VISIBLE_DEVICES=gpu), stdout=output,
+                                      stderr=subprocess.STDOUT, check=False)
+            wall = time.perf_counter() - start
             record = json.loads((folder / "gate.json").read_text()) if (folder / "gate.json").exists() else None
             with lock:
                 results.append({"run": number, "gpu": gpu, "inject": fraction, "exit_code": done.returncode,

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 from lpperf.gate import controller, report
@@ -78,9 +79,10 @@ def cmd_gate(args) -> int:
     with tempfile.TemporaryDirectory(prefix="lpperf-gate-") as scratch:
         head = side(args.head, repo, Path(scratch))
         base = head if args.calibrate else side(args.base, repo, Path(scratch))
-        _say(f"gate: base {base.label} vs head {head.label} on {', '.join(g or 'cpu' for g in gpus)}; "
+        say = _clock()
+        say(f"gate: base {base.label} vs head {head.label} on {', '.join(g or 'cpu' for g in gpus)}; "
              f"{sum(m.gated for m in metrics)} gated metrics, threshold {config.threshold:.1%}")
-        result = controller.run_gate(base, head, metrics, config, gpus, out, progress=_say)
+        result = controller.run_gate(base, head, metrics, config, gpus, out, progress=say)
     record = report.to_dict(result)
     if args.calibrate:
         noise = report.calibration(result)
@@ -172,5 +174,11 @@ def _write_json(data: dict, path: Path) -> None:
     temporary.replace(path)
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _clock():
+    """Progress lines on stderr, each with the seconds since the gate began (where its time goes)."""
+    began = time.perf_counter()
+
+    def say(message: str) -> None:
+        print(f"[{time.perf_counter() - began:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    return say
