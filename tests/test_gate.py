@@ -168,6 +168,17 @@ def test_calibration_reports_noise_and_detectable_change(tmp_path):
     assert FRAME in report.format_calibration(list(noise.values()), result)
 
 
+def test_calibration_shows_a_steady_offset_between_the_two_processes(tmp_path):
+    # Same code on both sides, but the head process is 5 % slower on one stage: seen on H200s for stage S.
+    spec = {"noise": 0.002, "head_factor": {"stage fast S": 1.05}}
+    result = run_fake(tmp_path, spec, rounds=16, max_rounds=16)
+    noise = {item.name: item for item in report.calibration(result)}
+    assert noise["stage fast S"].offset_is_real and 0.04 < noise["stage fast S"].offset < 0.06
+    assert not noise[FRAME].offset_is_real and abs(noise[FRAME].offset) < 0.005
+    text = report.format_calibration(list(noise.values()), result)
+    assert f"{noise['stage fast S'].offset:+.2%} *" in text and "steady offset between the two worker processes" in text
+
+
 def test_the_json_record_is_complete_and_strict(tmp_path):
     result = run_fake(tmp_path, {"noise": 0.01})
     record = report.to_dict(result)

@@ -4,6 +4,9 @@ workers, both sides the same code; some with a real, calibrated slowdown injecte
     python tools/gate_study.py --out DIR --aa 10 --inject 0.05:5 0.02:5 0.10:1 [--gpus 0,1] [-- GATE ARGS]
 
 Runs are spread over the cards (one run per card at a time, each pinned with CUDA_VISIBLE_DEVICES).
+Every run reads the same synthetic seed-0 weights, written once as official checkpoints (pass
+`--weights DIR` after `--` for others). Nothing else should run on the host meanwhile: a compile on
+the other card slows the host and with it every launch-bound (eager) frame.
 Prints, per injected slowdown, how many runs ended regressed / same / undecided and their wall
 times, and writes DIR/study.json; every run's gate.json and worker logs stay in DIR/run-NN/.
 """
@@ -43,6 +46,8 @@ def main() -> int:
     results, lock = [], threading.Lock()
     began = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
+    if "--weights" not in gate_args:
+        gate_args += ["--weights", str(synthetic_checkpoints(args.out / "synthetic-weights"))]
 
     def fits() -> bool:
         with lock:
@@ -85,6 +90,16 @@ def main() -> int:
     results.sort(key=lambda item: item["run"])
     print(summary(results) if results else "no run finished")
     return 0
+
+
+def synthetic_checkpoints(folder: Path) -> Path:
+    """Synthetic seed-0 weights written once as official checkpoints: every worker of every run then
+    reads the same files (seconds) instead of generating them again (20-30 s per run on the GPU host)."""
+    if not folder.is_dir():
+        from lpperf import weights
+
+        weights.save_official(weights.synthetic(0, "cpu"), folder)
+    return folder
 
 
 def summary(results: list[dict]) -> str:

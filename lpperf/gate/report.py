@@ -143,6 +143,12 @@ class Noise:
     robust_sd: float
     half_width: float  # of the interval, as a fraction
     detectable: float  # regression flagged with probability POWER at the configured threshold
+    offset: float  # head / base - 1: zero in truth, since both sides are the same code
+    offset_is_real: bool  # the interval excludes zero: a steady difference between the two processes
+
+    @property
+    def offset_text(self) -> str:
+        return f"{self.offset:+.2%}{' *' if self.offset_is_real else ''}"
 
 
 def calibration(result: GateResult) -> list[Noise]:
@@ -157,7 +163,8 @@ def calibration(result: GateResult) -> list[Noise]:
         noise.append(Noise(item.metric.name, item.metric.gated, len(values), sd, stats.robust_sd(values),
                            math.expm1(half), stats.smallest_detectable(
                                max(sd, stats.robust_sd(values)), config.rounds, config.threshold,
-                               result.one_sided_alpha, POWER)))
+                               result.one_sided_alpha, POWER),
+                           estimate.ratio - 1, not estimate.low <= 1 <= estimate.high))
     return noise
 
 
@@ -165,9 +172,14 @@ def format_calibration(noise: list[Noise], result: GateResult) -> str:
     config = result.config
     lines = [f"A/A noise, {noise[0].rounds if noise else 0} ABBA rounds; detectable = the regression flagged with "
              f"probability {POWER:.0%} after {config.rounds} rounds at threshold {config.threshold:.1%}",
-             f"{'metric':<24} {'gated':>5} {'sd/round':>9} {'robust sd':>9} {'interval +-':>11} {'detectable':>10}"]
+             f"{'metric':<24} {'gated':>5} {'sd/round':>9} {'robust sd':>9} {'interval +-':>11} {'detectable':>10} "
+             f"{'A/A offset':>10}"]
     for item in noise:
         lines.append(f"{item.name:<24} {'yes' if item.gated else 'no':>5} {item.sd:>9.2%} {item.robust_sd:>9.2%} "
-                     f"{item.half_width:>11.2%} {item.detectable:>10.2%}")
+                     f"{item.half_width:>11.2%} {item.detectable:>10.2%} {item.offset_text:>10}")
+    if any(item.offset_is_real for item in noise):
+        lines.append("* the interval excludes zero although both sides ran the same code: a steady offset between "
+                     "the two worker processes, which a gate's interval cannot see; a gated metric needs it well "
+                     "under the threshold")
     lines.append(clock_summary(result))
     return "\n".join(lines)
