@@ -48,6 +48,7 @@ for line in sys.stdin:
     if op == "load":
         answer = {"ok": True, "lpperf": "fake", "torch": "fake", "weights": "fake", "load_s": 0.0}
     elif op == "prepare":
+        print(f"prepare at {time.monotonic()}", file=sys.stderr, flush=True)
         answer = {"ok": True, "warm_ms": {m["name"]: per_call_ms(m["name"]) for m in request["metrics"]},
                   "compile_s": {}, "injected_ms": {}}
     elif op == "measure":

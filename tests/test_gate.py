@@ -154,6 +154,14 @@ def test_metrics_are_sharded_by_recipe_and_never_split(tmp_path):
     assert sorted(m.name for lane in lanes for m in lane) == sorted(m.name for m in metrics)
 
 
+@pytest.mark.parametrize("head_first", [False, True])
+def test_the_sides_prepare_one_at_a_time_in_the_asked_order(tmp_path, head_first):
+    run_fake(tmp_path, {}, head_first=head_first)
+    started = {role: float((tmp_path / "logs" / f"{role}.log").read_text().split("prepare at ")[1].split()[0])
+               for role in ("base", "head")}
+    assert (started["head"] < started["base"]) == head_first
+
+
 def test_throttling_reasons_are_shown(tmp_path):
     result = run_fake(tmp_path, {"reasons": 0x40})
     assert "hw_thermal_slowdown" in report.clock_summary(result)

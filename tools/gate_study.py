@@ -34,6 +34,9 @@ def main() -> int:
                         help="finish by this much wall time: a run starts only if the longest run so far "
                              "(--first-run-guess before any) still fits")
     parser.add_argument("--first-run-guess", type=float, default=180.0, metavar="SECONDS")
+    parser.add_argument("--alternate-order", action="store_true",
+                        help="every other run prepares the head first (--prepare-head-first): tells an offset "
+                             "that follows the preparation order from one that follows the side")
     args, gate_args = parser.parse_known_args()
     gate_args = [arg for arg in gate_args if arg != "--"]
     plan = [0.0] * args.aa
@@ -65,6 +68,9 @@ def main() -> int:
                        "--device", "cuda", *gate_args]
             if fraction:
                 command += ["--inject-slowdown", str(fraction)]
+            head_first = args.alternate_order and number % 2 == 1
+            if head_first:
+                command.append("--prepare-head-first")
             folder.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             with open(folder / "output.txt", "w") as output:  # written as it goes: a killed run still tells
@@ -73,7 +79,8 @@ def main() -> int:
             wall = time.perf_counter() - start
             record = json.loads((folder / "gate.json").read_text()) if (folder / "gate.json").exists() else None
             with lock:
-                results.append({"run": number, "gpu": gpu, "inject": fraction, "exit_code": done.returncode,
+                results.append({"run": number, "gpu": gpu, "inject": fraction, "head_first": head_first,
+                                "exit_code": done.returncode,
                                 "wall_s": wall, "verdicts": None if record is None else
                                 {m["name"]: m["verdict"] for m in record["metrics"] if m["gated"]},
                                 "ratios": None if record is None else

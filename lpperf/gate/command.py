@@ -55,6 +55,9 @@ def add_parser(commands) -> None:
     gate.add_argument("--inject-slowdown", type=float, default=0.0, metavar="FRACTION",
                       help="TEST ONLY: the head spins the GPU for this fraction of each frame (checks the gate "
                            "detects a known regression)")
+    gate.add_argument("--prepare-head-first", action="store_true",
+                      help="DIAGNOSTIC: build and compile the head before the base (in A/A runs, an offset that "
+                           "follows the order, not the side, comes from the preparation)")
     gate.set_defaults(handler=cmd_gate)
 
 
@@ -66,7 +69,7 @@ def cmd_gate(args) -> int:
     config = controller.GateConfig(threshold=args.threshold, alpha=args.alpha, rounds=args.rounds,
                                    max_rounds=args.rounds if args.calibrate else args.max_rounds,
                                    undecided_fails=args.undecided == "fail", weights=args.weights,
-                                   inject_slowdown=args.inject_slowdown)
+                                   inject_slowdown=args.inject_slowdown, head_first=args.prepare_head_first)
     if any(batch < 1 for batch in args.batches):
         raise GateError(f"--batches must be whole numbers >= 1, got {args.batches}")
     metrics = controller.default_metrics(args.recipes, args.batches, stages=not args.no_stages,

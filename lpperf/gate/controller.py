@@ -68,6 +68,7 @@ class GateConfig:
     weights: str | None = None  # official checkpoint folder; None: synthetic
     seed: int = 0
     inject_slowdown: float = 0.0  # test-only: the head spins the GPU this fraction of each frame
+    head_first: bool = False  # diagnostic: prepare the head before the base (an order effect then changes sign)
     load_timeout_s: float = 600.0
     prepare_timeout_s: float = 1800.0
     measure_timeout_s: float = 300.0
@@ -178,7 +179,8 @@ class Lane:
 
     def prepare(self, config: GateConfig) -> None:
         requests = [metric.request() for metric in self.metrics]
-        for role, worker in (("base", self.base), ("head", self.head)):
+        order = (("head", self.head), ("base", self.base)) if config.head_first else (("base", self.base), ("head", self.head))
+        for role, worker in order:
             inject = config.inject_slowdown if role == "head" else 0.0
             answer = worker.request({"op": "prepare", "metrics": requests, "inject_slowdown": inject},
                                     config.prepare_timeout_s)
