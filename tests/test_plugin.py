@@ -7,6 +7,7 @@ reading, so a pedantic round takes exactly one step and every median is known in
 
 import configparser
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -385,7 +386,8 @@ import json, os, sys
 args = dict(arg.split("=", 1) for arg in sys.argv[1:] if arg.startswith("--") and "=" in arg)
 gpu = os.environ["CUDA_VISIBLE_DEVICES"]
 with open(args["--benchmark-json"], "w") as file:
-    json.dump({"machine_info": {"card": "fake card " + gpu}, "argv": sys.argv[1:]}, file)
+    json.dump({"machine_info": {"card": "fake card " + gpu}, "argv": sys.argv[1:],
+               "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}, file)
 failed = 1 if gpu == "1" else 0
 with open(args["--junitxml"], "w") as file:
     file.write(f'<testsuites><testsuite tests="4" failures="{failed}" errors="0" skipped="1"/></testsuites>')
@@ -416,6 +418,30 @@ def test_multigpu_gives_each_worker_its_own_card_and_files(tmp_path, fake_pytest
         # each card keeps one history slot of its own, the same on every run (autosave, then compare)
         assert f"--lpperf-history={history_dir / f'gpu{gpu}'}" in argv
         assert folder.joinpath("pytest.log").read_text() == f"worker on {gpu}\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity (Linux) and at least 2 cores")
+@pytest.mark.parametrize("pin_cores", [True, False])
+def test_multigpu_keeps_each_worker_on_its_own_cores(tmp_path, fake_pytest, pin_cores):
+    results = multigpu.run_workers(["0", "2"], [], tmp_path / "out", tmp_path / "history", launcher=fake_pytest,
+                                   pin_cores=pin_cores)
+    seen = [json.loads((tmp_path / "out" / f"gpu{gpu}" / "benchmark.json").read_text())["cores"] for gpu in ("0", "2")]
+    everything = sorted(os.sched_getaffinity(0))
+    if pin_cores:
+        assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == everything
+        assert [result.cores for result in results] == [multigpu.describe_cores(cores) for cores in seen]
+    else:
+        assert seen == [everything, everything] and [result.cores for result in results] == [None, None]
+
+
+def test_core_shares_split_the_cores_evenly_and_refuse_too_few():
+    shares = multigpu.core_shares(1)
+    if shares is None:
+        pytest.skip("no CPU affinity on this platform")
+    assert shares == [sorted(os.sched_getaffinity(0))]
+    assert multigpu.core_shares(len(shares[0]) + 1) is None
+    assert multigpu.describe_cores([4, 5, 6]) == "4-6" and multigpu.describe_cores([1, 3]) == "1,3"
 
 
 MULTIGPU_SUITE_TEST = """

@@ -5,8 +5,9 @@ workers, both sides the same code; some with a real, calibrated slowdown injecte
 
 Runs are spread over the cards (one run per card at a time, each pinned with CUDA_VISIBLE_DEVICES).
 Every run reads the same synthetic seed-0 weights, written once as official checkpoints (pass
-`--weights DIR` after `--` for others). Nothing else should run on the host meanwhile: a compile on
-the other card slows the host and with it every launch-bound (eager) frame.
+`--weights DIR` after `--` for others). Each card's runs are kept on their own share of the CPU
+cores (lpperf.multigpu.core_shares): a compile for one card must not slow the launches of a
+launch-bound (eager) frame measured on the other. Nothing else should run on the host meanwhile.
 Prints, per injected slowdown, how many runs ended regressed / same / undecided and their wall
 times, and writes DIR/study.json; every run's gate.json and worker logs stay in DIR/run-NN/.
 """
@@ -22,6 +23,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from lpperf import multigpu
 
 
 def main() -> int:
@@ -57,6 +60,9 @@ def main() -> int:
             longest = max((item["wall_s"] for item in results), default=args.first_run_guess)
         return time.perf_counter() - began + longest < args.deadline
 
+    cards = args.gpus.split(",")
+    shares = dict(zip(cards, multigpu.core_shares(len(cards)) or [None] * len(cards)))
+
     def card(gpu: str) -> None:
         while fits():
             try:
@@ -74,22 +80,24 @@ def main() -> int:
             folder.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             with open(folder / "output.txt", "w") as output:  # written as it goes: a killed run still tells
-                done = subprocess.run(command, env=dict(os.environ, CUDA_VISIBLE_DEVICES=gpu), stdout=output,
-                                      stderr=subprocess.STDOUT, check=False)
+                process = subprocess.Popen(command, env=dict(os.environ, CUDA_VISIBLE_DEVICES=gpu), stdout=output,
+                                           stderr=subprocess.STDOUT)
+                multigpu.pin(process.pid, shares[gpu])  # one card's compile must not slow the other's launches
+                returncode = process.wait()
             wall = time.perf_counter() - start
             record = json.loads((folder / "gate.json").read_text()) if (folder / "gate.json").exists() else None
             with lock:
                 results.append({"run": number, "gpu": gpu, "inject": fraction, "head_first": head_first,
-                                "exit_code": done.returncode,
+                                "exit_code": returncode,
                                 "wall_s": wall, "verdicts": None if record is None else
                                 {m["name"]: m["verdict"] for m in record["metrics"] if m["gated"]},
                                 "ratios": None if record is None else
                                 {m["name"]: m["ratio"] for m in record["metrics"]}})
                 (args.out / "study.json").write_text(json.dumps(sorted(results, key=lambda r: r["run"]), indent=2))
-            print(f"run {number:02d} gpu {gpu} inject {fraction:.0%}: exit {done.returncode} in {wall:.0f} s "
+            print(f"run {number:02d} gpu {gpu} inject {fraction:.0%}: exit {returncode} in {wall:.0f} s "
                   f"{'' if record is None else record['verdict']}", flush=True)
 
-    threads = [threading.Thread(target=card, args=(gpu,)) for gpu in args.gpus.split(",")]
+    threads = [threading.Thread(target=card, args=(gpu,)) for gpu in cards]
     for thread in threads:
         thread.start()
     for thread in threads:
