@@ -122,6 +122,8 @@ def pin(pid: int, cores: Sequence[int] | None) -> None:
 def describe_cores(cores: Sequence[int] | None) -> str | None:
     if not cores:
         return None
+    if len(cores) == 1:
+        return str(cores[0])
     contiguous = list(cores) == list(range(cores[0], cores[-1] + 1))
     return f"{cores[0]}-{cores[-1]}" if contiguous else ",".join(map(str, cores))
 

@@ -49,6 +49,9 @@ for line in sys.stdin:
         answer = {"ok": True, "lpperf": "fake", "torch": "fake", "weights": "fake", "load_s": 0.0}
     elif op == "prepare":
         print(f"prepare at {time.monotonic()}", file=sys.stderr, flush=True)
+        if hasattr(os, "sched_getaffinity"):  # the cores the controller kept this worker on
+            print(f"cores {json.dumps(sorted(os.sched_getaffinity(0)), separators=(',', ':'))}", file=sys.stderr,
+                  flush=True)
         answer = {"ok": True, "warm_ms": {m["name"]: per_call_ms(m["name"]) for m in request["metrics"]},
                   "compile_s": {}, "injected_ms": {}}
     elif op == "measure":

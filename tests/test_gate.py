@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lpperf import multigpu
 from lpperf.gate import controller, report, stats
 from lpperf.gate.workers import GateError, Worker
 
@@ -96,7 +97,7 @@ def fake_starter(spec: dict, env: dict | None = None):
     def start(side, role, gpu, log_dir):
         variables = dict(os.environ, LPPERF_FAKE_WORKER=json.dumps(spec), **(env or {}))
         return Worker(f"{role} ({side.label})", [sys.executable, str(FAKE), role], variables,
-                      log_dir / f"{role}.log")
+                      log_dir / (f"{role}.log" if gpu is None else f"{role}-gpu{gpu}.log"))
     return start
 
 
@@ -160,6 +161,22 @@ def test_the_sides_prepare_one_at_a_time_in_the_asked_order(tmp_path, head_first
     started = {role: float((tmp_path / "logs" / f"{role}.log").read_text().split("prepare at ")[1].split()[0])
                for role in ("base", "head")}
     assert (started["head"] < started["base"]) == head_first
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity (Linux) and at least 2 cores")
+def test_lanes_on_two_cards_keep_their_workers_on_their_own_cores(tmp_path):
+    side = controller.Side("fake", tmp_path)
+    metrics = controller.default_metrics(("fast", "fp32-eager"), (1,), stages=False)
+    result = controller.run_gate(side, side, metrics, controller.GateConfig(rounds=4, max_rounds=4), ["0", "1"],
+                                 tmp_path / "logs", start=fake_starter({}))
+    cores = {lane["card"]: lane["cores"] for lane in result.setup.values()}
+    assert set(cores) == {"gpu 0", "gpu 1"} and None not in cores.values() and cores["gpu 0"] != cores["gpu 1"]
+    seen = {(role, gpu): multigpu.describe_cores(json.loads(
+                (tmp_path / "logs" / f"{role}-gpu{gpu}.log").read_text().split("cores ")[1].split()[0]))
+            for role in ("base", "head") for gpu in ("0", "1")}
+    for gpu in ("0", "1"):
+        assert seen[("base", gpu)] == seen[("head", gpu)] == cores[f"gpu {gpu}"]
 
 
 def test_throttling_reasons_are_shown(tmp_path):

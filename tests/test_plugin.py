@@ -442,6 +442,7 @@ def test_core_shares_split_the_cores_evenly_and_refuse_too_few():
     assert shares == [sorted(os.sched_getaffinity(0))]
     assert multigpu.core_shares(len(shares[0]) + 1) is None
     assert multigpu.describe_cores([4, 5, 6]) == "4-6" and multigpu.describe_cores([1, 3]) == "1,3"
+    assert multigpu.describe_cores([2]) == "2" and multigpu.describe_cores(None) is None
 
 
 MULTIGPU_SUITE_TEST = """

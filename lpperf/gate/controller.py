@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lpperf import multigpu
 from lpperf.gate import stats
 from lpperf.gate.workers import GateError, Worker, worker_command
 
@@ -236,11 +237,18 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
     log_dir.mkdir(parents=True, exist_ok=True)
     lanes: list[Lane] = []
     stop = threading.Event()
+    groups = shard(metrics, len(gpus))
+    # Lanes measure at the same time: each keeps its workers on its own CPU cores, so one lane's host
+    # work cannot slow another's launches.
+    shares = (multigpu.core_shares(len(groups)) if len(groups) > 1 else None) or [None] * len(groups)
     try:
-        for gpu, lane_metrics in zip(gpus, shard(metrics, len(gpus))):
+        for gpu, lane_metrics, cores in zip(gpus, groups, shares):
             lane = Lane(gpu, lane_metrics, start(base, "base", gpu, log_dir), None)  # type: ignore[arg-type]
             lanes.append(lane)
             lane.head = start(head, "head", gpu, log_dir)
+            for worker in lane.workers():
+                multigpu.pin(worker.pid, cores)
+            lane.setup["cores"] = multigpu.describe_cores(cores)
         progress(f"loading both sides on {len(lanes)} worker pair(s)")
         _in_parallel([lambda w=w: _load(w, lane, config) for lane in lanes for w in lane.workers()], stop)
         for lane in lanes:

@@ -41,7 +41,8 @@ def format_table(result: GateResult) -> str:
     lines.insert(1, "-" * len(lines[0]))
     lines.append(f"base: {result.base.label}; head: {result.head.label}; threshold {config.threshold:.1%}; "
                  f"each bound holds at 1 - {result.one_sided_alpha:.2g} (family-wise {config.alpha:g} per side "
-                 f"over {len(result.gated)} gated metrics x {config.looks} looks, Bonferroni)")
+                 f"over {len(result.gated)} gated metrics x {config.looks} looks, Bonferroni)"
+                 f"{'; head prepared first' if config.head_first else ''}")
     lines += attribution(result)
     lines.append(clock_summary(result))
     return "\n".join(lines)

@@ -48,6 +48,10 @@ class Worker:
         self._answers: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def _read(self) -> None:
         for line in self._process.stdout:
             self._answers.put(line)
