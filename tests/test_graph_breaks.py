@@ -1,0 +1,28 @@
+"""The compiled recipes must trace the per-frame work as one graph.
+
+A graph break splits the compiled step: with mode="reduce-overhead" the part after the break is
+another CUDA graph, or eager Python between two, which is slower on the card and shows up nowhere
+on the CPU. dynamo's tracing does not depend on the device, so the check runs here on the TINY
+networks with each recipe's rewrites applied. step()'s input check is outside run_stages: on the
+CPU it reads the values back on purpose; on a GPU it is a device assertion inside the graph.
+"""
+
+import pytest
+import torch
+
+from lpperf import frame, recipes, weights
+
+
+@pytest.mark.parametrize("recipe", ["fast", "fastest"])
+@pytest.mark.parametrize("retargeting", [False, True], ids=["plain", "eye-and-lip-retargeting"])
+def test_the_per_frame_work_traces_as_one_graph(recipe, retargeting):
+    engine = recipes.build(recipe, weights.tiny_networks(0), "cpu")
+    assert "warp_source_cache" in engine.applied  # the rewrites are in place, not only the plain modules
+    animator = frame.sample_animator(engine)
+    driving = frame.driving_batch(1, offset=1)
+    options = {"eye_ratio": torch.tensor([[0.3, 0.3, 0.4]]), "lip_ratio": torch.tensor([[0.2, 0.4]])} if retargeting else {}
+    torch._dynamo.reset()
+    with engine.context():
+        explained = torch._dynamo.explain(animator.run_stages)(driving, **options)
+    reasons = [reason.reason.splitlines()[0] for reason in explained.break_reasons]
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, reasons
