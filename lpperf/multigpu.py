@@ -26,8 +26,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
-import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -115,8 +114,12 @@ def core_shares(count: int) -> list[list[int]] | None:
 
 def pin(pid: int, cores: Sequence[int] | None) -> None:
     """Keep process `pid` (and the processes and threads it starts afterwards) on `cores`."""
-    if cores:
+    if not cores:
+        return
+    try:
         os.sched_setaffinity(pid, cores)
+    except ProcessLookupError:
+        pass  # it has already exited: its exit code and log say why, where it is waited for
 
 
 def describe_cores(cores: Sequence[int] | None) -> str | None:
@@ -168,7 +171,7 @@ def run_workers(
                 process.terminate()
                 process.wait()
             log.close()
-    return [dataclasses.replace(_read_worker(gpu, folder, code), cores=describe_cores(cores))
+    return [replace(_read_worker(gpu, folder, code), cores=describe_cores(cores))
             for (gpu, folder, _, _), code, cores in zip(running, exit_codes, shares)]
 
 

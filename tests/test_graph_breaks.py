@@ -20,7 +20,9 @@ def test_the_per_frame_work_traces_as_one_graph(recipe, retargeting):
     assert "warp_source_cache" in engine.applied  # the rewrites are in place, not only the plain modules
     animator = frame.sample_animator(engine)
     driving = frame.driving_batch(1, offset=1)
-    options = {"eye_ratio": torch.tensor([[0.3, 0.3, 0.4]]), "lip_ratio": torch.tensor([[0.2, 0.4]])} if retargeting else {}
+    options = {}
+    if retargeting:
+        options = {"eye_ratio": torch.tensor([[0.3, 0.3, 0.4]]), "lip_ratio": torch.tensor([[0.2, 0.4]])}
     torch._dynamo.reset()
     with engine.context():
         explained = torch._dynamo.explain(animator.run_stages)(driving, **options)

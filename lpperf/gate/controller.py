@@ -180,8 +180,8 @@ class Lane:
 
     def prepare(self, config: GateConfig) -> None:
         requests = [metric.request() for metric in self.metrics]
-        order = (("head", self.head), ("base", self.base)) if config.head_first else (("base", self.base), ("head", self.head))
-        for role, worker in order:
+        order = [("base", self.base), ("head", self.head)]
+        for role, worker in reversed(order) if config.head_first else order:
             inject = config.inject_slowdown if role == "head" else 0.0
             answer = worker.request({"op": "prepare", "metrics": requests, "inject_slowdown": inject},
                                     config.prepare_timeout_s)
