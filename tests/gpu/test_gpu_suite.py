@@ -6,7 +6,7 @@ where there is no CUDA GPU. Only timings that are steady from one process to the
 pytest-benchmark benchmarks (and so gated by `--benchmark-compare-fail`): whole frames of the
 CUDA-graph recipes, each round a block of back-to-back frames so that the host's per-call work
 overlaps the GPU's (timed one frame per round, after a synchronize, the medians of identical runs
-on an H200 moved up to 11.5 %, because the host's part of every call was inside the clock). Eager
+on H200s, torch 2.11, 2026-11-29, moved up to 11.5 %, because the host's part of every call was inside the clock). Eager
 timings are launch-bound and moved 16-59 % between identical runs, so they are reported as
 informational results (the `lpperf informational results` section of the summary) and gated only by
 `lpperf gate`, which compares both versions in one job.
