@@ -3,6 +3,7 @@ controller's rounds, decisions and error handling are tested on the CPU without 
 
 Behaviour comes from the JSON in LPPERF_FAKE_WORKER: {"ms": {metric: ms}, "default_ms": 1.0,
 "head_factor": {metric: factor} or a number, "noise": relative sd per block, "seed": int,
+"replayed": [metrics the worker says it timed as CUDA graph replays],
 "fail": {"role": "head", "op": "prepare", "how": "crash" | "hang" | "oom" | "garbage"}}.
 """
 
@@ -53,7 +54,9 @@ for line in sys.stdin:
             print(f"cores {json.dumps(sorted(os.sched_getaffinity(0)), separators=(',', ':'))}", file=sys.stderr,
                   flush=True)
         answer = {"ok": True, "warm_ms": {m["name"]: per_call_ms(m["name"]) for m in request["metrics"]},
-                  "compile_s": {}, "injected_ms": {}}
+                  "compile_s": {}, "injected_ms": {},
+                  "timed_as": {m["name"]: "cuda graph replay" if m["name"] in spec.get("replayed", []) else
+                               "back-to-back calls" for m in request["metrics"]}}
     elif op == "measure":
         noise = spec.get("noise", 0.0)
         answer = {"ok": True, "ms": per_call_ms(request["metric"]) * float(np.exp(rng.normal(0, noise)))}

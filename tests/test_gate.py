@@ -131,6 +131,26 @@ def test_a_clear_regression_is_caught_and_attributed_to_its_stage(tmp_path):
     assert stages["W"].estimate.low > 1 and stages["G"].estimate.high > 1 > stages["G"].estimate.low
 
 
+def test_attribution_names_neither_f_nor_a_stage_with_a_small_process_offset(tmp_path):
+    """As measured in H200 A/A runs: F (run once per source, never in a frame) came out 9 % apart
+    between two worker processes, S a few percent. A frame slowed outside every stage (the injected
+    GPU spin after the step) must not be blamed on either."""
+    spec = {"noise": 0.002, "ms": {FRAME: 6.0, "stage fast F": 0.9, "stage fast S": 0.04},
+            "head_factor": {FRAME: 1.08, "stage fast F": 1.10, "stage fast S": 1.05}}
+    result = run_fake(tmp_path, spec)
+    assert result.exit_code == 1
+    [line] = report.attribution(result)
+    assert "no stage alone surely got slower by 10%" in line
+    assert " F +" not in line and " S +" not in line
+
+
+def test_the_table_says_which_frames_were_timed_as_cuda_graph_replays(tmp_path):
+    replayed = run_fake(tmp_path, {"noise": 0.01, "replayed": [FRAME]})
+    assert "timed as CUDA graph replays (uncompiled frames" in report.format_table(replayed)
+    assert FRAME in report.replayed_frames(replayed)[0]
+    assert report.replayed_frames(run_fake(tmp_path, {"noise": 0.01})) == []
+
+
 def test_a_borderline_change_adds_rounds_then_reports_undecided(tmp_path):
     result = run_fake(tmp_path, {"noise": 0.03, "head_factor": 1.03}, rounds=8, max_rounds=24)
     assert len(result.metrics[0].base_ms) == 24
@@ -297,3 +317,21 @@ def test_a_real_a_a_gate_runs_both_workers_end_to_end_on_the_cpu(tmp_path):
     loaded = record["setup"]["cpu"]["base_load"]
     assert loaded["lpperf"] == str(repo / "lpperf") and "TINY" in loaded["weights"]
     assert "frame fp32-eager b1" in done.stdout and "undecided (allowed to pass)" in done.stdout
+    assert record["setup"]["cpu"]["base"]["timed_as"] == {"frame fp32-eager b1": "back-to-back calls"}
+    assert "CUDA graph" not in done.stdout
+
+
+@pytest.mark.parametrize("engine, compiled", [
+    (None, False),
+    ({"compile_step_mode": None, "compile_nets_mode": None}, False),
+    ({"compile_step_mode": "reduce-overhead", "compile_nets_mode": None}, True),
+    ({"compile_step_mode": None, "compile_nets_mode": "default"}, True),
+])
+def test_only_uncompiled_frames_are_captured_as_cuda_graphs(engine, compiled):
+    """On a card an uncompiled (launch-bound) frame is timed as a graph replay; a compiled one runs as is."""
+    from types import SimpleNamespace
+
+    from lpperf.gate import worker
+
+    animator = SimpleNamespace() if engine is None else SimpleNamespace(engine=SimpleNamespace(**engine))
+    assert worker._compiled(animator) is compiled

@@ -31,6 +31,7 @@ from lpperf.gate.workers import GateError, Worker, worker_command
 DEFAULT_RECIPES = ("fast", "fp32-eager")
 DEFAULT_BATCHES = (1, 4)
 STAGES = ("F", "M", "S", "W", "G")
+FRAME_STAGES = ("M", "S", "W", "G")  # F runs once per source: never part of a frame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +186,7 @@ class Lane:
             inject = config.inject_slowdown if role == "head" else 0.0
             answer = worker.request({"op": "prepare", "metrics": requests, "inject_slowdown": inject},
                                     config.prepare_timeout_s)
-            self.setup[role] = {key: answer.get(key) for key in ("warm_ms", "compile_s", "injected_ms")}
+            self.setup[role] = {key: answer.get(key) for key in ("warm_ms", "compile_s", "injected_ms", "timed_as")}
         for metric in self.metrics:
             # The block size comes from the base's time per call, so both sides run the same calls.
             warm = self.setup["base"]["warm_ms"][metric.name]

@@ -9,13 +9,14 @@ import math
 import numpy as np
 
 from lpperf.gate import stats
-from lpperf.gate.controller import GateResult, MetricResult
+from lpperf.gate.controller import FRAME_STAGES, GateResult, MetricResult
 from lpperf.timing import decode_clock_reasons
 
 # Clock-event reasons that mean the card slowed itself down (idle and application-clock bits do not).
 SLOWDOWN_REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
                     "hw_power_brake_slowdown")
 POWER = 0.9  # for the smallest detectable regression in the calibration table
+MIN_SHARE = 0.10  # of a regressed frame's added time, for a stage to be named as its cause
 
 
 def _percent(ratio: float) -> str:
@@ -43,6 +44,7 @@ def format_table(result: GateResult) -> str:
                  f"each bound holds at 1 - {result.one_sided_alpha:.2g} (family-wise {config.alpha:g} per side "
                  f"over {len(result.gated)} gated metrics x {config.looks} looks, Bonferroni)"
                  f"{'; head prepared first' if config.head_first else ''}")
+    lines += replayed_frames(result)
     lines += attribution(result)
     lines.append(clock_summary(result))
     return "\n".join(lines)
@@ -59,27 +61,43 @@ def _attributed(item: MetricResult, threshold: float) -> str:
 
 
 def attribution(result: GateResult) -> list[str]:
-    """For each regressed frame: the stages of that recipe that surely got slower, largest first,
-    with the share of the frame's added time each accounts for."""
+    """For each regressed frame: the per-frame stages (M, S, W, G; F runs once per source) of that
+    recipe that surely got slower and account for at least MIN_SHARE of the frame's added time,
+    largest first. The share floor keeps small steady offsets between two worker processes (measured
+    A/A: up to 5 % of a 0.04 ms stage) from being named as the cause."""
     lines = []
     for frame in result.regressed:
         if frame.metric.stage is not None:
             continue
         added_ms = _added_ms(frame) / frame.metric.batch
         stages = [item for item in result.metrics
-                  if item.metric.stage is not None and item.metric.recipe == frame.metric.recipe]
-        slower = sorted((item for item in stages if item.estimate.low > 1), key=_added_ms, reverse=True)
+                  if item.metric.stage in FRAME_STAGES and item.metric.recipe == frame.metric.recipe]
+        slower = sorted((item for item in stages
+                         if item.estimate.low > 1 and _added_ms(item) >= MIN_SHARE * added_ms),
+                        key=_added_ms, reverse=True)
         if not stages:
             lines.append(f"{frame.metric.name}: +{added_ms:.3f} ms per frame; stages were not measured "
                          "(run without --no-stages to attribute it)")
         elif not slower:
-            lines.append(f"{frame.metric.name}: +{added_ms:.3f} ms per frame; no stage alone got surely "
-                         "slower: the time went between or around the stages (launches, the step's own code)")
+            lines.append(f"{frame.metric.name}: +{added_ms:.3f} ms per frame; no stage alone surely got slower by "
+                         f"{MIN_SHARE:.0%} of that: the time went between or around the stages (launches, the "
+                         "step's own code)")
         else:
             parts = [f"{item.metric.stage} +{_added_ms(item):.3f} ms ({_added_ms(item) / added_ms:.0%})"
                      for item in slower]
             lines.append(f"{frame.metric.name}: +{added_ms:.3f} ms per frame; accounted for by: {', '.join(parts)}")
     return lines
+
+
+def replayed_frames(result: GateResult) -> list[str]:
+    """Which whole frames the workers timed as CUDA graph replays (the uncompiled recipes')."""
+    names = sorted({name for lane in result.setup.values() for side in ("base", "head")
+                    for name, form in ((lane.get(side) or {}).get("timed_as") or {}).items()
+                    if form == "cuda graph replay" and name.startswith("frame ")})
+    if not names:
+        return []
+    return [f"timed as CUDA graph replays (uncompiled frames: launched eagerly they time the host, not the "
+            f"card): {', '.join(names)}"]
 
 
 def _added_ms(item: MetricResult) -> float:
