@@ -123,9 +123,7 @@ class Side:
                 call = _bound_step(animator, driving)
                 replay = self.device.type == "cuda" and not _compiled(animator)
             if replay:
-                from lpperf import timing
-
-                call = timing.graph_replay(call, self.device)
+                call = _captured(call, self.device, metric["name"])
             timed_as[metric["name"]] = "cuda graph replay" if replay else "back-to-back calls"
             self.calls[metric["name"]] = call
             warm_ms[metric["name"]] = self._warm_ms(call)
@@ -219,6 +217,16 @@ def _nvml_handle(torch, device):
 
 def _bound_step(animator, driving):
     return lambda: animator.step(driving)
+
+
+def _captured(call, device, name: str):
+    from lpperf import timing
+
+    try:
+        return timing.graph_replay(call, device)
+    except Exception as error:  # noqa: BLE001 - any capture failure: say which metric, then the worker stops
+        raise RuntimeError(f"{name}: could not capture it as a CUDA graph to time it ({type(error).__name__}: "
+                           f"{error}); the side's step or stage must not synchronise with the host") from error
 
 
 def _compiled(animator) -> bool:
