@@ -335,3 +335,10 @@ def test_only_uncompiled_frames_are_captured_as_cuda_graphs(engine, compiled):
 
     animator = SimpleNamespace() if engine is None else SimpleNamespace(engine=SimpleNamespace(**engine))
     assert worker._compiled(animator) is compiled
+
+
+def test_a_metric_that_cannot_be_captured_is_named_in_the_error():
+    from lpperf.gate import worker
+
+    with pytest.raises(RuntimeError, match="frame fp32-eager b1: could not capture it as a CUDA graph"):
+        worker._captured(lambda: None, "cpu", "frame fp32-eager b1")  # no CUDA here: the capture itself fails
