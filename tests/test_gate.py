@@ -132,9 +132,9 @@ def test_a_clear_regression_is_caught_and_attributed_to_its_stage(tmp_path):
 
 
 def test_attribution_names_neither_f_nor_a_stage_with_a_small_process_offset(tmp_path):
-    """As measured in H200 A/A runs: F (run once per source, never in a frame) came out 9 % apart
-    between two worker processes, S a few percent. A frame slowed outside every stage (the injected
-    GPU spin after the step) must not be blamed on either."""
+    """As measured in A/A runs on an H200 (torch 2.11, 2026-11-29): F (run once per source, never in
+    a frame) came out 9 % apart between two worker processes, S a few percent. A frame slowed outside
+    every stage (the injected GPU spin after the step) must not be blamed on either."""
     spec = {"noise": 0.002, "ms": {FRAME: 6.0, "stage fast F": 0.9, "stage fast S": 0.04},
             "head_factor": {FRAME: 1.08, "stage fast F": 1.10, "stage fast S": 1.05}}
     result = run_fake(tmp_path, spec)
