@@ -1,6 +1,6 @@
 """`lpperf profile`: where a recipe's frame spends its time, layer by layer.
 
-    lpperf profile --recipe fastest [--batch 1] [--top 25] [--kernels]
+    lpperf profile --recipe fastest [--batch 1] [--top 25] [--kernels] [--split] [--no-layers]
 
 Every convolution and linear layer of one frame (M, S, W, G, as the recipe's networks hold them:
 its precision, layout and rewrites) is captured with its real inputs, then timed alone: on CUDA
@@ -12,22 +12,35 @@ FLOP counts).
 
 Layers timed alone are not the frame: the compiled frame fuses the norms and element-wise work
 around them, and the per-layer sum omits everything that is not a convolution or a matmul.
+
+`--split` says where the frame's time goes, in one process on one card: the whole step; the GPU's
+busy time in it (torch.profiler's kernel and copy intervals, overlaps merged), so the rest is idle
+GPU (launch and host gaps); and M, W and G each called alone on the inputs they got in one frame,
+the way the official LivePortrait speed script times them (each network alone, summed), so
+"frame - (M + W + G)" is what a real frame spends outside the three networks: keypoint math,
+stitching, casts and the gaps between them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 from lpperf import frame, recipes, roofline, timing
-from lpperf.models import FEATURE_NET
+from lpperf.engine import HEAVY_NETS
+from lpperf.models import DECODER_NET, FEATURE_NET, MOTION_NET, WARP_NET
 from lpperf.rewrites import LAYER_TYPES
+from lpperf.validation import check_positive_int
 
 TIMED_TYPES = (nn.Conv2d, nn.Conv3d, nn.Linear) + LAYER_TYPES
 LAYER_RULE = timing.StoppingRule(min_repeats=10, min_seconds=0.02, max_rel_iqr=0.05, max_repeats=200, max_seconds=1.0)
+SPLIT_RULE = timing.StoppingRule(min_repeats=20, min_seconds=0.1, max_rel_iqr=0.05, max_repeats=300, max_seconds=5.0)
+CPU_SPLIT_RULE = timing.StoppingRule(min_repeats=5, min_seconds=0.0, max_rel_iqr=0.10, max_repeats=25, max_seconds=10.0)
+SPLIT_PROFILED_FRAMES = 20  # frames run under torch.profiler for the GPU busy time
+NETWORK_LETTERS = {MOTION_NET: "M", WARP_NET: "W", DECODER_NET: "G"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,12 +129,165 @@ def kernel_table(animator: recipes.OptimizedAnimator, driving: torch.Tensor, dev
     return profiler.key_averages().table(sort_by=sort_by, row_limit=25, max_name_column_width=70)
 
 
+@dataclasses.dataclass(frozen=True)
+class FrameSplit:
+    """Where one frame's time goes: the whole step, the GPU's busy part of it, and M, W, G each alone."""
+
+    frame_ms: float  # the whole per-frame step (animator.step), median
+    busy_ms: float | None  # GPU busy per frame, mean over the profiled frames; None on the CPU
+    networks_ms: dict[str, float]  # each heavy network alone on its inputs of one frame, median
+    network_form: str  # how the networks were called alone, in words
+    profiled_frames: int  # frames behind busy_ms (0 on the CPU)
+
+    @property
+    def networks_sum_ms(self) -> float:
+        return sum(self.networks_ms.values())
+
+    @property
+    def idle_ms(self) -> float | None:
+        return None if self.busy_ms is None else self.frame_ms - self.busy_ms
+
+    @property
+    def outside_networks_ms(self) -> float:
+        return self.frame_ms - self.networks_sum_ms
+
+
+def frame_split(animator: recipes.OptimizedAnimator, driving: torch.Tensor, device: str | torch.device, *,
+                warmup: int = 2, rule: timing.StoppingRule = SPLIT_RULE,
+                profiled_frames: int = SPLIT_PROFILED_FRAMES) -> FrameSplit:
+    """The frame, its GPU busy time and M, W, G each alone, measured on the animator as its recipe runs it."""
+    check_positive_int(profiled_frames, "profiled_frames")
+    device = timing.resolve_device(device)
+    frame_ms = timing.time_callable(lambda: animator.step(driving), device, warmup=warmup, rule=rule).median_ms
+    calls, form = _network_calls(animator, driving, device)
+    networks_ms = {}
+    with animator.engine.context():  # the step's context: compiled nets' guards expect it
+        for name, call in calls.items():
+            networks_ms[name] = timing.time_callable(call, device, warmup=warmup, rule=rule).median_ms
+    busy_ms = gpu_busy_ms(animator, driving, device, profiled_frames) if device.type == "cuda" else None
+    return FrameSplit(frame_ms, busy_ms, networks_ms, form, profiled_frames if busy_ms is not None else 0)
+
+
+def network_inputs(animator: recipes.OptimizedAnimator, driving: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
+    """(args, kwargs) each heavy network got in one frame. Recorded on the uncompiled step: its tensors
+    are plain (not CUDA-graph output buffers that a later replay overwrites), and inductor keeps eager
+    output strides, so a compiled network sees the same shapes, strides and dtypes in the real step."""
+    eager = frame.uncompiled(animator)
+    inputs: dict[str, tuple[tuple, dict]] = {}
+
+    def recording(name: str, net: Callable) -> Callable:
+        def call(*args, **kwargs):
+            inputs[name] = (args, kwargs)
+            return net(*args, **kwargs)
+        return call
+
+    eager.nets = {name: recording(name, net) if name in HEAVY_NETS else net for name, net in eager.nets.items()}
+    with animator.engine.context():
+        eager.run_stages(driving)
+    return {name: inputs[name] for name in HEAVY_NETS}
+
+
+def _network_calls(animator: recipes.OptimizedAnimator, driving: torch.Tensor,
+                   device: torch.device) -> tuple[dict[str, Callable[[], object]], str]:
+    """Each heavy network alone on its inputs of one frame, in the form the recipe runs it, and that form."""
+    inputs = network_inputs(animator, driving)
+    engine = animator.engine
+    nets = {name: animator.nets[name] for name in HEAVY_NETS}
+    if any(hasattr(net, "_orig_mod") for net in nets.values()):
+        # Per-network compile (a failed compile has already put the eager nets back): the compiled net
+        # as the step calls it, launches included, as the official speed script times it.
+        form = f"torch.compile(mode={engine.compile_nets_mode!r}) per network, called as the step calls it"
+        return {name: _new_step_call(net, *inputs[name]) for name, net in nets.items()}, form
+    if device.type == "cuda" and "compile_step" in engine.applied:
+        # The recipe compiles the whole step, not the networks: the uncompiled net's kernels as a
+        # CUDA-graph replay, the closest stand-in for a network inside the step's graph.
+        with engine.context():
+            calls = {name: timing.graph_replay(_bound_call(net, *inputs[name]), device) for name, net in nets.items()}
+        return calls, "uncompiled (the recipe compiles the whole step, not the networks), CUDA-graph replay"
+    form = "eager call" + (", launches included" if device.type == "cuda" else ", host time")
+    return {name: _bound_call(net, *inputs[name]) for name, net in nets.items()}, form
+
+
+def _bound_call(net: Callable, args: tuple, kwargs: dict) -> Callable[[], object]:
+    return lambda: net(*args, **kwargs)
+
+
+def _new_step_call(net: Callable, args: tuple, kwargs: dict) -> Callable[[], object]:
+    def call():
+        # A CUDA-graphed compiled net (reduce-overhead, max-autotune) reuses its output buffers only
+        # once told a new step begins; without it, it refuses and runs eager. A no-op otherwise.
+        torch.compiler.cudagraph_mark_step_begin()
+        return net(*args, **kwargs)
+    return call
+
+
+def gpu_busy_ms(animator: recipes.OptimizedAnimator, driving: torch.Tensor, device: torch.device,
+                frames: int = SPLIT_PROFILED_FRAMES) -> float:
+    """Mean GPU busy time of one frame: torch.profiler's kernel and copy intervals of `frames` steps,
+    overlaps (concurrent streams) merged, summed, divided by `frames`."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    if device.type != "cuda":
+        raise ValueError(f"GPU busy time needs a CUDA device, got {device}")
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        for _ in range(frames):
+            animator.step(driving)
+        torch.cuda.synchronize(device)
+    # User annotations (record_function ranges, also mirrored on the GPU timeline) span idle time: left out.
+    intervals = [(event.time_range.start, event.time_range.end) for event in profiler.events()
+                 if event.device_type == DeviceType.CUDA and not event.is_user_annotation
+                 and event.device_index == device.index]
+    return sum(end - start for start, end in merge_intervals(intervals)) / 1e3 / frames  # profiler times are us
+
+
+def merge_intervals(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of (start, end) intervals as sorted, disjoint intervals (touching ones joined)."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(intervals):
+        if end < start:
+            raise ValueError(f"an interval must not end before it starts, got ({start}, {end})")
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def format_split(split: FrameSplit) -> str:
+    def row(label: str, ms: float | None, note: str = "") -> str:
+        value = f"{ms:>8.3f} ms" if ms is not None else f"{'n/a':>11}"
+        return f"  {label:<34} {value}" + (f"   {note}" if note else "")
+
+    def share(ms: float) -> str:
+        return f"{ms / split.frame_ms:.1%} of the frame" if split.frame_ms > 0 else ""
+
+    lines = [f"frame split (networks alone: {split.network_form})", row("frame (animator.step)", split.frame_ms)]
+    if split.busy_ms is None:
+        lines += [row("GPU busy", None, "on the CPU: no GPU work to profile"), row("GPU idle (frame - busy)", None)]
+    else:
+        lines += [row("GPU busy", split.busy_ms, f"kernels and copies, merged; mean of {split.profiled_frames} "
+                                                 "profiled frames"),
+                  row("GPU idle (frame - busy)", split.idle_ms, f"{share(split.idle_ms)}: launch and host gaps")]
+    for name, ms in split.networks_ms.items():
+        lines.append(row(f"{NETWORK_LETTERS.get(name, '?')} {name} alone", ms))
+    letters = " + ".join(NETWORK_LETTERS.get(name, name) for name in split.networks_ms)
+    lines += [row(f"{letters} alone", split.networks_sum_ms, "how the official speed script counts a frame"),
+              row(f"frame - ({letters})", split.outside_networks_ms,
+                  f"{share(split.outside_networks_ms)}: outside the networks (keypoint math, stitching, gaps)")]
+    return "\n".join(lines)
+
+
 def add_parser(commands) -> None:
     parser = commands.add_parser("profile", help="per-layer time, FLOPs and TFLOP/s of a recipe's frame")
     parser.add_argument("--recipe", default="fastest", help="recipe to profile (default %(default)s)")
     parser.add_argument("--batch", type=int, default=1, help="driving frames per step (default 1)")
     parser.add_argument("--top", type=int, default=25, help="rows to print (default 25)")
     parser.add_argument("--kernels", action="store_true", help="also torch.profiler's kernel table of the frame")
+    parser.add_argument("--split", action="store_true", help="also the frame's split: GPU busy and idle time, "
+                        "M, W, G each alone (the official speed script's way) and the time outside them")
+    parser.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     parser.add_argument("--weights", metavar="DIR", help="official checkpoints (default: synthetic weights)")
     parser.set_defaults(handler=cmd_profile)
@@ -143,10 +309,15 @@ def cmd_profile(args) -> int:
     driving = frame.driving_batch(args.batch, offset=frame.PARITY_FRAMES).to(device)
     for _ in range(3):
         animator.step(driving)  # compile, autotune, warm
-    peak = roofline.measure_peak(device).tflops if device.type == "cuda" else None
-    layers = profile_layers(animator, driving, device)
-    print(f"recipe {args.recipe} on {device}, batch {args.batch}, weights: {loaded.description}; applied {engine.applied}")
-    print(format_layers(layers, peak, args.top))
+    print(f"recipe {args.recipe} on {device}, batch {args.batch}, weights: {loaded.description}; "
+          f"applied {engine.applied}")
+    if not args.no_layers:
+        peak = roofline.measure_peak(device).tflops if device.type == "cuda" else None
+        print(format_layers(profile_layers(animator, driving, device), peak, args.top))
+    if args.split:
+        rule = SPLIT_RULE if device.type == "cuda" else CPU_SPLIT_RULE  # CPU frames are slow: fewer samples
+        print()
+        print(format_split(frame_split(animator, driving, device, rule=rule)))
     if args.kernels:
         print("\nkernels of the whole frame as the recipe runs it:")
         print(kernel_table(animator, driving, device))

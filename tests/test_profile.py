@@ -1,18 +1,40 @@
-"""lpperf profile on the CPU: every convolution and matmul of one frame timed alone, with FLOPs."""
+"""lpperf profile on the CPU: every convolution and matmul of one frame timed alone, with FLOPs, and
+the frame's split (the whole step, M, W, G each alone, the time outside them)."""
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
 
-from lpperf import cli, frame, profile, recipes
+import pytest
+import torch
+
+from lpperf import cli, frame, profile, recipes, timing, weights
+from lpperf.engine import HEAVY_NETS
+from lpperf.models import DECODER_NET, MOTION_NET, WARP_NET
 from test_frame import small_networks
+
+# Two samples per measurement: the split's plumbing is under test, not its numbers.
+TWO_SAMPLES = timing.StoppingRule(min_repeats=2, min_seconds=0.0, max_rel_iqr=1e9, max_repeats=2, max_seconds=60.0)
 
 
 @pytest.fixture(scope="module")
-def layers():
-    animator = frame.sample_animator(recipes.build("fastest", small_networks(), "cpu"))
-    driving = frame.driving_batch(1, offset=frame.PARITY_FRAMES)
+def animator():
+    return frame.sample_animator(recipes.build("fastest", small_networks(), "cpu"))
+
+
+@pytest.fixture(scope="module")
+def driving():
+    return frame.driving_batch(1, offset=frame.PARITY_FRAMES)
+
+
+@pytest.fixture(scope="module")
+def layers(animator, driving):
     return profile.profile_layers(animator, driving, animator.source.image.device)
+
+
+@pytest.fixture(scope="module")
+def split(animator, driving):
+    return profile.frame_split(animator, driving, "cpu", warmup=0, rule=TWO_SAMPLES)
 
 
 def test_every_per_frame_layer_is_timed_once_with_its_flops(layers):
@@ -37,3 +59,86 @@ def test_the_table_reports_time_flops_and_share_of_the_peak(layers):
 def test_an_unknown_recipe_fails_before_anything_loads(capsys):
     assert cli.main(["profile", "--recipe", "no-such-recipe", "--device", "cpu"]) == 2
     assert "unknown recipe 'no-such-recipe'" in capsys.readouterr().err
+
+
+def test_the_split_times_m_w_and_g_alone_and_sums_them(split):
+    assert list(split.networks_ms) == list(HEAVY_NETS) == [MOTION_NET, WARP_NET, DECODER_NET]
+    assert split.frame_ms > 0 and all(ms > 0 for ms in split.networks_ms.values())
+    assert split.networks_sum_ms == pytest.approx(sum(split.networks_ms.values()))
+    assert split.outside_networks_ms == pytest.approx(split.frame_ms - split.networks_sum_ms)
+    # no GPU: nothing to profile, and the networks are called eagerly
+    assert split.busy_ms is None and split.idle_ms is None and split.profiled_frames == 0
+    assert split.network_form == "eager call, host time"
+
+
+def test_the_networks_are_timed_on_the_inputs_they_got_in_a_frame(animator, driving):
+    inputs = profile.network_inputs(animator, driving)
+    assert list(inputs) == list(HEAVY_NETS)
+    (motion_args, _), (_, warp_kwargs), (decoder_args, _) = inputs.values()
+    assert motion_args[0] is driving
+    assert warp_kwargs["kp_driving"].shape == animator.source.keypoints.shape
+    outputs = frame.stage_outputs(animator, driving)
+    with animator.engine.context():
+        warped = animator.nets[WARP_NET](*inputs[WARP_NET][0], **warp_kwargs)
+        decoded = animator.nets[DECODER_NET](*decoder_args)
+    # W alone on its recorded inputs, and G alone on W's output, give the frame's own values
+    torch.testing.assert_close(warped["out"].float(), outputs["warped"])
+    torch.testing.assert_close(decoded.float(), outputs["frame"])
+
+
+def test_the_profiled_frames_must_be_a_positive_count(animator, driving):
+    with pytest.raises(ValueError, match="profiled_frames must be an int >= 1, got 0"):
+        profile.frame_split(animator, driving, "cpu", rule=TWO_SAMPLES, profiled_frames=0)
+
+
+@pytest.mark.parametrize("intervals, merged", [
+    ([], []),
+    ([(0.0, 2.0), (1.0, 3.0)], [(0.0, 3.0)]),  # overlapping
+    ([(0.0, 10.0), (2.0, 3.0), (4.0, 5.0)], [(0.0, 10.0)]),  # nested
+    ([(5.0, 6.0), (0.0, 1.0), (2.0, 3.0)], [(0.0, 1.0), (2.0, 3.0), (5.0, 6.0)]),  # disjoint, unsorted
+    ([(0.0, 1.0), (1.0, 2.0)], [(0.0, 2.0)]),  # touching
+    ([(3.0, 4.0), (0.0, 2.0), (1.0, 3.5), (6.0, 6.0)], [(0.0, 4.0), (6.0, 6.0)]),  # a chain, an empty one
+])
+def test_kernel_intervals_are_merged_into_their_union(intervals, merged):
+    assert profile.merge_intervals(intervals) == merged
+
+
+def test_an_interval_that_ends_before_it_starts_is_refused():
+    with pytest.raises(ValueError, match=r"must not end before it starts, got \(2.0, 1.0\)"):
+        profile.merge_intervals([(0.0, 1.0), (2.0, 1.0)])
+
+
+def test_the_split_block_reports_busy_idle_each_network_and_the_rest():
+    networks_ms = {MOTION_NET: 1.0, WARP_NET: 2.5, DECODER_NET: 3.5}
+    split = profile.FrameSplit(frame_ms=10.0, busy_ms=6.0, networks_ms=networks_ms, network_form="compiled",
+                               profiled_frames=20)
+    lines = profile.format_split(split).splitlines()
+    assert lines[0] == "frame split (networks alone: compiled)"
+    assert "10.000 ms" in lines[1]
+    assert "6.000 ms" in lines[2] and "mean of 20 profiled frames" in lines[2]
+    assert "4.000 ms" in lines[3] and "40.0% of the frame" in lines[3]
+    assert [line.split()[:2] for line in lines[4:7]] == [["M", MOTION_NET], ["W", WARP_NET], ["G", DECODER_NET]]
+    assert "M + W + G alone" in lines[7] and "7.000 ms" in lines[7]
+    assert "frame - (M + W + G)" in lines[8] and "3.000 ms" in lines[8] and "30.0% of the frame" in lines[8]
+    on_the_cpu = profile.format_split(dataclasses.replace(split, busy_ms=None, profiled_frames=0))
+    assert "n/a" in on_the_cpu.splitlines()[2] and "n/a" in on_the_cpu.splitlines()[3]
+
+
+def test_the_split_flag_prints_the_block_after_the_header(capsys, monkeypatch):
+    monkeypatch.setattr(weights, "tiny_networks", lambda seed=0: small_networks())
+    monkeypatch.setattr(profile, "CPU_SPLIT_RULE", TWO_SAMPLES)
+    assert cli.main(["profile", "--recipe", "fp32-eager", "--device", "cpu", "--split", "--no-layers"]) == 0
+    out = capsys.readouterr().out
+    assert "layers timed alone" not in out  # --no-layers
+    assert "frame split (networks alone: eager call, host time)" in out
+    assert "frame - (M + W + G)" in out and "warping_module alone" in out
+
+
+@pytest.mark.parametrize("option", ["--batch", "--top"])
+def test_a_bad_count_fails_before_anything_loads(option, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("networks were loaded before the arguments were checked")
+
+    monkeypatch.setattr(weights, "load_networks", refuse)
+    assert cli.main(["profile", "--device", "cpu", "--split", option, "0"]) == 2
+    assert "--batch and --top must be >= 1" in capsys.readouterr().err
