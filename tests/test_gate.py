@@ -343,3 +343,15 @@ def test_a_metric_that_cannot_be_captured_is_named_in_the_error():
 
     with pytest.raises(RuntimeError, match="frame fp32-eager b1: could not capture it as a CUDA graph"):
         worker._captured(lambda: None, "cpu", "frame fp32-eager b1")  # no CUDA here: the capture itself fails
+
+
+def test_the_real_worker_names_the_metric_whose_measurement_failed():
+    # A measurement that fails (here: a metric never prepared) must say which metric, not only the op.
+    import lpperf.gate.worker as worker_module
+
+    request = json.dumps({"op": "measure", "metric": "frame fast b1", "calls": 1})
+    done = subprocess.run([sys.executable, worker_module.__file__, "--tree", str(Path(worker_module.__file__).parents[2]),
+                           "--device", "cpu"], input=request + "\n", capture_output=True, text=True, timeout=120)
+    answer = json.loads(done.stdout.splitlines()[0])
+    assert done.returncode == 1 and not answer["ok"]
+    assert answer["error"].startswith("frame fast b1: KeyError")

@@ -52,7 +52,9 @@ def main() -> int:
         except Exception as error:  # noqa: BLE001 - every failure goes back to the controller as one line
             kind = "oom" if type(error).__name__ == "OutOfMemoryError" else "error"
             traceback.print_exc()
-            answer = {"ok": False, "kind": kind, "error": f"{type(error).__name__}: {' '.join(str(error).split())}"[:800]}
+            metric = f"{request['metric']}: " if request.get("metric") else ""  # which call failed, for the log
+            answer = {"ok": False, "kind": kind,
+                      "error": f"{metric}{type(error).__name__}: {' '.join(str(error).split())}"[:800]}
         protocol_out.write(json.dumps(answer) + "\n")
         protocol_out.flush()
         if not answer["ok"]:
