@@ -19,6 +19,7 @@ spec = json.loads(os.environ.get("LPPERF_FAKE_WORKER", "{}"))
 rng = np.random.default_rng(spec.get("seed", 0) + (1 if role == "head" else 0))
 factor = spec.get("head_factor", 1.0)
 fail = spec.get("fail") or {}
+prepared = set()  # like the real worker, measure only what was prepared here
 
 
 def per_call_ms(name):
@@ -50,6 +51,8 @@ for line in sys.stdin:
         answer = {"ok": True, "lpperf": "fake", "torch": "fake", "weights": "fake", "load_s": 0.0}
     elif op == "prepare":
         print(f"prepare at {time.monotonic()}", file=sys.stderr, flush=True)
+        prepared.update(m["name"] for m in request["metrics"])
+        print(f"prepared {json.dumps(sorted(prepared))}", file=sys.stderr, flush=True)
         if hasattr(os, "sched_getaffinity"):  # the cores the controller kept this worker on
             print(f"cores {json.dumps(sorted(os.sched_getaffinity(0)), separators=(',', ':'))}", file=sys.stderr,
                   flush=True)
@@ -57,6 +60,8 @@ for line in sys.stdin:
                   "compile_s": {}, "injected_ms": {},
                   "timed_as": {m["name"]: "cuda graph replay" if m["name"] in spec.get("replayed", []) else
                                "back-to-back calls" for m in request["metrics"]}}
+    elif op == "measure" and request["metric"] not in prepared:
+        answer = {"ok": False, "kind": "error", "error": f"{request['metric']}: KeyError: not prepared here"}
     elif op == "measure":
         noise = spec.get("noise", 0.0)
         answer = {"ok": True, "ms": per_call_ms(request["metric"]) * float(np.exp(rng.normal(0, noise)))}

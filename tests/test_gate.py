@@ -94,10 +94,10 @@ def test_smallest_detectable_grows_with_noise_and_shrinks_with_rounds():
 # ---------------------------------------------------------------------------------- the fake worker
 
 def fake_starter(spec: dict, env: dict | None = None):
-    def start(side, role, gpu, log_dir):
+    def start(side, role, gpu, log_dir, recipe):
         variables = dict(os.environ, LPPERF_FAKE_WORKER=json.dumps(spec), **(env or {}))
-        return Worker(f"{role} ({side.label})", [sys.executable, str(FAKE), role], variables,
-                      log_dir / (f"{role}.log" if gpu is None else f"{role}-gpu{gpu}.log"))
+        return Worker(f"{role} {recipe} ({side.label})", [sys.executable, str(FAKE), role], variables,
+                      log_dir / (f"{role}-{recipe}.log" if gpu is None else f"{role}-{recipe}-gpu{gpu}.log"))
     return start
 
 
@@ -178,7 +178,7 @@ def test_metrics_are_sharded_by_recipe_and_never_split(tmp_path):
 @pytest.mark.parametrize("head_first", [False, True])
 def test_the_sides_prepare_one_at_a_time_in_the_asked_order(tmp_path, head_first):
     run_fake(tmp_path, {}, head_first=head_first)
-    started = {role: float((tmp_path / "logs" / f"{role}.log").read_text().split("prepare at ")[1].split()[0])
+    started = {role: float((tmp_path / "logs" / f"{role}-fast.log").read_text().split("prepare at ")[1].split()[0])
                for role in ("base", "head")}
     assert (started["head"] < started["base"]) == head_first
 
@@ -192,11 +192,25 @@ def test_lanes_on_two_cards_keep_their_workers_on_their_own_cores(tmp_path):
                                  tmp_path / "logs", start=fake_starter({}))
     cores = {lane["card"]: lane["cores"] for lane in result.setup.values()}
     assert set(cores) == {"gpu 0", "gpu 1"} and None not in cores.values() and cores["gpu 0"] != cores["gpu 1"]
+    recipe_on = {"0": "fast", "1": "fp32-eager"}
     seen = {(role, gpu): multigpu.describe_cores(json.loads(
-                (tmp_path / "logs" / f"{role}-gpu{gpu}.log").read_text().split("cores ")[1].split()[0]))
+                (tmp_path / "logs" / f"{role}-{recipe_on[gpu]}-gpu{gpu}.log").read_text().split("cores ")[1].split()[0]))
             for role in ("base", "head") for gpu in ("0", "1")}
     for gpu in ("0", "1"):
         assert seen[("base", gpu)] == seen[("head", gpu)] == cores[f"gpu {gpu}"]
+
+
+def test_each_recipe_gets_its_own_pair_of_workers(tmp_path):
+    # A compiled recipe's CUDA-graph trees and the hand-captured graphs of an eager recipe must not share
+    # a process: each recipe's metrics are prepared and measured by that recipe's own workers only.
+    metrics = controller.default_metrics(("fast", "fp32-eager"), (1,))
+    result = run_fake(tmp_path, {"noise": 0.01}, metrics=metrics)
+    assert result.exit_code == 0 and all(len(item.base_ms) == 12 for item in result.metrics)
+    for recipe in ("fast", "fp32-eager"):
+        for role in ("base", "head"):
+            log = (tmp_path / "logs" / f"{role}-{recipe}.log").read_text()
+            names = json.loads(log.split("prepared ")[1].splitlines()[0])
+            assert names and all(recipe in name.split() for name in names)
 
 
 def test_throttling_reasons_are_shown(tmp_path):
@@ -253,8 +267,8 @@ def test_a_hung_worker_is_stopped_after_its_time_limit(tmp_path):
 def test_no_worker_outlives_a_failed_gate(tmp_path):
     started = []
 
-    def start(side, role, gpu, log_dir):
-        worker = fake_starter({"fail": {"role": "head", "op": "load", "how": "crash"}})(side, role, gpu, log_dir)
+    def start(side, role, gpu, log_dir, recipe):
+        worker = fake_starter({"fail": {"role": "head", "op": "load", "how": "crash"}})(side, role, gpu, log_dir, recipe)
         started.append(worker)
         return worker
 

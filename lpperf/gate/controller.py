@@ -9,8 +9,12 @@ around the block. The round's log-ratio log(head / base) uses the mean of each s
 so linear drift cancels. After `rounds` rounds the gate decides (lpperf.gate.stats); while a gated
 metric is undecided it adds the same number of rounds again, up to `max_rounds`.
 
-With several cards (`lanes`), metrics are sharded by recipe: each card gets its own pair of workers
-and compares base and head on that card only; no number is ever compared across cards.
+Each recipe's metrics get their own pair of workers (base, head): a compiled recipe's CUDA-graph
+trees and the CUDA graphs captured by hand to time the eager recipes' frames and stages must not
+share a process (sharing one, a hand-captured graph's replay hit an illegal memory access on an
+H200, torch 2.11, 2026-11-30; in a process of their own the same graphs replayed cleanly).
+With several cards (`lanes`), metrics are sharded by recipe: each card gets the workers of its
+recipes and compares base and head on that card only; no number is ever compared across cards.
 """
 
 from __future__ import annotations
@@ -146,11 +150,11 @@ class GateResult:
         return 0
 
 
-WorkerFactory = Callable[[Side, str, str, Path], Worker]
+WorkerFactory = Callable[[Side, str, str, Path, str], Worker]
 
 
-def start_worker(side: Side, role: str, gpu: str | None, log_dir: Path) -> Worker:
-    """A real worker process for `side` on card `gpu` (None: the CPU)."""
+def start_worker(side: Side, role: str, gpu: str | None, log_dir: Path, recipe: str) -> Worker:
+    """A real worker process for `side`'s `recipe` metrics on card `gpu` (None: the CPU)."""
     import os
 
     env = dict(os.environ)
@@ -160,33 +164,40 @@ def start_worker(side: Side, role: str, gpu: str | None, log_dir: Path) -> Worke
         env["CUDA_VISIBLE_DEVICES"] = gpu
         device = "cuda:0"
     suffix = "cpu" if gpu is None else f"gpu{gpu}"
-    return Worker(f"{role} ({side.label})", worker_command(side.tree, device), env,
-                  log_dir / f"worker-{role}-{suffix}.log")
+    return Worker(f"{role} {recipe} ({side.label})", worker_command(side.tree, device), env,
+                  log_dir / f"worker-{role}-{recipe}-{suffix}.log")
 
 
 class Lane:
-    """One card (or the CPU): a base worker and a head worker, and the metrics measured on it."""
+    """One card (or the CPU), the metrics measured on it, and per recipe a base and a head worker."""
 
-    def __init__(self, gpu: str | None, metrics: list[Metric], base: Worker, head: Worker):
+    def __init__(self, gpu: str | None, metrics: list[Metric]):
         self.gpu = gpu
         self.metrics = metrics
-        self.base = base
-        self.head = head
+        self.pairs: dict[str, dict[str, Worker]] = {}  # recipe -> {"base": worker, "head": worker}
         self.results: dict[str, MetricResult] = {}
         self.clocks: list[dict] = []
         self.setup: dict = {"card": "cpu" if gpu is None else f"gpu {gpu}"}
 
-    def workers(self) -> tuple[Worker, Worker]:
-        return self.base, self.head
+    @property
+    def recipes(self) -> list[str]:
+        return list(dict.fromkeys(metric.recipe for metric in self.metrics))
+
+    def workers(self) -> list[Worker]:
+        return [worker for pair in self.pairs.values() for worker in pair.values()]
 
     def prepare(self, config: GateConfig) -> None:
-        requests = [metric.request() for metric in self.metrics]
-        order = [("base", self.base), ("head", self.head)]
-        for role, worker in reversed(order) if config.head_first else order:
-            inject = config.inject_slowdown if role == "head" else 0.0
-            answer = worker.request({"op": "prepare", "metrics": requests, "inject_slowdown": inject},
-                                    config.prepare_timeout_s)
-            self.setup[role] = {key: answer.get(key) for key in ("warm_ms", "compile_s", "injected_ms", "timed_as")}
+        roles = ("head", "base") if config.head_first else ("base", "head")
+        for role in roles:
+            self.setup[role] = {key: {} for key in ("warm_ms", "compile_s", "injected_ms", "timed_as")}
+        for recipe, pair in self.pairs.items():
+            requests = [metric.request() for metric in self.metrics if metric.recipe == recipe]
+            for role in roles:
+                inject = config.inject_slowdown if role == "head" else 0.0
+                answer = pair[role].request({"op": "prepare", "metrics": requests, "inject_slowdown": inject},
+                                            config.prepare_timeout_s)
+                for key, merged in self.setup[role].items():
+                    merged.update(answer.get(key) or {})
         for metric in self.metrics:
             # The block size comes from the base's time per call, so both sides run the same calls.
             warm = self.setup["base"]["warm_ms"][metric.name]
@@ -204,7 +215,7 @@ class Lane:
             for result in self.results.values():
                 times = {"base": [], "head": []}
                 for role in order:
-                    worker = self.base if role == "base" else self.head
+                    worker = self.pairs[result.metric.recipe][role]
                     answer = worker.request({"op": "measure", "metric": result.metric.name,
                                              "calls": result.calls_per_block, "clock": first},
                                             config.measure_timeout_s)
@@ -244,14 +255,17 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
     shares = (multigpu.core_shares(len(groups)) if len(groups) > 1 else None) or [None] * len(groups)
     try:
         for gpu, lane_metrics, cores in zip(gpus, groups, shares):
-            lane = Lane(gpu, lane_metrics, start(base, "base", gpu, log_dir), None)  # type: ignore[arg-type]
+            lane = Lane(gpu, lane_metrics)
             lanes.append(lane)
-            lane.head = start(head, "head", gpu, log_dir)
+            for recipe in lane.recipes:
+                lane.pairs[recipe] = {}  # registered first: a worker that fails to start leaves none behind
+                for role, side in (("base", base), ("head", head)):
+                    lane.pairs[recipe][role] = start(side, role, gpu, log_dir, recipe)
             for worker in lane.workers():
                 multigpu.pin(worker.pid, cores)
             lane.setup["cores"] = multigpu.describe_cores(cores)
-        progress(f"loading both sides on {len(lanes)} worker pair(s)")
-        _in_parallel([lambda w=w: _load(w, lane, config) for lane in lanes for w in lane.workers()], stop)
+        progress(f"loading both sides on {sum(len(lane.pairs) for lane in lanes)} worker pair(s), one per recipe")
+        _in_parallel([lambda w=w, lane=lane: _load(w, lane, config) for lane in lanes for w in lane.workers()], stop)
         for lane in lanes:
             progress(f"{lane.setup['card']}: building, compiling and warming up, one side at a time")
             lane.prepare(config)
@@ -290,8 +304,12 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
 
 def _load(worker: Worker, lane: Lane, config: GateConfig) -> None:
     answer = worker.request({"op": "load", "weights": config.weights, "seed": config.seed}, config.load_timeout_s)
-    role = "base" if worker is lane.base else "head"
-    lane.setup[f"{role}_load"] = {key: answer.get(key) for key in ("lpperf", "torch", "weights", "load_s")}
+    role = next(role for pair in lane.pairs.values() for role, member in pair.items() if member is worker)
+    # Every worker of a side imports the same tree: one record per side (the slowest load kept).
+    record = {key: answer.get(key) for key in ("lpperf", "torch", "weights", "load_s")}
+    previous = lane.setup.get(f"{role}_load")
+    if previous is None or (record["load_s"] or 0) > (previous["load_s"] or 0):
+        lane.setup[f"{role}_load"] = record
 
 
 def _in_parallel(tasks: list[Callable[[], None]], stop: threading.Event) -> None:

@@ -211,3 +211,26 @@ def test_unsynchronised_host_timing_is_rejected(cuda_device, peak):
     with pytest.raises(roofline.ImpossibleTimingError, match="measurement error"):
         roofline.check(count * roofline.matmul_flops(size, size, size), host_seconds, peak,
                        label="unsynchronised host timing")
+
+
+def test_a_captured_matmul_survives_cleared_cublas_workspaces(cuda_device):
+    """timing.graph_replay's graphs must not use a cuBLAS workspace they do not own: CUDA-graph trees clear
+    the workspaces on every recording, and a replay then wrote into freed memory (an illegal memory
+    access in `lpperf gate` on an H200 once eager frames were replayed beside a compiled recipe)."""
+    weight = torch.randn(4096, 4096, device=cuda_device)
+    row = torch.randn(8, 4096, device=cuda_device)  # skinny, long K: cuBLAS splits K into its workspace
+    expected = row @ weight
+    capture_stream = torch.cuda.graph(torch.cuda.CUDAGraph()).capture_stream  # the stream captures run on
+    with torch.cuda.stream(capture_stream):
+        row @ weight  # the stream's workspace now exists outside any graph: the hazard's set-up
+    torch.cuda.synchronize(cuda_device)
+    out = torch.empty_like(expected)
+    replay = timing.graph_replay(lambda: torch.matmul(row, weight, out=out), cuda_device)
+    torch._C._cuda_clearCublasWorkspaces()  # what a CUDA-graph tree recording does
+    torch.cuda.empty_cache()
+    filler = torch.full((64, 1 << 20), 7.0, device=cuda_device)  # reoccupies whatever was freed
+    for _ in range(3):
+        replay()
+    torch.cuda.synchronize(cuda_device)
+    torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
+    assert bool((filler == 7.0).all()), "a replay wrote into memory it does not own"
