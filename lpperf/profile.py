@@ -138,6 +138,8 @@ class FrameSplit:
     networks_ms: dict[str, float]  # each heavy network alone on its inputs of one frame, median
     network_form: str  # how the networks were called alone, in words
     profiled_frames: int  # frames behind busy_ms (0 on the CPU)
+    networks_as_in_frame: bool = True  # False: the step is compiled as a whole, so the networks alone are
+    # their uncompiled kernels, not parts of the frame, and "frame - networks" means nothing
 
     @property
     def networks_sum_ms(self) -> float:
@@ -160,12 +162,14 @@ def frame_split(animator: recipes.OptimizedAnimator, driving: torch.Tensor, devi
     device = timing.resolve_device(device)
     frame_ms = timing.time_callable(lambda: animator.step(driving), device, warmup=warmup, rule=rule).median_ms
     calls, form = _network_calls(animator, driving, device)
+    as_in_frame = "compile_step" not in animator.engine.applied
     networks_ms = {}
     with animator.engine.context():  # the step's context: compiled nets' guards expect it
         for name, call in calls.items():
             networks_ms[name] = timing.time_callable(call, device, warmup=warmup, rule=rule).median_ms
     busy_ms = gpu_busy_ms(animator, driving, device, profiled_frames) if device.type == "cuda" else None
-    return FrameSplit(frame_ms, busy_ms, networks_ms, form, profiled_frames if busy_ms is not None else 0)
+    return FrameSplit(frame_ms, busy_ms, networks_ms, form, profiled_frames if busy_ms is not None else 0,
+                      as_in_frame)
 
 
 def network_inputs(animator: recipes.OptimizedAnimator, driving: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
@@ -273,9 +277,13 @@ def format_split(split: FrameSplit) -> str:
     for name, ms in split.networks_ms.items():
         lines.append(row(f"{NETWORK_LETTERS.get(name, '?')} {name} alone", ms))
     letters = " + ".join(NETWORK_LETTERS.get(name, name) for name in split.networks_ms)
-    lines += [row(f"{letters} alone", split.networks_sum_ms, "how the official speed script counts a frame"),
-              row(f"frame - ({letters})", split.outside_networks_ms,
-                  f"{share(split.outside_networks_ms)}: outside the networks (keypoint math, stitching, gaps)")]
+    lines.append(row(f"{letters} alone", split.networks_sum_ms, "how the official speed script counts a frame"))
+    if split.networks_as_in_frame:
+        lines.append(row(f"frame - ({letters})", split.outside_networks_ms,
+                         f"{share(split.outside_networks_ms)}: outside the networks (keypoint math, stitching, gaps)"))
+    else:
+        lines.append("  (the step is compiled as one program that fuses across the networks: the networks alone are "
+                     "their uncompiled kernels, not parts of this frame, so no 'frame - networks' is given)")
     return "\n".join(lines)
 
 

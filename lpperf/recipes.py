@@ -321,6 +321,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             "recipe with a compile that finishes in minutes", half, compile_nets("default")),
     _recipe("official-reduce-overhead", "fp16", ".half() + torch.compile(mode='reduce-overhead') per network: "
             "the official recipe with each network replayed as a CUDA graph", half, compile_nets("reduce-overhead")),
+    _recipe("official-tuned", "fp16", "official-reduce-overhead plus the one flag a tuning user adds: "
+            "cudnn.benchmark (the official code leaves cuDNN to its heuristics) and inference_mode",
+            inference_mode, cudnn_benchmark, half, compile_nets("reduce-overhead")),
     _recipe("fast", "fp16", "fp16 with a float32 residual stream, NHWC, source caching, whole step as one "
             "CUDA graph", *FAST_STEPS),
     _recipe("fast-bf16", "bf16", "as fast, in bfloat16 (float32's range: no residual-stream placement needed)",

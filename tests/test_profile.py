@@ -122,6 +122,8 @@ def test_the_split_block_reports_busy_idle_each_network_and_the_rest():
     assert "frame - (M + W + G)" in lines[8] and "3.000 ms" in lines[8] and "30.0% of the frame" in lines[8]
     on_the_cpu = profile.format_split(dataclasses.replace(split, busy_ms=None, profiled_frames=0))
     assert "n/a" in on_the_cpu.splitlines()[2] and "n/a" in on_the_cpu.splitlines()[3]
+    whole_step = profile.format_split(dataclasses.replace(split, networks_as_in_frame=False))
+    assert "frame - (M + W + G)" not in whole_step and "not parts of this frame" in whole_step
 
 
 def test_the_split_flag_prints_the_block_after_the_header(capsys, monkeypatch):
