@@ -321,17 +321,23 @@ def test_a_real_a_a_gate_runs_both_workers_end_to_end_on_the_cpu(tmp_path):
     """The real worker (TINY networks on the CPU, the working tree against itself): load, prepare, ABBA
     rounds, the record. Four rounds cannot decide at the default alpha, so undecided is allowed to pass."""
     repo = Path(__file__).resolve().parents[1]
-    done = gate("--base", ".", "--device", "cpu", "--recipes", "fp32-eager", "--batches", "1", "--no-stages",
-                "--rounds", "4", "--max-rounds", "4", "--undecided", "pass", "--out", str(tmp_path), cwd=repo)
+    done = gate("--base", ".", "--device", "cpu", "--recipes", "fp32-eager", "reference", "--batches", "1",
+                "--no-stages", "--rounds", "4", "--max-rounds", "4", "--undecided", "pass", "--out", str(tmp_path),
+                cwd=repo)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "gate.json").read_text())
-    [metric] = record["metrics"]
-    assert metric["name"] == "frame fp32-eager b1" and metric["verdict"] == "undecided"
-    assert len(metric["base_ms"]) == len(metric["head_ms"]) == 4 and min(metric["base_ms"] + metric["head_ms"]) > 0
+    names = ["frame fp32-eager b1", "frame reference b1"]
+    assert [metric["name"] for metric in record["metrics"]] == names
+    for metric in record["metrics"]:
+        assert metric["verdict"] == "undecided"
+        assert len(metric["base_ms"]) == len(metric["head_ms"]) == 4 and min(metric["base_ms"] + metric["head_ms"]) > 0
     loaded = record["setup"]["cpu"]["base_load"]
     assert loaded["lpperf"] == str(repo / "lpperf") and "TINY" in loaded["weights"]
-    assert "frame fp32-eager b1" in done.stdout and "undecided (allowed to pass)" in done.stdout
-    assert record["setup"]["cpu"]["base"]["timed_as"] == {"frame fp32-eager b1": "back-to-back calls"}
+    assert all(name in done.stdout for name in names) and "undecided (allowed to pass)" in done.stdout
+    assert record["setup"]["cpu"]["base"]["timed_as"] == {name: "back-to-back calls" for name in names}
+    # one pair of workers per recipe, each with its own log
+    assert sorted(path.name for path in tmp_path.glob("worker-*.log")) == sorted(
+        f"worker-{role}-{recipe}-cpu.log" for role in ("base", "head") for recipe in ("fp32-eager", "reference"))
     assert "CUDA graph" not in done.stdout
 
 
