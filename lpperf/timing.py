@@ -457,9 +457,9 @@ def graph_replay(fn: Callable[[], object], device: str | torch.device, *, warmup
     # cuBLAS keeps one workspace per stream, allocated on first use and freed whenever anything clears
     # the workspaces (torch.compile's CUDA-graph trees do, on every recording). A graph whose matmuls
     # captured a workspace allocated outside it then writes into freed memory: an illegal memory access
-    # on an H200 once a compiled recipe shared the process. Cleared before the capture, the workspace is
-    # allocated inside the graph's private pool and lives with the graph; cleared after, eager work
-    # never shares it. (The same discipline as the CUDA-graph trees' own recordings.)
+    # on an H200 (torch 2.11, 2026-11-30) once a compiled recipe shared the process. Cleared before the
+    # capture, the workspace is allocated inside the graph's private pool and lives with the graph;
+    # cleared after, eager work never shares it. (The CUDA-graph trees do the same around their recordings.)
     _clear_cublas_workspaces()
     with torch.cuda.graph(graph):
         fn()
