@@ -64,11 +64,17 @@ def test_an_unknown_recipe_fails_before_anything_loads(capsys):
 def test_the_split_times_m_w_and_g_alone_and_sums_them(split):
     assert list(split.networks_ms) == list(HEAVY_NETS) == [MOTION_NET, WARP_NET, DECODER_NET]
     assert split.frame_ms > 0 and all(ms > 0 for ms in split.networks_ms.values())
-    assert split.networks_sum_ms == pytest.approx(sum(split.networks_ms.values()))
-    assert split.outside_networks_ms == pytest.approx(split.frame_ms - split.networks_sum_ms)
-    # no GPU: nothing to profile, and the networks are called eagerly
+    # no GPU: nothing to profile, and the networks are called eagerly, as parts of the frame
     assert split.busy_ms is None and split.idle_ms is None and split.profiled_frames == 0
-    assert split.network_form == "eager call, host time"
+    assert split.network_form == "eager call, host time" and split.networks_as_in_frame
+
+
+def test_a_whole_step_compile_says_its_networks_alone_are_not_parts_of_the_frame(animator, driving, monkeypatch):
+    # On a card a recipe with compile_step fuses across the networks; its split must not subtract them.
+    monkeypatch.setattr(animator.engine, "applied", animator.engine.applied + ["compile_step"])
+    split = profile.frame_split(animator, driving, "cpu", warmup=0, rule=TWO_SAMPLES)
+    assert not split.networks_as_in_frame
+    assert "frame - (M + W + G)" not in profile.format_split(split)
 
 
 def test_the_networks_are_timed_on_the_inputs_they_got_in_a_frame(animator, driving):
