@@ -49,6 +49,7 @@ STEP_LABELS = {
     "pad_warp_channels": "+ pad W's 3-D conv channels to x8",
     "fold_batch_norm": "+ fold BatchNorm into convs",
     "warp_depth_split": "+ W's mask Conv3d split over depth",
+    "warp_mask_fft": "+ W's mask Conv3d via FFT",
     "warp_depth_split_all": "+ W's Conv3d split over depth",
     "occlusion_as_taps": "+ occlusion conv as tap maps",
     "batch_spade_modulations": "+ G's SPADE modulations batched",

@@ -12,6 +12,8 @@ returns the new decoder, which replaces the whole network):
   low resolution as one 2x2 convolution to s*s phases plus pixel shuffle: 4/9 of the FLOPs.
 - depth_split_conv3ds: a Conv3d (kd, k, k) as one Conv2d over the depth slices producing every
   depth tap, then a shifted sum over the taps.
+- fft_conv3ds: a Conv3d with in-plane FFTs, one matmul per frequency and a shifted sum of the
+  depth taps' spectra.
 - occlusion_as_taps: a k x k convolution as a 1x1 convolution to one map per tap, then the maps
   shifted by their tap offsets and summed (a fixed one-hot k x k convolution).
 """
@@ -383,6 +385,102 @@ def depth_split_conv3ds(net: nn.Module, every_conv3d: bool = False) -> list[str]
 
 
 # --------------------------------------------------------------------------------------
+# Conv3d in the frequency domain
+
+
+class FFTConv3d(nn.Module):
+    """A stride-1 Conv3d with 'same' padding on (H, W) planes fixed at construction, computed
+    in-plane by real FFTs: per frequency of the zero-padded (H + kh - 1) x (W + kw - 1) plane, one
+    matmul of the depth slices' spectra (B*D x Cin) with the filters' conjugate spectra (Cin x kd*Cout:
+    every depth tap), then the depth taps as a shifted sum of spectra and one inverse FFT per output
+    channel. The planes are large enough that the circular correlation never wraps into the kept
+    H x W outputs, so this is the convolution, rounded differently: in float32 (float64 for a float64
+    convolution) whatever the input dtype, so it is more accurate than a half-precision Conv3d.
+
+    Cost: the filters' spectra stay on the device (Cin * kd * Cout * (H + kh - 1) * ((W + kw - 1) // 2
+    + 1) complex numbers: 488 MB for W's mask at 64 x 64) and each call reads them once, whatever the
+    batch; the FLOPs fall to ~1/20 for W's mask (a complex multiply-add per input channel, tap and
+    output at each of 70 x 36 frequencies, against 49 real ones at each of 64 x 64 pixels, plus the
+    FFTs), so it pays where the direct convolution is compute-bound (batched frames). `frames_per_chunk` bounds the working
+    memory (the input's and the taps' spectra) to that many frames at a time; `outputs` keeps only
+    the first filters (a padded layer's zero filters need no spectra)."""
+
+    def __init__(self, conv: nn.Conv3d, plane: tuple[int, int], frames_per_chunk: int = 4,
+                 outputs: int | None = None):
+        super().__init__()
+        _check_plain_conv(conv, nn.Conv3d)
+        if any(2 * pad != size - 1 for pad, size in zip(conv.padding, conv.kernel_size)):
+            raise ValueError(f"FFTConv3d needs 'same' padding (kernel_size // 2 with odd kernels), got kernel "
+                             f"{conv.kernel_size} padding {conv.padding}")
+        if frames_per_chunk < 1:
+            raise ValueError(f"frames_per_chunk must be >= 1, got {frames_per_chunk}")
+        outputs = conv.out_channels if outputs is None else outputs
+        if not 1 <= outputs <= conv.out_channels:
+            raise ValueError(f"outputs must be 1..{conv.out_channels} (the convolution's filters), got {outputs}")
+        self.in_channels, self.out_channels = conv.in_channels, outputs
+        self.kernel_size, self.padding = conv.kernel_size, conv.padding
+        self.plane = tuple(plane)
+        self.fft_plane = tuple(size + kernel - 1 for size, kernel in zip(self.plane, conv.kernel_size[1:]))
+        self.frames_per_chunk = frames_per_chunk
+        with torch.no_grad():
+            weight = conv.weight[:outputs].double()
+            filters = weight.new_zeros(*weight.shape[:3], *self.fft_plane)
+            filters[..., :weight.shape[3], :weight.shape[4]] = weight
+            # (Cout, Cin, kd, Fh, Fw) -> (Fh * Fw, Cin, kd * Cout): column t * Cout + o is tap t of filter o;
+            # conjugated, since a convolution layer correlates.
+            spectrum = torch.fft.rfft2(filters).conj().permute(3, 4, 1, 2, 0).reshape(
+                -1, conv.in_channels, conv.kernel_size[0] * outputs)
+            complex_dtype = torch.complex128 if conv.weight.dtype == torch.float64 else torch.complex64
+            # A buffer, not a parameter: .half() and .to(dtype) leave complex tensors alone, so the
+            # spectrum keeps its precision when the recipe casts the network.
+            self.register_buffer("spectrum", spectrum.to(complex_dtype).contiguous())
+            bias = conv.bias[:outputs] if conv.bias is not None else conv.weight.new_zeros(outputs)
+            self.bias = nn.Parameter(bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != self.in_channels or tuple(x.shape[3:]) != self.plane:
+            raise ValueError(f"FFTConv3d was built for (B, {self.in_channels}, D, {self.plane[0]}, {self.plane[1]}) "
+                             f"inputs, got {tuple(x.shape)}; rebuild it for this plane size")
+        chunks = [self._convolve(part) for part in x.split(self.frames_per_chunk)]
+        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        return out.to(x.dtype)
+
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, depth, height, width = x.shape
+        depth_kernel, depth_padding = self.kernel_size[0], self.padding[0]
+        pad_h, pad_w = self.padding[1:]
+        real = torch.float64 if self.spectrum.dtype == torch.complex128 else torch.float32
+        planes = F.pad(x.to(real), (pad_w, pad_w, pad_h, pad_h))
+        spectra = torch.fft.rfft2(planes)  # (B, Cin, D, Fh, Fw')
+        fft_h, half_w = spectra.shape[-2:]
+        # one (B*D x Cin) @ (Cin x kd*Cout) product per frequency
+        rows = spectra.permute(3, 4, 0, 2, 1).reshape(fft_h * half_w, batch * depth, channels)
+        taps = torch.bmm(rows, self.spectrum).view(fft_h * half_w, batch, depth, depth_kernel, self.out_channels)
+        out = taps[:, :, :, depth_padding].clone()
+        for tap in range(depth_kernel):
+            shift = tap - depth_padding
+            first, last = max(0, -shift), min(depth, depth - shift)
+            if shift == 0 or last <= first:  # the centre tap is out's start; a tap past a shallow volume adds nothing
+                continue
+            out[:, :, first:last] += taps[:, :, first + shift:last + shift, tap]
+        # (Fh * Fw', B, D, Cout) -> (B, Cout, D, Fh, Fw')
+        out = out.view(fft_h, half_w, batch, depth, self.out_channels).permute(2, 4, 3, 0, 1)
+        planes = torch.fft.irfft2(out, s=self.fft_plane)[..., :height, :width]
+        return planes + self.bias.to(real).view(-1, 1, 1, 1)
+
+
+def fft_conv3ds(net: nn.Module, plane: tuple[int, int], frames_per_chunk: int = 4) -> list[str]:
+    """Replace the dense-motion `mask` Conv3d of `net` (W), whose input planes are `plane`, with an
+    FFTConv3d of its K + 1 real filters (zero filters padded on by pad_warp_channels are dropped:
+    W keeps only the first K + 1 mask channels anyway)."""
+    dense = [module for module in net.modules() if isinstance(module, DenseMotionNetwork)]
+    outputs = dense[0].num_kp + 1 if dense else None
+    return _replace_children(net, lambda parent, name, child: isinstance(parent, DenseMotionNetwork)
+                             and name == "mask" and type(child) is nn.Conv3d,
+                             lambda conv: FFTConv3d(conv, plane, frames_per_chunk, outputs))
+
+
+# --------------------------------------------------------------------------------------
 # a wide k x k convolution to few outputs as per-tap 1x1 maps
 
 
@@ -448,4 +546,4 @@ def _replace_children(net: nn.Module, selected: Callable[[nn.Module, str, nn.Mod
 
 
 # Rewritten layers that `lpperf profile` times as one layer (their inner convolutions are part of them).
-LAYER_TYPES = (PhaseSplitConv, DepthSplitConv3d, TapSumConv2d)
+LAYER_TYPES = (PhaseSplitConv, DepthSplitConv3d, FFTConv3d, TapSumConv2d)

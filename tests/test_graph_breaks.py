@@ -13,7 +13,7 @@ import torch
 from lpperf import frame, recipes, weights
 
 
-@pytest.mark.parametrize("recipe", ["fast", "fastest"])
+@pytest.mark.parametrize("recipe", ["fast", "fastest", "fastest-batched"])
 @pytest.mark.parametrize("retargeting", [False, True], ids=["plain", "eye-and-lip-retargeting"])
 def test_the_per_frame_work_traces_as_one_graph(recipe, retargeting):
     engine = recipes.build(recipe, weights.tiny_networks(0), "cpu")

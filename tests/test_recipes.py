@@ -47,9 +47,11 @@ def _assert_same_up_to_float32_reordering(frames, expected):
 
 R = recipes
 SAME_WORK = [(R.fold_spectral_norm,), (R.warp_source_cache,), (R.pad_warp_channels,)]
-REORDERED_SUMS = [(R.fold_batch_norm,), (R.warp_depth_split,), (R.warp_depth_split_all,), (R.occlusion_as_taps,),
+REORDERED_SUMS = [(R.fold_batch_norm,), (R.warp_depth_split,), (R.warp_depth_split_all,), (R.warp_mask_fft,),
+                  (R.occlusion_as_taps,),
                   (R.batch_spade_modulations,), (R.batch_spade_modulations, R.phase_split_upsampled_convs),
-                  (R.pad_warp_channels, R.fold_batch_norm, R.warp_depth_split_all, R.occlusion_as_taps)]
+                  (R.pad_warp_channels, R.fold_batch_norm, R.warp_depth_split_all, R.occlusion_as_taps),
+                  (R.pad_warp_channels, R.fold_batch_norm, R.warp_mask_fft, R.occlusion_as_taps)]
 
 
 @pytest.mark.parametrize("steps", SAME_WORK + REORDERED_SUMS, ids=lambda steps: "+".join(s.__name__ for s in steps))
@@ -71,6 +73,14 @@ def test_fastest_is_fast_plus_the_rewrites_in_float32_and_compile_last():
     assert [name for name in names if name not in rewrite_steps] == fast
     assert names[names.index("pad_warp_channels") + 1:names.index("half")] == rewrite_steps
     assert names[-1] == "compile_step" and fastest.precision == "fp16"
+
+
+def test_fastest_batched_is_fastest_with_the_mask_in_the_frequency_domain():
+    names = [step.__name__ for step in recipes.RECIPES["fastest"].steps]
+    batched = recipes.RECIPES["fastest-batched"]
+    assert [step.__name__ for step in batched.steps] == [
+        "warp_mask_fft" if name == "warp_depth_split" else name for name in names]
+    assert batched.precision == "fp16"
 
 
 def test_fastest_on_cpu_skips_the_cuda_steps_and_keeps_the_frames(tiny_nets, driving):
@@ -113,6 +123,10 @@ def test_official_reduce_overhead_compiles_each_network_in_half(tiny_nets, monke
     ((R.fold_batch_norm, R.fold_batch_norm), "fold_batch_norm", "no BatchNorm directly after"),
     ((R.warp_depth_split, R.warp_depth_split), "warp_depth_split", "no dense-motion mask Conv3d left"),
     ((R.warp_depth_split_all, R.warp_depth_split), "warp_depth_split", "no dense-motion mask Conv3d left"),
+    ((R.warp_mask_fft, R.warp_mask_fft), "warp_mask_fft", "no dense-motion mask Conv3d left"),
+    ((R.warp_depth_split, R.warp_mask_fft), "warp_mask_fft", "already split or in the frequency domain"),
+    ((R.warp_mask_fft, R.warp_depth_split), "warp_depth_split", "no dense-motion mask Conv3d left"),
+    ((R.warp_mask_fft, R.pad_warp_channels), "pad_warp_channels", "must come before those steps"),
     ((R.occlusion_as_taps, R.occlusion_as_taps), "occlusion_as_taps", "already rewritten"),
     ((R.batch_spade_modulations, R.batch_spade_modulations), "batch_spade_modulations", "already batched"),
     ((R.phase_split_upsampled_convs,), "phase_split_upsampled_convs", "batch_spade_modulations, which must run"),

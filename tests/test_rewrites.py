@@ -256,6 +256,76 @@ def test_depth_split_refuses_what_it_cannot_compute(conv, message):
 
 
 # --------------------------------------------------------------------------------------
+# Conv3d in the frequency domain
+
+
+@pytest.mark.parametrize("kernel, padding", [((7, 7, 7), (3, 3, 3)), ((3, 3, 3), (1, 1, 1)), ((1, 3, 3), (0, 1, 1)),
+                                             ((5, 1, 1), (2, 0, 0)), ((3, 5, 3), (1, 2, 1))])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("frames_per_chunk", [1, 4])
+def test_fft_conv3d_equals_conv3d(generator, kernel, padding, bias, frames_per_chunk):
+    conv = nn.Conv3d(6, 5, kernel, padding=padding, bias=bias).double()
+    x = torch.randn(3, 6, 4, 9, 7, generator=generator, dtype=torch.float64)  # depth 4 < kernel 7: edge taps
+    fft = rewrites.FFTConv3d(conv, (9, 7), frames_per_chunk=frames_per_chunk)
+    expected = conv(x)
+    out = fft(x)
+    assert out.shape == expected.shape and out.dtype == torch.float64
+    assert relative_error(out, expected) <= EXACT
+    assert relative_error(fft(channels_last(x)), expected) <= EXACT
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_fft_conv3d_of_a_volume_shallower_than_the_tap_reach(generator, depth):
+    conv = nn.Conv3d(3, 4, 7, padding=3).double()
+    x = torch.randn(2, 3, depth, 8, 8, generator=generator, dtype=torch.float64)
+    assert relative_error(rewrites.FFTConv3d(conv, (8, 8))(x), conv(x)) <= EXACT
+
+
+def test_fft_conv3d_of_a_float32_conv_is_float32_accurate_and_keeps_its_spectrum_through_half(generator):
+    """The spectrum is complex64 for a float32 layer and stays so when the recipe casts the network
+    to half (module casts skip complex tensors): the transform runs in float32 on half inputs too."""
+    reference = nn.Conv3d(8, 6, 7, padding=3).double()
+    conv = nn.Conv3d(8, 6, 7, padding=3)
+    conv.load_state_dict({name: value.float() for name, value in reference.state_dict().items()})
+    x = torch.randn(2, 8, 5, 12, 12, generator=generator, dtype=torch.float64)
+    fft = rewrites.FFTConv3d(conv, (12, 12))
+    assert fft.spectrum.dtype == torch.complex64
+    assert relative_error(fft(x.float()).double(), reference(x)) <= EXACT
+    fft.half()
+    assert fft.spectrum.dtype == torch.complex64 and fft.bias.dtype == torch.float16
+    out = fft(x.half())
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert relative_error(out.double(), reference(x)) <= 2e-3  # the half input and output roundings
+
+
+def test_fft_conv3d_keeps_only_the_filters_asked_for(generator):
+    conv = nn.Conv3d(4, 6, 3, padding=1).double()
+    x = torch.randn(1, 4, 3, 6, 6, generator=generator, dtype=torch.float64)
+    fft = rewrites.FFTConv3d(conv, (6, 6), outputs=4)
+    assert fft.out_channels == 4 and fft.spectrum.shape == (8 * 5, 4, 3 * 4)  # (8 x 5 frequencies, Cin, kd * kept)
+    assert relative_error(fft(x), conv(x)[:, :4]) <= EXACT
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: rewrites.FFTConv3d(nn.Conv3d(2, 2, 3, padding=(1, 0, 1)), (8, 8)), "'same' padding"),
+    (lambda: rewrites.FFTConv3d(nn.Conv3d(2, 2, 3, padding=1, stride=(1, 2, 2)), (8, 8)), "stride 1"),
+    (lambda: rewrites.FFTConv3d(nn.Conv2d(2, 2, 3, padding=1), (8, 8)), "expected an Conv3d"),
+    (lambda: rewrites.FFTConv3d(nn.Conv3d(2, 2, 3, padding=1), (8, 8), frames_per_chunk=0), "frames_per_chunk"),
+    (lambda: rewrites.FFTConv3d(nn.Conv3d(2, 2, 3, padding=1), (8, 8), outputs=3), "outputs must be 1..2"),
+])
+def test_fft_conv3d_refuses_what_it_cannot_compute(build, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        build()
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 3, 8, 9), (1, 3, 3, 8, 8), (2, 3, 8, 8)])
+def test_fft_conv3d_names_the_input_it_was_built_for(shape):
+    fft = rewrites.FFTConv3d(nn.Conv3d(2, 2, 3, padding=1), (8, 8))
+    with pytest.raises(ValueError, match=r"built for \(B, 2, D, 8, 8\) inputs, got"):
+        fft(torch.zeros(shape))
+
+
+# --------------------------------------------------------------------------------------
 # a k x k convolution as per-tap maps
 
 
@@ -274,21 +344,25 @@ def test_tap_sum_conv_equals_the_conv(generator, outputs, kernel, padding, bias)
 # the rewrites of W, composed with padding and folding
 
 
-@pytest.mark.parametrize("every_conv3d", [False, True])
-def test_w_rewrites_after_padding_and_folding_leave_w_unchanged(generator, every_conv3d):
+@pytest.mark.parametrize("mask_step", ["warp_depth_split", "warp_depth_split_all", "warp_mask_fft"])
+def test_w_rewrites_after_padding_and_folding_leave_w_unchanged(generator, monkeypatch, mask_step):
+    monkeypatch.setattr(recipes, "FEATURE_PLANE", (16, 16))  # warp_inputs' planes
     warp = tiny_warp(generator)
     inputs = warp_inputs(generator)
     expected = warp(*inputs)
-    steps = [recipes.pad_warp_channels, recipes.fold_batch_norm,
-             recipes.warp_depth_split_all if every_conv3d else recipes.warp_depth_split, recipes.occlusion_as_taps]
+    steps = [recipes.pad_warp_channels, recipes.fold_batch_norm, getattr(recipes, mask_step), recipes.occlusion_as_taps]
     engine = recipes.build(steps, {"warping_module": warp}, "cpu")
     assert engine.applied == [step.__name__ for step in steps], engine.skipped
     rewritten = engine.nets["warping_module"]
     dense = rewritten.dense_motion_network
-    assert isinstance(dense.mask, rewrites.DepthSplitConv3d) and dense.mask.out_channels == 24  # padded 22 -> 24
+    if mask_step == "warp_mask_fft":  # the padded zero filters dropped: 24 -> the 22 W keeps
+        assert isinstance(dense.mask, rewrites.FFTConv3d) and dense.mask.out_channels == 22
+    else:
+        assert isinstance(dense.mask, rewrites.DepthSplitConv3d) and dense.mask.out_channels == 24  # padded 22 -> 24
     assert isinstance(dense.occlusion, rewrites.TapSumConv2d)
     split = [m for m in rewritten.modules() if isinstance(m, rewrites.DepthSplitConv3d)]
-    assert len(split) == (2 + 2 + 1 + 1 if every_conv3d else 1)  # encoder, decoder blocks, last conv, mask
+    # encoder, decoder blocks, last conv, mask
+    assert len(split) == {"warp_depth_split": 1, "warp_depth_split_all": 2 + 2 + 1 + 1, "warp_mask_fft": 0}[mask_step]
     for out in (rewritten(*inputs), channels_last(rewritten)(*[channels_last(t) for t in inputs[:1]], *inputs[1:])):
         for key in ("out", "deformation", "occlusion_map"):
             assert relative_error(out[key], expected[key]) <= EXACT, key
@@ -298,6 +372,7 @@ def test_rewrites_of_w_report_what_they_changed(generator):
     warp = tiny_warp(generator)
     assert rewrites.depth_split_conv3ds(warp) == ["dense_motion_network.mask"]
     assert rewrites.depth_split_conv3ds(warp) == []
+    assert rewrites.fft_conv3ds(tiny_warp(generator), (16, 16)) == ["dense_motion_network.mask"]
     assert rewrites.occlusion_as_taps(warp) == ["dense_motion_network.occlusion"]
     assert rewrites.occlusion_as_taps(warp) == []
     without_occlusion = tiny_warp(generator, estimate_occlusion_map=False)

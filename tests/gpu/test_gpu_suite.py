@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from lpperf import frame, memory, parity, recipes, roofline, timing
+from lpperf import frame, memory, parity, recipes, rewrites, roofline, timing
 
 pytestmark = pytest.mark.gpu
 
@@ -27,6 +27,7 @@ OPTIMIZED = "fastest"
 PEER = "official-reduce-overhead"  # the strongest official-style configuration: the speedup's baseline
 BASELINE = "fp32-eager"
 GATED_FRAMES = (OPTIMIZED, "fast")  # CUDA-graph recipes: steady across processes
+BATCHED = "fastest-batched"  # W's mask in the frequency domain: parity checked here, speed by `lpperf bench`
 EAGER_FRAMES = (BASELINE, "autocast-fp16")  # informational only
 FRAMES_PER_ROUND = 8  # one timed round: ~35-50 ms of back-to-back frames, the GPU never idle between them
 RULE = timing.StoppingRule(min_repeats=30, min_seconds=0.3, max_rel_iqr=0.05, max_repeats=500, max_seconds=10.0)
@@ -156,7 +157,7 @@ def test_stages_informational(gpu_session, lpperf_info, recipe):
         f" ({frame.stage_clock(gpu_session.device)})"
 
 
-@pytest.mark.parametrize("recipe", GATED_FRAMES)
+@pytest.mark.parametrize("recipe", GATED_FRAMES + (BATCHED,))
 def test_parity(gpu_session, reference_frames, lpperf_thresholds, recipe):
     frames = frame.run_frames(gpu_session.animator(recipe), frame.PARITY_FRAMES)
     report = parity.compare({}, {}, frames, reference_frames, precision="fp16")
@@ -193,6 +194,31 @@ def test_memory_budget(gpu_session, lpperf_thresholds):
         f"{OPTIMIZED} used {used_mib:.0f} MiB of GPU memory ({report.method}; torch reserved "
         f"{(report.torch_max_reserved_bytes or 0) / 2**20:.0f} MiB), above the budget of "
         f"{lpperf_thresholds.memory_budget_mib} MiB")
+
+
+def test_fft_mask_conv_matches_a_float64_convolution(cuda_device):
+    """W's mask layer at its official shape (144 -> 22 channels, 7x7x7, 16 x 64 x 64) in the frequency
+    domain on the card (cuFFT, a complex batched matmul) against the float64 convolution."""
+    generator = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv3d(144, 22, 7, padding=3)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) / (144 * 343) ** 0.5)
+        conv.bias.copy_(torch.randn(22, generator=generator))
+    x = torch.randn(1, 144, 16, 64, 64, generator=generator)
+    expected = conv.double().to(cuda_device)(x.double().to(cuda_device))
+    conv = conv.float()
+    fft = rewrites.FFTConv3d(conv, (64, 64)).to(cuda_device)
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    try:
+        out = fft(x.to(cuda_device))
+        out_half = fft.half()(x.half().to(cuda_device))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+    def error(value):
+        return (torch.linalg.vector_norm(value.double() - expected) / torch.linalg.vector_norm(expected)).item()
+    assert error(out) <= 1e-5, error(out)
+    assert torch.isfinite(out_half).all() and error(out_half) <= 2e-3, error(out_half)
 
 
 def test_unsynchronised_host_timing_is_rejected(cuda_device, peak):
