@@ -359,16 +359,22 @@ class DepthSplitConv3d(nn.Module):
         # (B, D, kd, Cout, H', W'); sum in float32 at least, so half precision rounds once, as the Conv3d.
         accumulate = torch.promote_types(taps.dtype, torch.float32)
         out = taps[:, :, depth_padding] + self.bias.to(accumulate).view(-1, 1, 1)
-        for tap in range(depth_kernel):
-            shift = tap - depth_padding
-            if shift == 0:
-                continue
-            first, last = max(0, -shift), min(depth, depth - shift)
-            if last <= first:  # a volume shallower than the tap's reach: it touches no slice
-                continue
-            out[:, first:last] += taps[:, first + shift:last + shift, tap]
+        _add_shifted_depth_taps(out, taps, depth_dim=1, depth_padding=depth_padding)
         # (B, D, Cout, H, W) -> (B, Cout, D, H, W): channels_last_3d when x was.
         return out.to(taps.dtype).transpose(1, 2)
+
+
+def _add_shifted_depth_taps(out: torch.Tensor, taps: torch.Tensor, depth_dim: int, depth_padding: int) -> None:
+    """out[d] += taps[d + t - depth_padding, t] for every tap t but the centre one (out holds it
+    already), over the slices that exist; taps has the tap index right after depth_dim."""
+    depth = out.shape[depth_dim]
+    for tap in range(taps.shape[depth_dim + 1]):
+        shift = tap - depth_padding
+        first, last = max(0, -shift), min(depth, depth - shift)
+        if shift == 0 or last <= first:  # a volume shallower than the tap's reach: it touches no slice
+            continue
+        out.narrow(depth_dim, first, last - first).add_(
+            taps.narrow(depth_dim, first + shift, last - first).select(depth_dim + 1, tap))
 
 
 def depth_split_conv3ds(net: nn.Module, every_conv3d: bool = False) -> list[str]:
@@ -457,12 +463,7 @@ class FFTConv3d(nn.Module):
         rows = spectra.permute(3, 4, 0, 2, 1).reshape(fft_h * half_w, batch * depth, channels)
         taps = torch.bmm(rows, self.spectrum).view(fft_h * half_w, batch, depth, depth_kernel, self.out_channels)
         out = taps[:, :, :, depth_padding].clone()
-        for tap in range(depth_kernel):
-            shift = tap - depth_padding
-            first, last = max(0, -shift), min(depth, depth - shift)
-            if shift == 0 or last <= first:  # the centre tap is out's start; a tap past a shallow volume adds nothing
-                continue
-            out[:, :, first:last] += taps[:, :, first + shift:last + shift, tap]
+        _add_shifted_depth_taps(out, taps, depth_dim=2, depth_padding=depth_padding)
         # (Fh * Fw', B, D, Cout) -> (B, Cout, D, Fh, Fw')
         out = out.view(fft_h, half_w, batch, depth, self.out_channels).permute(2, 4, 3, 0, 1)
         planes = torch.fft.irfft2(out, s=self.fft_plane)[..., :height, :width]
