@@ -429,7 +429,9 @@ class FFTConv3d(nn.Module):
         self.fft_plane = tuple(size + kernel - 1 for size, kernel in zip(self.plane, conv.kernel_size[1:]))
         self.frames_per_chunk = frames_per_chunk
         with torch.no_grad():
-            weight = conv.weight[:outputs].double()
+            # On the CPU: the float64 transforms take ~2 GB for W's mask, which on the GPU would stay
+            # reserved by the caching allocator and count in every NVML reading after the build.
+            weight = conv.weight[:outputs].detach().cpu().double()
             filters = weight.new_zeros(*weight.shape[:3], *self.fft_plane)
             filters[..., :weight.shape[3], :weight.shape[4]] = weight
             # (Cout, Cin, kd, Fh, Fw) -> (Fh * Fw, Cin, kd * Cout): column t * Cout + o is tap t of filter o;
@@ -439,7 +441,7 @@ class FFTConv3d(nn.Module):
             complex_dtype = torch.complex128 if conv.weight.dtype == torch.float64 else torch.complex64
             # A buffer, not a parameter: .half() and .to(dtype) leave complex tensors alone, so the
             # spectrum keeps its precision when the recipe casts the network.
-            self.register_buffer("spectrum", spectrum.to(complex_dtype).contiguous())
+            self.register_buffer("spectrum", spectrum.to(complex_dtype).contiguous().to(conv.weight.device))
             bias = conv.bias[:outputs] if conv.bias is not None else conv.weight.new_zeros(outputs)
             self.bias = nn.Parameter(bias.detach().clone())
 
