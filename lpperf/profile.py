@@ -6,7 +6,9 @@ Every convolution and linear layer of one frame (M, S, W, G, as the recipe's net
 its precision, layout and rewrites) is captured with its real inputs, then timed alone: on CUDA
 its kernels replayed as a CUDA graph and timed with CUDA events (no launch overhead), on the CPU
 the eager call. Each row gives the layer, its shapes, its FLOPs (torch's flop counter), the time,
-the achieved TFLOP/s and the share of the card's measured bf16 matmul peak. `--kernels` adds
+the achieved TFLOP/s and the share of the card's measured bf16 matmul peak (an FFTConv3d's FLOPs
+are its complex matmul's as torch counts them, one real multiply-add per complex one, and no FFTs:
+its TFLOP/s is not comparable with a convolution's; its time is). `--kernels` adds
 torch.profiler's kernel table of the recipe's whole compiled frame (times only: kernels carry no
 FLOP counts).
 
