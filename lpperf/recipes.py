@@ -190,7 +190,7 @@ def warp_depth_split(engine: Engine, every_conv3d: bool = False) -> None:
 
 def warp_mask_fft(engine: Engine) -> None:
     """W's dense-motion mask Conv3d (7x7x7 on 16 x 64 x 64) with in-plane FFTs, one matmul per
-    frequency and the depth taps summed as spectra, in float32: ~1/20 of its FLOPs, but 450 MB of
+    frequency and the depth taps summed as spectra, in float32 (TF32 products): ~1/20 of its FLOPs, but 450 MB of
     filter spectra kept on the device and read every call. For batched frames."""
     if not rewrites.fft_conv3ds(engine.nets[WARP_NET], FEATURE_PLANE):
         raise StepNotApplicable("W has no dense-motion mask Conv3d left (already split or in the frequency domain?)")

@@ -401,17 +401,20 @@ class FFTConv3d(nn.Module):
     every depth tap), then the depth taps as a shifted sum of spectra and one inverse FFT per output
     channel. The planes are large enough that the circular correlation never wraps into the kept
     H x W outputs, so this is the convolution, rounded differently: in float32 (float64 for a float64
-    convolution) whatever the input dtype, so it is more accurate than a half-precision Conv3d.
+    convolution) whatever the input dtype. The product per frequency is a complex float32 matmul, so
+    where TF32 matmuls are allowed (every recipe but `reference`) cuBLAS may round its inputs to
+    TF32's 10-bit mantissa, the rounding of the half-precision Conv3d it replaces.
 
     Cost: the filters' spectra stay on the device (Cin * kd * Cout * (H + kh - 1) * ((W + kw - 1) // 2
-    + 1) complex numbers: 488 MB for W's mask at 64 x 64) and each call reads them once, whatever the
-    batch; the FLOPs fall to ~1/20 for W's mask (a complex multiply-add per input channel, tap and
+    + 1) complex numbers: 447 MB for W's mask, 22 filters at 64 x 64) and each chunk of frames reads
+    them once; the FLOPs fall to ~1/20 for W's mask (a complex multiply-add per input channel, tap and
     output at each of 70 x 36 frequencies, against 49 real ones at each of 64 x 64 pixels, plus the
-    FFTs), so it pays where the direct convolution is compute-bound (batched frames). `frames_per_chunk` bounds the working
-    memory (the input's and the taps' spectra) to that many frames at a time; `outputs` keeps only
-    the first filters (a padded layer's zero filters need no spectra)."""
+    FFTs), so it pays where the direct convolution is compute-bound (batched frames).
+    `frames_per_chunk` bounds the working memory (the input's and the taps' spectra) to that many
+    frames at a time; `outputs` keeps only the first filters (a padded layer's zero filters need no
+    spectra)."""
 
-    def __init__(self, conv: nn.Conv3d, plane: tuple[int, int], frames_per_chunk: int = 4,
+    def __init__(self, conv: nn.Conv3d, plane: tuple[int, int], frames_per_chunk: int = 8,
                  outputs: int | None = None):
         super().__init__()
         _check_plain_conv(conv, nn.Conv3d)
@@ -472,7 +475,7 @@ class FFTConv3d(nn.Module):
         return planes + self.bias.to(real).view(-1, 1, 1, 1)
 
 
-def fft_conv3ds(net: nn.Module, plane: tuple[int, int], frames_per_chunk: int = 4) -> list[str]:
+def fft_conv3ds(net: nn.Module, plane: tuple[int, int], frames_per_chunk: int = 8) -> list[str]:
     """Replace the dense-motion `mask` Conv3d of `net` (W), whose input planes are `plane`, with an
     FFTConv3d of its K + 1 real filters (zero filters padded on by pad_warp_channels are dropped:
     W keeps only the first K + 1 mask channels anyway)."""
