@@ -467,10 +467,13 @@ class FFTConv3d(nn.Module):
         # one (B*D x Cin) @ (Cin x kd*Cout) product per frequency
         rows = spectra.permute(3, 4, 0, 2, 1).reshape(fft_h * half_w, batch * depth, channels)
         taps = torch.bmm(rows, self.spectrum).view(fft_h * half_w, batch, depth, depth_kernel, self.out_channels)
+        # The tap sum on the real and imaginary parts: inductor generates no code for complex tensors
+        # (each complex add would be an ATen kernel of its own), for real ones it fuses the whole sum.
+        taps = torch.view_as_real(taps)
         out = taps[:, :, :, depth_padding].clone()
         _add_shifted_depth_taps(out, taps, depth_dim=2, depth_padding=depth_padding)
         # (Fh * Fw', B, D, Cout) -> (B, Cout, D, Fh, Fw')
-        out = out.view(fft_h, half_w, batch, depth, self.out_channels).permute(2, 4, 3, 0, 1)
+        out = torch.view_as_complex(out).view(fft_h, half_w, batch, depth, self.out_channels).permute(2, 4, 3, 0, 1)
         planes = torch.fft.irfft2(out, s=self.fft_plane)[..., :height, :width]
         return planes + self.bias.to(real).view(-1, 1, 1, 1)
 
