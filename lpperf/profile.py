@@ -20,7 +20,11 @@ busy time in it (torch.profiler's kernel and copy intervals, overlaps merged), s
 GPU (launch and host gaps); and M, W and G each called alone on the inputs they got in one frame,
 the way the official LivePortrait speed script times them (each network alone, summed), so
 "frame - (M + W + G)" is what a real frame spends outside the three networks: keypoint math,
-stitching, casts and the gaps between them.
+stitching, casts and the gaps between them. `--probe-inputs` also times M, W and G alone on inputs
+drawn as the official speed script draws them (standard normal: random images, features and
+keypoints, most of whose sampling grid then lies outside the volume), so the two ways of timing a
+network can be told apart. (What a recipe caches per source, such as W's source terms, is not an
+argument and is kept.)
 """
 
 from __future__ import annotations
@@ -142,6 +146,8 @@ class FrameSplit:
     profiled_frames: int  # frames behind busy_ms (0 on the CPU)
     networks_as_in_frame: bool = True  # False: the step is compiled as a whole, so the networks alone are
     # their uncompiled kernels, not parts of the frame, and "frame - networks" means nothing
+    probe_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # each network alone on standard
+    # normal inputs of the frame's shapes (the official speed script's inputs); empty unless asked for
 
     @property
     def networks_sum_ms(self) -> float:
@@ -158,20 +164,47 @@ class FrameSplit:
 
 def frame_split(animator: recipes.OptimizedAnimator, driving: torch.Tensor, device: str | torch.device, *,
                 warmup: int = 2, rule: timing.StoppingRule = SPLIT_RULE,
-                profiled_frames: int = SPLIT_PROFILED_FRAMES) -> FrameSplit:
-    """The frame, its GPU busy time and M, W, G each alone, measured on the animator as its recipe runs it."""
+                profiled_frames: int = SPLIT_PROFILED_FRAMES, probe_inputs: bool = False) -> FrameSplit:
+    """The frame, its GPU busy time and M, W, G each alone, measured on the animator as its recipe runs
+    it; with probe_inputs, M, W, G alone on standard normal inputs of the same shapes too."""
     check_positive_int(profiled_frames, "profiled_frames")
     device = timing.resolve_device(device)
     frame_ms = timing.time_callable(lambda: animator.step(driving), device, warmup=warmup, rule=rule).median_ms
-    calls, form = _network_calls(animator, driving, device)
-    as_in_frame = "compile_step" not in animator.engine.applied
-    networks_ms = {}
-    with animator.engine.context():  # the step's context: compiled nets' guards expect it
-        for name, call in calls.items():
-            networks_ms[name] = timing.time_callable(call, device, warmup=warmup, rule=rule).median_ms
+    inputs = network_inputs(animator, driving)
+    calls, form = _network_calls(animator, inputs, device)
+    networks_ms = _time_calls(animator, calls, device, warmup, rule)
+    probe_ms = {}
+    if probe_inputs:
+        probe_calls, _ = _network_calls(animator, standard_normal_like(inputs), device)
+        probe_ms = _time_calls(animator, probe_calls, device, warmup, rule)
     busy_ms = gpu_busy_ms(animator, driving, device, profiled_frames) if device.type == "cuda" else None
     return FrameSplit(frame_ms, busy_ms, networks_ms, form, profiled_frames if busy_ms is not None else 0,
-                      as_in_frame)
+                      "compile_step" not in animator.engine.applied, probe_ms)
+
+
+def _time_calls(animator: recipes.OptimizedAnimator, calls: dict[str, Callable[[], object]], device: torch.device,
+                warmup: int, rule: timing.StoppingRule) -> dict[str, float]:
+    with animator.engine.context():  # the step's context: compiled nets' guards expect it
+        return {name: timing.time_callable(call, device, warmup=warmup, rule=rule).median_ms
+                for name, call in calls.items()}
+
+
+def standard_normal_like(inputs: dict[str, tuple[tuple, dict]], seed: int = 0) -> dict[str, tuple[tuple, dict]]:
+    """The same calls with every floating-point tensor argument redrawn from N(0, 1) (same shape,
+    dtype, device and strides), as the official speed script feeds each network: a random image for
+    M, a random feature volume and random keypoints for W, a random feature for G. Other arguments
+    are kept."""
+    generators: dict[torch.device, torch.Generator] = {}
+
+    def redraw(value):
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+            return value
+        if value.device not in generators:
+            generators[value.device] = torch.Generator(value.device).manual_seed(seed)
+        return torch.empty_like(value).normal_(generator=generators[value.device])
+
+    return {name: (tuple(redraw(arg) for arg in args), {key: redraw(arg) for key, arg in kwargs.items()})
+            for name, (args, kwargs) in inputs.items()}
 
 
 def network_inputs(animator: recipes.OptimizedAnimator, driving: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
@@ -193,10 +226,9 @@ def network_inputs(animator: recipes.OptimizedAnimator, driving: torch.Tensor) -
     return {name: inputs[name] for name in HEAVY_NETS}
 
 
-def _network_calls(animator: recipes.OptimizedAnimator, driving: torch.Tensor,
+def _network_calls(animator: recipes.OptimizedAnimator, inputs: dict[str, tuple[tuple, dict]],
                    device: torch.device) -> tuple[dict[str, Callable[[], object]], str]:
-    """Each heavy network alone on its inputs of one frame, in the form the recipe runs it, and that form."""
-    inputs = network_inputs(animator, driving)
+    """Each heavy network alone on `inputs` (network_inputs), in the form the recipe runs it, and that form."""
     engine = animator.engine
     nets = {name: animator.nets[name] for name in HEAVY_NETS}
     if any(hasattr(net, "_orig_mod") for net in nets.values()):
@@ -286,6 +318,13 @@ def format_split(split: FrameSplit) -> str:
     else:
         lines.append("  (the step is compiled as one program that fuses across the networks: the networks alone are "
                      "their uncompiled kernels, not parts of this frame, so no 'frame - networks' is given)")
+    if split.probe_ms:
+        lines.append("  on standard normal inputs of the same shapes (the official speed script's random inputs):")
+        for name, ms in split.probe_ms.items():
+            lines.append(row(f"{NETWORK_LETTERS.get(name, '?')} {name} alone", ms))
+        probe_sum = sum(split.probe_ms.values())
+        lines.append(row(f"{letters} alone", probe_sum,
+                         f"{probe_sum - split.networks_sum_ms:+.3f} ms against the frame's own inputs"))
     return "\n".join(lines)
 
 
@@ -297,6 +336,8 @@ def add_parser(commands) -> None:
     parser.add_argument("--kernels", action="store_true", help="also torch.profiler's kernel table of the frame")
     parser.add_argument("--split", action="store_true", help="also the frame's split: GPU busy and idle time, "
                         "M, W, G each alone (the official speed script's way) and the time outside them")
+    parser.add_argument("--probe-inputs", action="store_true", help="with --split: also M, W, G alone on "
+                        "standard normal inputs, as the official speed script times them")
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     parser.add_argument("--weights", metavar="DIR", help="official checkpoints (default: synthetic weights)")
@@ -309,6 +350,8 @@ def cmd_profile(args) -> int:
     recipes.lookup(args.recipe)  # an unknown name fails here, before anything loads
     if args.batch < 1 or args.top < 1:
         raise ValueError("--batch and --top must be >= 1")
+    if args.probe_inputs and not args.split:
+        raise ValueError("--probe-inputs times the networks of the split: add --split")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -327,7 +370,7 @@ def cmd_profile(args) -> int:
     if args.split:
         rule = SPLIT_RULE if device.type == "cuda" else CPU_SPLIT_RULE  # CPU frames are slow: fewer samples
         print()
-        print(format_split(frame_split(animator, driving, device, rule=rule)))
+        print(format_split(frame_split(animator, driving, device, rule=rule, probe_inputs=args.probe_inputs)))
     if args.kernels:
         print("\nkernels of the whole frame as the recipe runs it:")
         print(kernel_table(animator, driving, device))

@@ -92,6 +92,33 @@ def test_the_networks_are_timed_on_the_inputs_they_got_in_a_frame(animator, driv
     torch.testing.assert_close(decoded.float(), outputs["frame"])
 
 
+def test_probe_inputs_redraw_every_float_tensor_from_a_standard_normal(animator, driving):
+    inputs = profile.network_inputs(animator, driving)
+    probe = profile.standard_normal_like(inputs)
+    assert list(probe) == list(inputs)
+    for (args, kwargs), (probe_args, probe_kwargs) in zip(inputs.values(), probe.values()):
+        assert list(probe_kwargs) == list(kwargs) and len(probe_args) == len(args)
+        for value, drawn in zip([*args, *kwargs.values()], [*probe_args, *probe_kwargs.values()]):
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                assert drawn is not value and (drawn.shape, drawn.dtype, drawn.stride()) == (
+                    value.shape, value.dtype, value.stride())
+                if drawn.numel() >= 1000:  # the image, the feature: N(0, 1) by their moments
+                    assert abs(drawn.mean().item()) < 0.1 and abs(drawn.std().item() - 1) < 0.1
+            else:
+                assert drawn is value
+    keypoints = probe[WARP_NET][1]["kp_driving"]
+    assert (keypoints.abs() > 1).any()  # as in the official probe: keypoints outside the [-1, 1] volume
+    again = profile.standard_normal_like(inputs)  # seeded: the same draw each time
+    torch.testing.assert_close(again[WARP_NET][1]["kp_driving"], keypoints, rtol=0, atol=0)
+
+
+def test_the_split_times_the_networks_on_probe_inputs_when_asked(animator, driving):
+    split = profile.frame_split(animator, driving, "cpu", warmup=0, rule=TWO_SAMPLES, probe_inputs=True)
+    assert list(split.probe_ms) == list(split.networks_ms) and all(ms > 0 for ms in split.probe_ms.values())
+    text = profile.format_split(split)
+    assert "official speed script's random inputs" in text and "against the frame's own inputs" in text
+
+
 def test_the_profiled_frames_must_be_a_positive_count(animator, driving):
     with pytest.raises(ValueError, match="profiled_frames must be an int >= 1, got 0"):
         profile.frame_split(animator, driving, "cpu", rule=TWO_SAMPLES, profiled_frames=0)
@@ -130,6 +157,12 @@ def test_the_split_block_reports_busy_idle_each_network_and_the_rest():
     assert "n/a" in on_the_cpu.splitlines()[2] and "n/a" in on_the_cpu.splitlines()[3]
     whole_step = profile.format_split(dataclasses.replace(split, networks_as_in_frame=False))
     assert "frame - (M + W + G)" not in whole_step and "not parts of this frame" in whole_step
+    assert "random inputs" not in profile.format_split(split)  # no probe rows unless measured
+    probed = profile.format_split(dataclasses.replace(split, probe_ms={MOTION_NET: 0.5, WARP_NET: 1.5,
+                                                                       DECODER_NET: 3.0})).splitlines()
+    assert "official speed script's random inputs" in probed[9]
+    assert [line.split()[:2] for line in probed[10:13]] == [["M", MOTION_NET], ["W", WARP_NET], ["G", DECODER_NET]]
+    assert "5.000 ms" in probed[13] and "-2.000 ms against the frame's own inputs" in probed[13]
 
 
 def test_the_split_flag_prints_the_block_after_the_header(capsys, monkeypatch):
@@ -140,6 +173,12 @@ def test_the_split_flag_prints_the_block_after_the_header(capsys, monkeypatch):
     assert "layers timed alone" not in out  # --no-layers
     assert "frame split (networks alone: eager call, host time)" in out
     assert "frame - (M + W + G)" in out and "warping_module alone" in out
+
+
+def test_probe_inputs_without_the_split_fail_before_anything_loads(capsys, monkeypatch):
+    monkeypatch.setattr(weights, "load_networks", lambda *args, **kwargs: pytest.fail("networks were loaded"))
+    assert cli.main(["profile", "--device", "cpu", "--probe-inputs"]) == 2
+    assert "--probe-inputs times the networks of the split: add --split" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option", ["--batch", "--top"])
