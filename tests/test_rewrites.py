@@ -298,6 +298,18 @@ def test_fft_conv3d_of_a_float32_conv_is_float32_accurate_and_keeps_its_spectrum
     assert relative_error(out.double(), reference(x)) <= 2e-3  # the half input and output roundings
 
 
+def test_fft_conv3d_compiled_by_inductor_computes_the_same(generator):
+    """Inductor runs the complex ops as ATen kernels and fuses the tap sum on their real views: the
+    compiled module must give the eager one's values (the recipes compile it inside the step)."""
+    conv = nn.Conv3d(6, 5, (7, 3, 3), padding=(3, 1, 1))
+    fft = rewrites.FFTConv3d(conv, (10, 10), frames_per_chunk=2).eval()
+    x = torch.randn(3, 6, 5, 10, 10, generator=generator)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(fft)(x)
+        torch.testing.assert_close(compiled, fft(x), rtol=1e-5, atol=1e-6)
+
+
 def test_fft_conv3d_keeps_only_the_filters_asked_for(generator):
     conv = nn.Conv3d(4, 6, 3, padding=1).double()
     x = torch.randn(1, 4, 3, 6, 6, generator=generator, dtype=torch.float64)
