@@ -442,11 +442,20 @@ class FFTConv3d(nn.Module):
             spectrum = torch.fft.rfft2(filters).conj().permute(3, 4, 1, 2, 0).reshape(
                 -1, conv.in_channels, conv.kernel_size[0] * outputs)
             complex_dtype = torch.complex128 if conv.weight.dtype == torch.float64 else torch.complex64
-            # A buffer, not a parameter: .half() and .to(dtype) leave complex tensors alone, so the
-            # spectrum keeps its precision when the recipe casts the network.
             self.register_buffer("spectrum", spectrum.to(complex_dtype).contiguous().to(conv.weight.device))
             bias = conv.bias[:outputs] if conv.bias is not None else conv.weight.new_zeros(outputs)
             self.bias = nn.Parameter(bias.detach().clone())
+
+    def _apply(self, fn, recurse=True):
+        # A network cast must not reach the spectrum: Module.to(torch.float16) casts complex buffers too,
+        # dropping their imaginary parts. Moves to another device still carry it.
+        spectrum = self._buffers.pop("spectrum")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            device = fn(torch.zeros((), device=spectrum.device)).device
+            self._buffers["spectrum"] = spectrum.to(device)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != self.in_channels or tuple(x.shape[3:]) != self.plane:

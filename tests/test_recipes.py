@@ -2,11 +2,12 @@
 and the dtype boundary. GPU speed and parity of the recipes are tests/gpu's job."""
 
 import copy
+import warnings
 
 import pytest
 import torch
 
-from lpperf import frame, models, pipeline, recipes, sample
+from lpperf import frame, models, pipeline, recipes, rewrites, sample
 
 FRAMES = 2
 
@@ -110,6 +111,21 @@ def test_half_and_channels_last_reach_the_rewritten_layers(tiny_nets, monkeypatc
     assert all(p.dtype == torch.float16 for p in parameters)
     layouts = {4: torch.channels_last, 5: torch.channels_last_3d}
     assert all(p.is_contiguous(memory_format=layouts[p.dim()]) for p in parameters if p.dim() in layouts)
+
+
+def test_half_leaves_the_fft_mask_spectrum_whole(tiny_nets, monkeypatch):
+    """half casts the networks with Module.to(float16), which casts complex buffers to real ones
+    (dropping the imaginary part) unless the layer keeps its spectrum out of the cast."""
+    monkeypatch.setattr(recipes, "_require_cuda", lambda engine: None)
+    steps = [R.pad_warp_channels, R.fold_batch_norm, R.warp_mask_fft]
+    float32 = recipes.build(steps, tiny_nets, "cpu").nets["warping_module"].dense_motion_network.mask
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Casting complex values to real discards the imaginary part"
+        engine = recipes.build(steps + [R.half, R.channels_last], tiny_nets, "cpu")
+    assert engine.applied == [step.__name__ for step in steps] + ["half", "channels_last"], engine.skipped
+    mask = engine.nets["warping_module"].dense_motion_network.mask
+    assert isinstance(mask, rewrites.FFTConv3d) and mask.bias.dtype == torch.float16
+    assert mask.spectrum.dtype == torch.complex64 and torch.equal(mask.spectrum, float32.spectrum)
 
 
 def test_official_reduce_overhead_compiles_each_network_in_half(tiny_nets, monkeypatch):

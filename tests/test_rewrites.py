@@ -282,8 +282,8 @@ def test_fft_conv3d_of_a_volume_shallower_than_the_tap_reach(generator, depth):
 
 
 def test_fft_conv3d_of_a_float32_conv_is_float32_accurate_and_keeps_its_spectrum_through_half(generator):
-    """The spectrum is complex64 for a float32 layer and stays so when the recipe casts the network
-    to half (module casts skip complex tensors): the transform runs in float32 on half inputs too."""
+    """The spectrum is complex64 for a float32 layer and stays so, values and all, when the recipe
+    casts the network to half: the transform runs in float32 on half inputs too."""
     reference = nn.Conv3d(8, 6, 7, padding=3).double()
     conv = nn.Conv3d(8, 6, 7, padding=3)
     conv.load_state_dict({name: value.float() for name, value in reference.state_dict().items()})
@@ -291,8 +291,10 @@ def test_fft_conv3d_of_a_float32_conv_is_float32_accurate_and_keeps_its_spectrum
     fft = rewrites.FFTConv3d(conv, (12, 12))
     assert fft.spectrum.dtype == torch.complex64
     assert relative_error(fft(x.float()).double(), reference(x)) <= EXACT
-    fft.half()
-    assert fft.spectrum.dtype == torch.complex64 and fft.bias.dtype == torch.float16
+    spectrum = fft.spectrum.clone()
+    fft.to(torch.float16)  # how the recipes cast a network: Module.to(dtype) would cast a complex buffer too
+    assert fft.spectrum.dtype == torch.complex64 and torch.equal(fft.spectrum, spectrum)
+    assert fft.bias.dtype == torch.float16
     out = fft(x.half())
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     assert relative_error(out.double(), reference(x)) <= 2e-3  # the half input and output roundings
