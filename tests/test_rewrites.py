@@ -300,6 +300,7 @@ def test_fft_conv3d_of_a_float32_conv_is_float32_accurate_and_keeps_its_spectrum
     assert relative_error(out.double(), reference(x)) <= 2e-3  # the half input and output roundings
 
 
+@pytest.mark.filterwarnings("ignore:Torchinductor does not support code generation for complex operators")
 def test_fft_conv3d_compiled_by_inductor_computes_the_same(generator):
     """Inductor runs the complex ops as ATen kernels and fuses the tap sum on their real views: the
     compiled module must give the eager one's values (the recipes compile it inside the step)."""
