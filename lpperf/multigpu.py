@@ -102,8 +102,8 @@ def core_shares(count: int) -> list[list[int]] | None:
 
     Why: a compile in one card's process (inductor uses every core it may) slows the kernel launches of
     a launch-bound measurement in another card's process on the same host. Measured on two H200s
-    sharing a host (torch 2.11, 2026-11-29): an eager frame's per-round spread went to +-20 %, and an A/A comparison of one
-    card's CUDA-graph frame moved 11.5 %, while the other card compiled."""
+    sharing a host (torch 2.11, 2026-11-29): an eager frame's per-round spread went to +-20 %, and an
+    A/A comparison of one card's CUDA-graph frame moved 11.5 %, while the other card compiled."""
     if not hasattr(os, "sched_getaffinity") or count < 1:
         return None
     cores = sorted(os.sched_getaffinity(0))

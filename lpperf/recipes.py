@@ -190,8 +190,9 @@ def warp_depth_split(engine: Engine, every_conv3d: bool = False) -> None:
 
 def warp_mask_fft(engine: Engine) -> None:
     """W's dense-motion mask Conv3d (7x7x7 on 16 x 64 x 64) with in-plane FFTs, one matmul per
-    frequency and the depth taps summed as spectra, in float32 (TF32 products): ~1/20 of its FLOPs, but 450 MB of
-    filter spectra kept on the device and read every call. For batched frames."""
+    frequency and the depth taps summed as spectra, in float32 (TF32 products): ~1/20 of its FLOPs,
+    but 447 MB of filter spectra kept on the device and read once per chunk of frames. For batched
+    frames."""
     if not rewrites.fft_conv3ds(engine.nets[WARP_NET], FEATURE_PLANE):
         raise StepNotApplicable("W has no dense-motion mask Conv3d left (already split or in the frequency domain?)")
 
@@ -344,7 +345,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     _recipe("fastest", "fp16", "fast plus exact layer rewrites: BatchNorm folded, W's mask Conv3d split over depth, "
             "occlusion conv as tap maps, G's SPADE modulations batched and phase-split", *FASTEST_STEPS),
     _recipe("fastest-batched", "fp16", "fastest with W's mask Conv3d in the frequency domain (float32 FFTs) "
-            "instead of split over depth: for batched frames; keeps ~450 MB of filter spectra", *FASTEST_BATCHED_STEPS),
+            "instead of split over depth: for batched frames; keeps 447 MB of filter spectra", *FASTEST_BATCHED_STEPS),
 )}
 
 
