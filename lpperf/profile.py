@@ -36,12 +36,13 @@ import torch
 from torch import nn
 
 from lpperf import frame, recipes, roofline, timing
+from lpperf.kernels import TritonConv2d
 from lpperf.engine import HEAVY_NETS
 from lpperf.models import DECODER_NET, FEATURE_NET, MOTION_NET, WARP_NET
 from lpperf.rewrites import LAYER_TYPES
 from lpperf.validation import check_positive_int
 
-TIMED_TYPES = (nn.Conv2d, nn.Conv3d, nn.Linear) + LAYER_TYPES
+TIMED_TYPES = (nn.Conv2d, nn.Conv3d, nn.Linear, TritonConv2d) + LAYER_TYPES
 LAYER_RULE = timing.StoppingRule(min_repeats=10, min_seconds=0.02, max_rel_iqr=0.05, max_repeats=200, max_seconds=1.0)
 SPLIT_RULE = timing.StoppingRule(min_repeats=20, min_seconds=0.1, max_rel_iqr=0.05, max_repeats=300, max_seconds=5.0)
 CPU_SPLIT_RULE = timing.StoppingRule(min_repeats=5, min_seconds=0.0, max_rel_iqr=0.10, max_repeats=25, max_seconds=10.0)

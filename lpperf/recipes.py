@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
-from lpperf import rewrites
+from lpperf import kernels, rewrites
 # Engine and its parts live in lpperf.engine; recipes.Engine, recipes.OptimizedAnimator ... stay valid.
 from lpperf.engine import (HEAVY_NETS, MEMORY_FORMATS, Boundary, Engine, OptimizedAnimator,  # noqa: F401
                            SourceCachedWarp, StepNotApplicable)
@@ -179,6 +179,17 @@ def phase_split_upsampled_convs(engine: Engine) -> None:
         raise StepNotApplicable("G has no convolution of a nearest-upsampled input left (already phase-split)")
 
 
+def triton_decoder_convs(engine: Engine) -> None:
+    """G's stride-1 'same' convolutions (SPADE gamma/beta and shared convs, the blocks' conv_0/conv_1,
+    shortcuts) as lpperf.kernels.TritonConv2d: an implicit-GEMM Triton kernel on the card in half
+    precision, F.conv2d elsewhere. Runs after the other G rewrites, on the convolutions they leave."""
+    _require_cuda(engine)
+    if not kernels.triton_available():
+        raise StepNotApplicable("needs Triton (`import triton` fails here); CUDA builds of torch ship it")
+    if not kernels.triton_convs(engine.nets[DECODER_NET]):
+        raise StepNotApplicable("G has no stride-1 'same' Conv2d left for the Triton kernel (already replaced?)")
+
+
 def warp_depth_split(engine: Engine, every_conv3d: bool = False) -> None:
     """W's dense-motion mask Conv3d (7x7x7) as one Conv2d over the depth slices computing all 7 depth
     taps, then a shifted sum over the taps; with every_conv3d, all of W's Conv3d with depth kernel > 1."""
@@ -323,6 +334,8 @@ EXACT_REWRITES = (fold_batch_norm, warp_depth_split, occlusion_as_taps, batch_sp
                   phase_split_upsampled_convs)
 FASTEST_STEPS = FAST_STEPS[:FAST_STEPS.index(half)] + EXACT_REWRITES + FAST_STEPS[FAST_STEPS.index(half):]
 FASTEST_BATCHED_STEPS = tuple(warp_mask_fft if step is warp_depth_split else step for step in FASTEST_STEPS)
+FASTEST_TRITON_STEPS = FASTEST_STEPS[:FASTEST_STEPS.index(half)] + (triton_decoder_convs,) + FASTEST_STEPS[
+    FASTEST_STEPS.index(half):]
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     _recipe("fp32-eager", "tf32", "float32, eager, torch defaults (TF32 convolutions on)"),
@@ -346,6 +359,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             "occlusion conv as tap maps, G's SPADE modulations batched and phase-split", *FASTEST_STEPS),
     _recipe("fastest-batched", "fp16", "fastest with W's mask Conv3d in the frequency domain (float32 FFTs) "
             "instead of split over depth: for batched frames; keeps 447 MB of filter spectra", *FASTEST_BATCHED_STEPS),
+    _recipe("fastest-triton", "fp16", "fastest with G's stride-1 convolutions as lpperf's Triton implicit-GEMM "
+            "kernel instead of cuDNN (CUDA only; elsewhere the same as fastest)", *FASTEST_TRITON_STEPS),
 )}
 
 

@@ -84,6 +84,13 @@ def test_fastest_batched_is_fastest_with_the_mask_in_the_frequency_domain():
     assert batched.precision == "fp16"
 
 
+def test_fastest_triton_is_fastest_with_g_s_convolutions_on_the_triton_kernel():
+    names = [step.__name__ for step in recipes.RECIPES["fastest"].steps]
+    triton = [step.__name__ for step in recipes.RECIPES["fastest-triton"].steps]
+    # after G's other rewrites (it takes the convolutions they leave), before the casts
+    assert triton == names[:names.index("half")] + ["triton_decoder_convs"] + names[names.index("half"):]
+
+
 def test_fastest_on_cpu_skips_the_cuda_steps_and_keeps_the_frames(tiny_nets, driving):
     engine = recipes.build("fastest", tiny_nets, "cpu")
     for name in ("cudnn_benchmark", "half", "channels_last", "compile_step"):

@@ -196,6 +196,37 @@ def test_memory_budget(gpu_session, lpperf_thresholds):
         f"{lpperf_thresholds.memory_budget_mib} MiB")
 
 
+@pytest.mark.parametrize("cin, cout, kernel, size", [(256, 64, 3, 128), (128, 512, 3, 64), (256, 64, 1, 64),
+                                                     (48, 32, (3, 5), 37)])
+def test_triton_conv_matches_a_float64_convolution(cuda_device, cin, cout, kernel, size):
+    """The Triton implicit-GEMM kernel in fp16 on the card, eager and inside torch.compile (as the recipes
+    run it), against the float64 convolution: G's shapes (up_1's conv_0, the batched gamma/beta, a
+    shortcut) and an odd one (a 3x5 kernel, partial tiles)."""
+    from lpperf import kernels
+    if not kernels.triton_available():
+        pytest.skip("Triton is not installed with this torch")
+    generator = torch.Generator().manual_seed(0)
+    kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
+    conv = torch.nn.Conv2d(cin, cout, kernel, padding=(kernel[0] // 2, kernel[1] // 2))
+    x = torch.randn(2, cin, size, size, generator=generator)
+    expected = conv.double().to(cuda_device)(x.double().to(cuda_device))
+    layer = kernels.TritonConv2d(conv.float()).to(cuda_device).half()
+    x = x.half().to(cuda_device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = layer(x)
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(layer)(x)
+        torch._dynamo.reset()
+        compiled = torch.compile(layer)(x)
+    assert explained.graph_break_count == 0, [reason.reason for reason in explained.break_reasons]
+
+    def error(value):
+        return (torch.linalg.vector_norm(value.double() - expected) / torch.linalg.vector_norm(expected)).item()
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(out).all()
+    assert error(out) <= 2e-3, error(out)  # fp16 inputs and output, float32 accumulation: cuDNN's rounding
+    assert torch.equal(compiled, out)
+
+
 def test_fft_mask_conv_matches_a_float64_convolution(cuda_device):
     """W's mask layer at its official shape (144 -> 22 channels, 7x7x7, 16 x 64 x 64) in the frequency
     domain on the card (cuFFT, a complex batched matmul) against the float64 convolution."""

@@ -1,0 +1,163 @@
+"""Dedicated GPU kernels for convolutions that cuDNN runs far below the card's peak.
+
+`TritonConv2d` computes a stride-1 'same' Conv2d as an implicit GEMM written in Triton: each program
+owns a tile of output pixels x output channels and accumulates in float32 over every (tap, input
+channel block), reading the channels-last input where it lies (no im2col buffer) and zeros past the
+border. It runs on CUDA half/bfloat16 tensors; everywhere else (the CPU, float32/64) it is the plain
+`F.conv2d` of the same weights, so the rewrite is exact off the card and the CPU tests hold it to the
+original layer.
+
+The kernel is reached through a custom op (`torch.ops.lpperf.conv2d_same`) so that torch.compile keeps
+it as one opaque call inside the compiled step and CUDA-graph capture records its launch; Triton's
+autotuner picks the tile shape per layer shape in the first (warm-up) calls, before any capture.
+"""
+
+import functools
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import register_flop_formula
+
+from lpperf.rewrites import _replace_children
+
+GPU_DTYPES = (torch.float16, torch.bfloat16)
+CHANNEL_MULTIPLE = 16  # tl.dot's smallest tile side: input and output channels come in multiples of it
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def _launcher():
+    """The autotuned Triton kernel's launcher, built once on first use (triton is imported only then)."""
+    import triton
+    import triton.language as tl
+
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+               for m, n, k, w, s in ((128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (64, 64, 64, 4, 4),
+                                     (128, 64, 32, 4, 5), (256, 64, 64, 8, 3), (64, 128, 64, 4, 4))]
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        configs = configs[:1]  # the CPU interpreter has no clock to choose by; one config is never timed
+
+    @triton.autotune(configs=configs, key=["PIXELS", "HEIGHT", "WIDTH", "CIN", "COUT", "KH", "KW"])
+    @triton.jit
+    def conv2d_same_nhwc(x_ptr, w_ptr, bias_ptr, out_ptr, PIXELS, HEIGHT, WIDTH, CIN, COUT,
+                         KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pixels = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # b * H * W + h * W + w
+        outputs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        channels = tl.arange(0, BLOCK_K)
+        column = pixels % WIDTH
+        row = (pixels // WIDTH) % HEIGHT
+        image = pixels // (WIDTH * HEIGHT)
+        pixel_ok = pixels < PIXELS
+        output_ok = outputs < COUT
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for tap in range(KH * KW):
+            source_row = row + tap // KW - KH // 2
+            source_column = column + tap % KW - KW // 2
+            inside = pixel_ok & (source_row >= 0) & (source_row < HEIGHT) & (source_column >= 0) & (source_column < WIDTH)
+            source = ((image * HEIGHT + source_row) * WIDTH + source_column).to(tl.int64) * CIN
+            for first in range(0, CIN, BLOCK_K):
+                channel = first + channels
+                a = tl.load(x_ptr + source[:, None] + channel[None, :],
+                            mask=inside[:, None] & (channel[None, :] < CIN), other=0.0)
+                b = tl.load(w_ptr + (tap * CIN + channel).to(tl.int64)[:, None] * COUT + outputs[None, :],
+                            mask=(channel[:, None] < CIN) & output_ok[None, :], other=0.0)
+                acc = tl.dot(a, b, acc)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + outputs, mask=output_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + pixels.to(tl.int64)[:, None] * COUT + outputs[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=pixel_ok[:, None] & output_ok[None, :])
+
+    def launch(x: torch.Tensor, weight_taps: torch.Tensor, bias: Optional[torch.Tensor], kernel_w: int) -> torch.Tensor:
+        batch, cin, height, width = x.shape
+        taps, _, cout = weight_taps.shape
+        x = x.contiguous(memory_format=torch.channels_last)
+        out = torch.empty((batch, cout, height, width), device=x.device, dtype=x.dtype,
+                          memory_format=torch.channels_last)
+        pixels = batch * height * width
+
+        def grid(meta):
+            return triton.cdiv(pixels, meta["BLOCK_M"]), triton.cdiv(cout, meta["BLOCK_N"])
+        conv2d_same_nhwc[grid](x, weight_taps.contiguous(), bias if bias is not None else weight_taps, out, pixels,
+                               height, width, cin, cout, KH=taps // kernel_w, KW=kernel_w, HAS_BIAS=bias is not None)
+        return out
+
+    return launch
+
+
+def conv2d_same_triton(x: torch.Tensor, weight_taps: torch.Tensor, bias: Optional[torch.Tensor],
+                       kernel_w: int) -> torch.Tensor:
+    """The Triton kernel on `x` (B, Cin, H, W) with weights laid out as (kh * kw, Cin, Cout), on any device
+    Triton runs on (a CUDA card, or the CPU under TRITON_INTERPRET=1); the output is channels-last."""
+    return _launcher()(x, weight_taps, bias, kernel_w)
+
+
+@torch.library.custom_op("lpperf::conv2d_same", mutates_args=())
+def conv2d_same(x: torch.Tensor, weight_taps: torch.Tensor, bias: Optional[torch.Tensor],
+                kernel_w: int) -> torch.Tensor:
+    return conv2d_same_triton(x, weight_taps, bias, kernel_w)
+
+
+@conv2d_same.register_fake
+def _(x, weight_taps, bias, kernel_w):
+    return x.new_empty((x.shape[0], weight_taps.shape[2], *x.shape[2:])).contiguous(memory_format=torch.channels_last)
+
+
+@register_flop_formula(torch.ops.lpperf.conv2d_same)
+def _conv2d_same_flops(x_shape, weight_shape, bias_shape, kernel_w, *args, **kwargs) -> int:
+    batch, cin, height, width = x_shape
+    taps, _, cout = weight_shape
+    return 2 * batch * height * width * cin * cout * taps
+
+
+class TritonConv2d(nn.Module):
+    """A stride-1, 'same'-padded Conv2d (odd kernel, one group) as the Triton implicit-GEMM kernel on
+    CUDA half/bfloat16 inputs, `F.conv2d` elsewhere. The weights are kept as (kh * kw, Cin, Cout), the
+    kernel's order: three dimensions, so a network-wide channels_last conversion leaves them alone."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if type(conv) is not nn.Conv2d:
+            raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
+        kernel_h, kernel_w = conv.kernel_size
+        if (conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros"
+                or conv.padding != (kernel_h // 2, kernel_w // 2) or kernel_h % 2 == 0 or kernel_w % 2 == 0):
+            raise ValueError(f"TritonConv2d computes stride-1, ungrouped convolutions with odd kernels and 'same' "
+                             f"zero padding; got kernel {conv.kernel_size}, stride {conv.stride}, padding "
+                             f"{conv.padding!r} ({conv.padding_mode}), dilation {conv.dilation}, groups {conv.groups}")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.padding = conv.kernel_size, conv.padding
+        weight = conv.weight.detach()
+        self.weight_taps = nn.Parameter(weight.permute(2, 3, 1, 0).reshape(kernel_h * kernel_w, *weight.shape[1::-1])
+                                        .contiguous(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+    def conv_weight(self) -> torch.Tensor:
+        """The weights in nn.Conv2d's (Cout, Cin, kh, kw) order."""
+        return self.weight_taps.view(*self.kernel_size, self.in_channels, self.out_channels).permute(3, 2, 0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and x.dtype in GPU_DTYPES and x.dtype == self.weight_taps.dtype:
+            return conv2d_same(x, self.weight_taps, self.bias, self.kernel_size[1])
+        return F.conv2d(x, self.conv_weight(), self.bias, padding=self.padding)
+
+
+def eligible(conv: nn.Module) -> bool:
+    """A plain Conv2d that TritonConv2d computes: stride 1, odd kernel, 'same' zero padding, one group,
+    channels in multiples of 16."""
+    return (type(conv) is nn.Conv2d and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros" and all(k % 2 == 1 for k in conv.kernel_size)
+            and conv.padding == tuple(k // 2 for k in conv.kernel_size)
+            and conv.in_channels % CHANNEL_MULTIPLE == 0 and conv.out_channels % CHANNEL_MULTIPLE == 0)
+
+
+def triton_convs(net: nn.Module) -> list[str]:
+    """Replace every eligible Conv2d of `net` with a TritonConv2d; the replaced names."""
+    return _replace_children(net, lambda parent, name, child: eligible(child), TritonConv2d)

@@ -1,0 +1,117 @@
+"""The Triton convolution kernel off the card: its CPU path against the layer it replaces (float64,
+exact), what it refuses, what the step replaces, its FLOP count, and the kernel itself under
+Triton's CPU interpreter where Triton is installed (the GPU suite runs it on the card)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lpperf import kernels, recipes, weights
+
+EXACT = 1e-12
+
+
+@pytest.fixture
+def generator():
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.mark.parametrize("kernel, bias", [((3, 3), True), ((1, 1), False), ((3, 5), True), ((5, 3), False)])
+def test_cpu_path_is_the_convolution(generator, kernel, bias):
+    conv = nn.Conv2d(16, 32, kernel, padding=(kernel[0] // 2, kernel[1] // 2), bias=bias).double()
+    layer = kernels.TritonConv2d(conv)
+    x = torch.randn(2, 16, 9, 7, generator=generator, dtype=torch.float64)
+    expected = conv(x)
+    for inputs in (x, x.contiguous(memory_format=torch.channels_last)):
+        out = layer(inputs)
+        assert out.shape == expected.shape
+        assert ((out - expected).norm() / expected.norm()).item() <= EXACT
+    assert torch.equal(layer.conv_weight(), conv.weight)
+
+
+def test_weights_stay_in_kernel_order_through_the_recipe_casts():
+    """channels_last reorders 4-D parameters only; the (kh*kw, Cin, Cout) weights are 3-D and stay
+    contiguous, so the kernel reads them in place; .half() casts them with the rest."""
+    layer = kernels.TritonConv2d(nn.Conv2d(16, 32, 3, padding=1))
+    layer.to(memory_format=torch.channels_last).half()
+    assert layer.weight_taps.shape == (9, 16, 32) and layer.weight_taps.is_contiguous()
+    assert layer.weight_taps.dtype == layer.bias.dtype == torch.float16
+
+
+@pytest.mark.parametrize("conv, message", [
+    (nn.Conv2d(16, 16, 3, padding=1, stride=2), "stride-1"),
+    (nn.Conv2d(16, 16, 2, padding=1), "odd kernels"),
+    (nn.Conv2d(16, 16, 3, padding=0), "'same'"),
+    (nn.Conv2d(16, 16, 3, padding=1, groups=2), "groups 2"),
+    (nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"), "reflect"),
+])
+def test_refuses_what_it_does_not_compute(conv, message):
+    with pytest.raises(ValueError, match=message):
+        kernels.TritonConv2d(conv)
+    assert not kernels.eligible(conv)
+
+
+def test_refuses_other_layers():
+    with pytest.raises(TypeError, match="expected an nn.Conv2d, got Conv3d"):
+        kernels.TritonConv2d(nn.Conv3d(16, 16, 3, padding=1))
+
+
+def test_triton_convs_replaces_the_eligible_convolutions_only(generator):
+    net = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 3, 3, padding=1),  # 3 outputs: not x16
+                        nn.Sequential(nn.Conv2d(3, 16, 1)), nn.Conv2d(16, 16, 3, padding=1, stride=2)).double()
+    x = torch.randn(1, 16, 8, 8, generator=generator, dtype=torch.float64)
+    expected = nn.Sequential(*[net[0], net[1]])(x)
+    assert kernels.triton_convs(net) == ["0"]
+    assert isinstance(net[0], kernels.TritonConv2d) and type(net[1]) is nn.Conv2d
+    assert ((net[1](net[0](x)) - expected).norm() / expected.norm()).item() <= EXACT
+    assert kernels.triton_convs(net) == []
+
+
+def test_step_needs_a_card():
+    engine = recipes.build([recipes.triton_decoder_convs], weights.tiny_networks(0), "cpu")
+    assert "needs a CUDA device" in engine.skipped["triton_decoder_convs"]
+    assert not any(isinstance(module, kernels.TritonConv2d) for net in engine.nets.values() for module in net.modules())
+
+
+def test_flop_count_is_the_convolution_s():
+    """torch's flop counter sees the custom op (through its meta kernel) as the convolution it computes."""
+    x = torch.empty(2, 32, 10, 12, device="meta")
+    weight_taps = torch.empty(15, 32, 48, device="meta")  # a 3 x 5 kernel
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = torch.ops.lpperf.conv2d_same(x, weight_taps, None, 5)
+    assert out.shape == (2, 48, 10, 12)
+    assert counter.get_total_flops() == 2 * 2 * 10 * 12 * 32 * 48 * 15
+
+
+INTERPRETED = textwrap.dedent("""
+    import torch
+    from lpperf import kernels
+    generator = torch.Generator().manual_seed(0)
+    for batch, cin, cout, height, width, kernel, bias in [(2, 32, 48, 9, 7, (3, 3), True), (1, 16, 16, 5, 6, (1, 1), False),
+                                                          (1, 48, 32, 6, 5, (3, 5), True)]:
+        conv = torch.nn.Conv2d(cin, cout, kernel, padding=(kernel[0] // 2, kernel[1] // 2), bias=bias)
+        layer = kernels.TritonConv2d(conv)
+        x = torch.randn(batch, cin, height, width, generator=generator)
+        out = kernels.conv2d_same_triton(x, layer.weight_taps, layer.bias, kernel[1])
+        expected = conv(x)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        error = ((out - expected).norm() / expected.norm()).item()
+        assert error <= 1e-5, (batch, cin, cout, kernel, error)
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(not kernels.triton_available(), reason="Triton is not installed here (CUDA builds of torch ship it)")
+def test_kernel_under_the_triton_interpreter():
+    """The kernel's indexing (taps, borders, partial tiles, batches) on the CPU through
+    TRITON_INTERPRET=1, which must be set before the kernel is defined: a fresh process."""
+    run = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
