@@ -32,19 +32,19 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+# Tile shapes the autotuner chooses from per layer shape: (BLOCK_M pixels, BLOCK_N outputs, BLOCK_K
+# input channels, warps, pipeline stages).
+TILES = ((128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (64, 64, 64, 4, 4), (128, 64, 32, 4, 5), (256, 64, 64, 8, 3),
+         (64, 128, 64, 4, 4), (128, 128, 32, 4, 4), (64, 64, 32, 4, 5))
+
+
 @functools.cache
-def _launcher():
-    """The autotuned Triton kernel's launcher, built once on first use (triton is imported only then)."""
+def _kernels():
+    """The Triton kernel, plain and autotuned over TILES, built once on first use (triton is imported
+    only then)."""
     import triton
     import triton.language as tl
 
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-               for m, n, k, w, s in ((128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (64, 64, 64, 4, 4),
-                                     (128, 64, 32, 4, 5), (256, 64, 64, 8, 3), (64, 128, 64, 4, 4))]
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        configs = configs[:1]  # the CPU interpreter has no clock to choose by; one config is never timed
-
-    @triton.autotune(configs=configs, key=["PIXELS", "HEIGHT", "WIDTH", "CIN", "COUT", "KH", "KW"])
     @triton.jit
     def conv2d_same_nhwc(x_ptr, w_ptr, bias_ptr, out_ptr, PIXELS, HEIGHT, WIDTH, CIN, COUT,
                          KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -58,45 +58,57 @@ def _launcher():
         pixel_ok = pixels < PIXELS
         output_ok = outputs < COUT
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for tap in range(KH * KW):
+        channel_blocks = tl.cdiv(CIN, BLOCK_K)
+        # one flat loop over (tap, input-channel block): the software pipeline spans all of K
+        for step in range(KH * KW * channel_blocks):
+            tap = step // channel_blocks
+            channel = (step % channel_blocks) * BLOCK_K + channels
             source_row = row + tap // KW - KH // 2
             source_column = column + tap % KW - KW // 2
             inside = pixel_ok & (source_row >= 0) & (source_row < HEIGHT) & (source_column >= 0) & (source_column < WIDTH)
             source = ((image * HEIGHT + source_row) * WIDTH + source_column).to(tl.int64) * CIN
-            for first in range(0, CIN, BLOCK_K):
-                channel = first + channels
-                a = tl.load(x_ptr + source[:, None] + channel[None, :],
-                            mask=inside[:, None] & (channel[None, :] < CIN), other=0.0)
-                b = tl.load(w_ptr + (tap * CIN + channel).to(tl.int64)[:, None] * COUT + outputs[None, :],
-                            mask=(channel[:, None] < CIN) & output_ok[None, :], other=0.0)
-                acc = tl.dot(a, b, acc)
+            a = tl.load(x_ptr + source[:, None] + channel[None, :],
+                        mask=inside[:, None] & (channel[None, :] < CIN), other=0.0)
+            b = tl.load(w_ptr + (tap * CIN + channel).to(tl.int64)[:, None] * COUT + outputs[None, :],
+                        mask=(channel[:, None] < CIN) & output_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc)
         if HAS_BIAS:
             acc += tl.load(bias_ptr + outputs, mask=output_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(out_ptr + pixels.to(tl.int64)[:, None] * COUT + outputs[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=pixel_ok[:, None] & output_ok[None, :])
 
-    def launch(x: torch.Tensor, weight_taps: torch.Tensor, bias: Optional[torch.Tensor], kernel_w: int) -> torch.Tensor:
-        batch, cin, height, width = x.shape
-        taps, _, cout = weight_taps.shape
-        x = x.contiguous(memory_format=torch.channels_last)
-        out = torch.empty((batch, cout, height, width), device=x.device, dtype=x.dtype,
-                          memory_format=torch.channels_last)
-        pixels = batch * height * width
-
-        def grid(meta):
-            return triton.cdiv(pixels, meta["BLOCK_M"]), triton.cdiv(cout, meta["BLOCK_N"])
-        conv2d_same_nhwc[grid](x, weight_taps.contiguous(), bias if bias is not None else weight_taps, out, pixels,
-                               height, width, cin, cout, KH=taps // kernel_w, KW=kernel_w, HAS_BIAS=bias is not None)
-        return out
-
-    return launch
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+               for m, n, k, w, s in TILES]
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        configs = configs[:1]  # the CPU interpreter has no clock to choose by; one config is never timed
+    key = ["PIXELS", "HEIGHT", "WIDTH", "CIN", "COUT", "KH", "KW"]
+    return conv2d_same_nhwc, triton.autotune(configs=configs, key=key)(conv2d_same_nhwc)
 
 
-def conv2d_same_triton(x: torch.Tensor, weight_taps: torch.Tensor, bias: Optional[torch.Tensor],
-                       kernel_w: int) -> torch.Tensor:
+def conv2d_same_triton(x: torch.Tensor, weight_taps: torch.Tensor, bias: Optional[torch.Tensor], kernel_w: int,
+                       tile: Optional[tuple[int, int, int, int, int]] = None) -> torch.Tensor:
     """The Triton kernel on `x` (B, Cin, H, W) with weights laid out as (kh * kw, Cin, Cout), on any device
-    Triton runs on (a CUDA card, or the CPU under TRITON_INTERPRET=1); the output is channels-last."""
-    return _launcher()(x, weight_taps, bias, kernel_w)
+    Triton runs on (a CUDA card, or the CPU under TRITON_INTERPRET=1); the output is channels-last. The
+    autotuner picks the tile unless `tile` (one of TILES' form) is given."""
+    plain, autotuned = _kernels()
+    batch, cin, height, width = x.shape
+    taps, _, cout = weight_taps.shape
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = torch.empty((batch, cout, height, width), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    pixels = batch * height * width
+    args = (x, weight_taps.contiguous(), bias if bias is not None else weight_taps, out, pixels, height, width, cin, cout)
+    shape = {"KH": taps // kernel_w, "KW": kernel_w, "HAS_BIAS": bias is not None}
+    if tile is None:
+        autotuned[lambda meta: (_blocks(pixels, meta["BLOCK_M"]), _blocks(cout, meta["BLOCK_N"]))](*args, **shape)
+    else:
+        block_m, block_n, block_k, warps, stages = tile
+        plain[(_blocks(pixels, block_m), _blocks(cout, block_n))](*args, **shape, BLOCK_M=block_m, BLOCK_N=block_n,
+                                                                 BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+    return out
+
+
+def _blocks(size: int, block: int) -> int:
+    return -(-size // block)
 
 
 @torch.library.custom_op("lpperf::conv2d_same", mutates_args=())
@@ -126,12 +138,11 @@ class TritonConv2d(nn.Module):
         super().__init__()
         if type(conv) is not nn.Conv2d:
             raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
-        kernel_h, kernel_w = conv.kernel_size
-        if (conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros"
-                or conv.padding != (kernel_h // 2, kernel_w // 2) or kernel_h % 2 == 0 or kernel_w % 2 == 0):
+        if not _same_stride_one(conv):
             raise ValueError(f"TritonConv2d computes stride-1, ungrouped convolutions with odd kernels and 'same' "
                              f"zero padding; got kernel {conv.kernel_size}, stride {conv.stride}, padding "
                              f"{conv.padding!r} ({conv.padding_mode}), dilation {conv.dilation}, groups {conv.groups}")
+        kernel_h, kernel_w = conv.kernel_size
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.padding = conv.kernel_size, conv.padding
         weight = conv.weight.detach()
@@ -149,12 +160,15 @@ class TritonConv2d(nn.Module):
         return F.conv2d(x, self.conv_weight(), self.bias, padding=self.padding)
 
 
+def _same_stride_one(conv: nn.Conv2d) -> bool:
+    return (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+            and all(k % 2 == 1 for k in conv.kernel_size) and conv.padding == tuple(k // 2 for k in conv.kernel_size))
+
+
 def eligible(conv: nn.Module) -> bool:
-    """A plain Conv2d that TritonConv2d computes: stride 1, odd kernel, 'same' zero padding, one group,
-    channels in multiples of 16."""
-    return (type(conv) is nn.Conv2d and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros" and all(k % 2 == 1 for k in conv.kernel_size)
-            and conv.padding == tuple(k // 2 for k in conv.kernel_size)
+    """A plain Conv2d that TritonConv2d computes (stride 1, odd kernel, 'same' zero padding, one group)
+    with channels in multiples of 16."""
+    return (type(conv) is nn.Conv2d and _same_stride_one(conv)
             and conv.in_channels % CHANNEL_MULTIPLE == 0 and conv.out_channels % CHANNEL_MULTIPLE == 0)
 
 

@@ -94,16 +94,17 @@ INTERPRETED = textwrap.dedent("""
     import torch
     from lpperf import kernels
     generator = torch.Generator().manual_seed(0)
-    for batch, cin, cout, height, width, kernel, bias in [(2, 32, 48, 9, 7, (3, 3), True), (1, 16, 16, 5, 6, (1, 1), False),
+    for batch, cin, cout, height, width, kernel, bias in [(2, 48, 80, 9, 7, (3, 3), True), (1, 16, 16, 5, 6, (1, 1), False),
                                                           (1, 48, 32, 6, 5, (3, 5), True)]:
         conv = torch.nn.Conv2d(cin, cout, kernel, padding=(kernel[0] // 2, kernel[1] // 2), bias=bias)
         layer = kernels.TritonConv2d(conv)
         x = torch.randn(batch, cin, height, width, generator=generator)
-        out = kernels.conv2d_same_triton(x, layer.weight_taps, layer.bias, kernel[1])
         expected = conv(x)
-        assert out.is_contiguous(memory_format=torch.channels_last)
-        error = ((out - expected).norm() / expected.norm()).item()
-        assert error <= 1e-5, (batch, cin, cout, kernel, error)
+        for tile in (None,) + kernels.TILES:  # the autotuned path, then every tile it may choose
+            out = kernels.conv2d_same_triton(x, layer.weight_taps, layer.bias, kernel[1], tile)
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            error = ((out - expected).norm() / expected.norm()).item()
+            assert error <= 1e-5, (batch, cin, cout, kernel, tile, error)
     print("ok")
 """)
 
