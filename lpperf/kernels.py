@@ -25,7 +25,6 @@ from torch.utils.flop_counter import register_flop_formula
 from lpperf.rewrites import _replace_children
 
 GPU_DTYPES = (torch.float16, torch.bfloat16)
-CHANNEL_MULTIPLE = 16  # tl.dot's smallest tile side: input and output channels come in multiples of it
 
 
 def triton_available() -> bool:
@@ -166,10 +165,8 @@ def _same_stride_one(conv: nn.Conv2d) -> bool:
 
 
 def eligible(conv: nn.Module) -> bool:
-    """A plain Conv2d that TritonConv2d computes (stride 1, odd kernel, 'same' zero padding, one group)
-    with channels in multiples of 16."""
-    return (type(conv) is nn.Conv2d and _same_stride_one(conv)
-            and conv.in_channels % CHANNEL_MULTIPLE == 0 and conv.out_channels % CHANNEL_MULTIPLE == 0)
+    """A plain Conv2d that TritonConv2d computes: stride 1, odd kernel, 'same' zero padding, one group."""
+    return type(conv) is nn.Conv2d and _same_stride_one(conv)
 
 
 def triton_convs(net: nn.Module) -> list[str]:

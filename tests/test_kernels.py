@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lpperf import kernels, recipes, weights
+from lpperf import kernels, models, recipes, rewrites, weights
 
 EXACT = 1e-12
 
@@ -63,14 +63,30 @@ def test_refuses_other_layers():
 
 
 def test_triton_convs_replaces_the_eligible_convolutions_only(generator):
-    net = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 3, 3, padding=1),  # 3 outputs: not x16
-                        nn.Sequential(nn.Conv2d(3, 16, 1)), nn.Conv2d(16, 16, 3, padding=1, stride=2)).double()
+    net = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.Conv2d(8, 3, (1, 3), padding=(0, 1)),
+                        nn.Sequential(nn.Conv2d(3, 16, 2, padding=1)), nn.Conv2d(16, 16, 3, padding=1, stride=2)).double()
     x = torch.randn(1, 16, 8, 8, generator=generator, dtype=torch.float64)
-    expected = nn.Sequential(*[net[0], net[1]])(x)
-    assert kernels.triton_convs(net) == ["0"]
-    assert isinstance(net[0], kernels.TritonConv2d) and type(net[1]) is nn.Conv2d
+    expected = net[1](net[0](x))
+    assert kernels.triton_convs(net) == ["0", "1"]
+    assert all(isinstance(net[i], kernels.TritonConv2d) for i in (0, 1)) and type(net[2][0]) is nn.Conv2d
     assert ((net[1](net[0](x)) - expected).norm() / expected.norm()).item() <= EXACT
     assert kernels.triton_convs(net) == []
+
+
+def test_g_s_last_stage_on_the_kernel_computes_the_same(generator):
+    """What triton_decoder_convs replaces on the card: the convolutions of the batched decoder's last
+    (4x) stage, here on the TINY G in float64 (the CPU path)."""
+    decoder = rewrites.batch_spade_modulations(models.build(models.DECODER_NET, **models.TINY[models.DECODER_NET]))
+    rewrites.phase_split_upsampled_convs(decoder)
+    decoder = decoder.double().eval()
+    feature = torch.randn(1, decoder.in_channels, 8, 8, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        expected = decoder(feature)
+        names = kernels.triton_convs(decoder.stages[-1])
+        out = decoder(feature)
+    assert {name.split(".")[-1] for name in names} >= {"conv_0", "conv_1"} and any("modulations" in n for n in names)
+    assert not any(isinstance(module, kernels.TritonConv2d) for module in decoder.stages[0].modules())
+    assert ((out - expected).norm() / expected.norm()).item() <= EXACT
 
 
 def test_step_needs_a_card():
