@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from lpperf import frame, recipes, roofline, timing
-from lpperf.kernels import TritonConv2d
 from lpperf.engine import HEAVY_NETS
+from lpperf.kernels import TritonConv2d
 from lpperf.models import DECODER_NET, FEATURE_NET, MOTION_NET, WARP_NET
 from lpperf.rewrites import LAYER_TYPES
 from lpperf.validation import check_positive_int
