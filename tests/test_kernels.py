@@ -121,14 +121,24 @@ INTERPRETED = textwrap.dedent("""
             assert out.is_contiguous(memory_format=torch.channels_last)
             error = ((out - expected).norm() / expected.norm()).item()
             assert error <= 1e-5, (batch, cin, cout, kernel, tile, error)
+
+    # The custom op as torch.compile sees it in a recipe: traced into one graph (fullgraph), called as an
+    # extern kernel, with compiled work after it.
+    def step(x):
+        return torch.relu(torch.ops.lpperf.conv2d_same(x, layer.weight_taps, layer.bias, kernel[1])) + 1
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)(x)
+    expected = torch.relu(conv(x)) + 1
+    assert ((compiled - expected).norm() / expected.norm()).item() <= 1e-5
     print("ok")
 """)
 
 
 @pytest.mark.skipif(not kernels.triton_available(), reason="Triton is not installed here (CUDA builds of torch ship it)")
 def test_kernel_under_the_triton_interpreter():
-    """The kernel's indexing (taps, borders, partial tiles, batches) on the CPU through
-    TRITON_INTERPRET=1, which must be set before the kernel is defined: a fresh process."""
+    """The kernel's indexing (taps, borders, partial tiles, batches) for every tile, and the custom op
+    inside torch.compile, on the CPU through TRITON_INTERPRET=1, which must be set before the kernel is
+    defined: a fresh process."""
     run = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "TRITON_INTERPRET": "1"})
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
