@@ -184,7 +184,7 @@ def triton_decoder_convs(engine: Engine) -> None:
     conv_1 and shortcut, after batch_spade_modulations and the phase split) as lpperf.kernels.
     TritonConv2d: an implicit-GEMM Triton kernel on the card in half precision, F.conv2d elsewhere.
     That stage because cuDNN ran its layers at 15-43 % of an H200's peak, against 63 % (batch 1) to 80 %
-    (batch 16) for the 512-channel convolutions at 64 x 64."""
+    (batch 16) for the 512-channel convolutions at 64 x 64 (torch 2.11, 2026-11-29/30)."""
     _require_cuda(engine)
     if not kernels.triton_available():
         raise StepNotApplicable("needs Triton (`import triton` fails here); CUDA builds of torch ship it")

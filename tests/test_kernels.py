@@ -17,11 +17,6 @@ from lpperf import kernels, models, recipes, rewrites, weights
 EXACT = 1e-12
 
 
-@pytest.fixture
-def generator():
-    return torch.Generator().manual_seed(0)
-
-
 @pytest.mark.parametrize("kernel, bias", [((3, 3), True), ((1, 1), False), ((3, 5), True), ((5, 3), False)])
 def test_cpu_path_is_the_convolution(generator, kernel, bias):
     conv = nn.Conv2d(16, 32, kernel, padding=(kernel[0] // 2, kernel[1] // 2), bias=bias).double()

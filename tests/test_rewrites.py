@@ -45,11 +45,6 @@ def randomise_batch_norms(net: nn.Module, generator: torch.Generator) -> nn.Modu
     return net
 
 
-@pytest.fixture
-def generator():
-    return torch.Generator().manual_seed(0)
-
-
 def tiny_warp(generator, **overrides) -> nn.Module:
     torch.manual_seed(1)
     net = models.build("warping_module", **{**models.TINY["warping_module"], **overrides})
