@@ -57,6 +57,16 @@ def test_refuses_other_layers():
         kernels.TritonConv2d(nn.Conv3d(16, 16, 3, padding=1))
 
 
+def test_refuses_tensors_past_32_bit_offsets():
+    """The kernel indexes with 32-bit offsets: a tensor of 2**31 elements or more gets a clear error from
+    the kernel's entry point, and TritonConv2d takes F.conv2d for it instead."""
+    assert kernels.fits_int32_offsets(torch.Size((16, 256, 256, 256)), 64)  # G's 256x256 stage at batch 16
+    huge = torch.empty(128, 256, 256, 256, device="meta")
+    assert not kernels.fits_int32_offsets(huge.shape, 64)
+    with pytest.raises(ValueError, match="32-bit offsets.*split the batch"):
+        kernels.conv2d_same_triton(huge, torch.empty(9, 256, 64, device="meta"), None, 3)
+
+
 def test_triton_convs_replaces_the_eligible_convolutions_only(generator):
     net = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.Conv2d(8, 3, (1, 3), padding=(0, 1)),
                         nn.Sequential(nn.Conv2d(3, 16, 2, padding=1)), nn.Conv2d(16, 16, 3, padding=1, stride=2)).double()
@@ -69,17 +79,18 @@ def test_triton_convs_replaces_the_eligible_convolutions_only(generator):
 
 
 def test_g_s_last_stage_on_the_kernel_computes_the_same(generator):
-    """What triton_decoder_convs replaces on the card: the convolutions of the batched decoder's last
-    (4x) stage, here on the TINY G in float64 (the CPU path)."""
+    """What triton_decoder_convs replaces on the card: the convolutions of the residual block of the
+    batched decoder's last (4x) stage, here on the TINY G in float64 (the CPU path)."""
     decoder = rewrites.batch_spade_modulations(models.build(models.DECODER_NET, **models.TINY[models.DECODER_NET]))
     rewrites.phase_split_upsampled_convs(decoder)
     decoder = decoder.double().eval()
     feature = torch.randn(1, decoder.in_channels, 8, 8, generator=generator, dtype=torch.float64)
     with torch.no_grad():
         expected = decoder(feature)
-        names = kernels.triton_convs(decoder.stages[-1])
+        names = kernels.triton_convs(decoder.stages[-1].blocks)
         out = decoder(feature)
-    assert {name.split(".")[-1] for name in names} >= {"conv_0", "conv_1"} and any("modulations" in n for n in names)
+    assert {name.split(".")[-1] for name in names} >= {"conv_0", "conv_1"}
+    assert not any(isinstance(module, kernels.TritonConv2d) for module in decoder.stages[-1].modulations.modules())
     assert not any(isinstance(module, kernels.TritonConv2d) for module in decoder.stages[0].modules())
     assert ((out - expected).norm() / expected.norm()).item() <= EXACT
 
@@ -106,7 +117,8 @@ INTERPRETED = textwrap.dedent("""
     from lpperf import kernels
     generator = torch.Generator().manual_seed(0)
     for batch, cin, cout, height, width, kernel, bias in [(2, 48, 80, 9, 7, (3, 3), True), (1, 16, 16, 5, 6, (1, 1), False),
-                                                          (1, 48, 32, 6, 5, (3, 5), True)]:
+                                                          (1, 48, 32, 6, 5, (3, 5), True), (1, 64, 64, 5, 6, (3, 3), True)]:
+        # the last case divides the 32/64-channel and 64-output tiles: the unmasked (EVEN_K/EVEN_N) paths
         conv = torch.nn.Conv2d(cin, cout, kernel, padding=(kernel[0] // 2, kernel[1] // 2), bias=bias)
         layer = kernels.TritonConv2d(conv)
         x = torch.randn(batch, cin, height, width, generator=generator)
