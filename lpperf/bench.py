@@ -54,7 +54,7 @@ STEP_LABELS = {
     "occlusion_as_taps": "+ occlusion conv as tap maps",
     "batch_spade_modulations": "+ G's SPADE modulations batched",
     "phase_split_upsampled_convs": "+ G's upsampled convs phase-split",
-    "triton_decoder_convs": "+ G's convs as a Triton kernel",
+    "triton_decoder_convs": "+ G's last block on a Triton kernel",
     "autocast_fp16": "+ autocast fp16",
     "half": "+ fp16 weights (.half())",
     "bfloat16": "+ bf16 weights",

@@ -180,20 +180,21 @@ def phase_split_upsampled_convs(engine: Engine) -> None:
 
 
 def triton_decoder_convs(engine: Engine) -> None:
-    """The stride-1 'same' convolutions of G's 256 x 256 stage (up_1: its SPADE gamma/beta, conv_0,
-    conv_1 and shortcut, after batch_spade_modulations and the phase split) as lpperf.kernels.
-    TritonConv2d: an implicit-GEMM Triton kernel on the card in half precision, F.conv2d elsewhere.
-    That stage because cuDNN ran its layers at 15-43 % of an H200's peak, against 63 % (batch 1) to 80 %
-    (batch 16) for the 512-channel convolutions at 64 x 64 (torch 2.11, 2026-11-29/30)."""
+    """The residual block of G's 256 x 256 stage (up_1: conv_0, conv_1 and the shortcut conv_s, 64
+    outputs each at the official sizes) as lpperf.kernels.TritonConv2d: an implicit-GEMM Triton kernel
+    on the card in half precision, F.conv2d elsewhere. Only those: alone at batch 1 on an H200 (torch
+    2.11, 2026-11-30) the kernel beat cuDNN on them (-13, -23 and -26 %) and lost on the stage's SPADE
+    gamma/beta convolutions (128 and 512 outputs: +9 and +16 %), and at batch 16 it lost on all."""
     _require_cuda(engine)
     if not kernels.triton_available():
         raise StepNotApplicable("needs Triton (`import triton` fails here); CUDA builds of torch ship it")
     decoder = engine.nets[DECODER_NET]
     if not isinstance(decoder, rewrites.BatchedSPADEDecoder):
-        raise StepNotApplicable(f"G is a {type(decoder).__name__}; the Triton kernel takes the convolutions of "
+        raise StepNotApplicable(f"G is a {type(decoder).__name__}; the Triton kernel takes the residual block of "
                                 "batch_spade_modulations' last stage, which must run first")
-    if not kernels.triton_convs(decoder.stages[-1]):
-        raise StepNotApplicable("G's last stage has no stride-1 'same' Conv2d left (already on the Triton kernel?)")
+    if not kernels.triton_convs(decoder.stages[-1].blocks):
+        raise StepNotApplicable("G's last residual block has no stride-1 'same' Conv2d left (already on the "
+                                "Triton kernel?)")
 
 
 def warp_depth_split(engine: Engine, every_conv3d: bool = False) -> None:
@@ -365,8 +366,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             "occlusion conv as tap maps, G's SPADE modulations batched and phase-split", *FASTEST_STEPS),
     _recipe("fastest-batched", "fp16", "fastest with W's mask Conv3d in the frequency domain (float32 FFTs) "
             "instead of split over depth: for batched frames; keeps 447 MB of filter spectra", *FASTEST_BATCHED_STEPS),
-    _recipe("fastest-triton", "fp16", "fastest with the convolutions of G's 256x256 stage on lpperf's Triton "
-            "implicit-GEMM kernel instead of cuDNN (CUDA only; elsewhere the same as fastest)", *FASTEST_TRITON_STEPS),
+    _recipe("fastest-triton", "fp16", "fastest with the residual block of G's 256x256 stage on lpperf's Triton "
+            "implicit-GEMM kernel instead of cuDNN (CUDA only; elsewhere the same as fastest). Opt-in: on an "
+            "H200 its kernels cost what cuDNN's do in the frame (docs/PERFORMANCE.md)", *FASTEST_TRITON_STEPS),
 )}
 
 
