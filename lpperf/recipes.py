@@ -184,7 +184,9 @@ def triton_decoder_convs(engine: Engine) -> None:
     outputs each at the official sizes) as lpperf.kernels.TritonConv2d: an implicit-GEMM Triton kernel
     on the card in half precision, F.conv2d elsewhere. Only those: alone at batch 1 on an H200 (torch
     2.11, 2026-11-30) the kernel beat cuDNN on them (-13, -23 and -26 %) and lost on the stage's SPADE
-    gamma/beta convolutions (128 and 512 outputs: +9 and +16 %), and at batch 16 it lost on all."""
+    gamma/beta convolutions (128 and 512 outputs: +9 and +16 %), and at batch 16 it lost on all. In the
+    compiled frame its three kernels cost what cuDNN's did (kernel totals 3.864 against 3.858 ms), so
+    the step is not part of `fastest`."""
     _require_cuda(engine)
     if not kernels.triton_available():
         raise StepNotApplicable("needs Triton (`import triton` fails here); CUDA builds of torch ship it")
