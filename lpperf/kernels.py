@@ -45,9 +45,10 @@ def _kernels():
     import triton
     import triton.language as tl
 
-    # EVEN_K / EVEN_N drop the channel and output masks when the tile divides the layer: a mask that
-    # varies along the contiguous dimension stops Triton from vectorising the loads and stores, which
-    # made the kernel up to 2x slower than the same tile unmasked (H200, 2026-11-30).
+    # EVEN_K / EVEN_N drop the channel and output masks when the tile divides the layer (every layer of
+    # G's last block): a mask that varies along the contiguous dimension can keep Triton from vectorising
+    # the loads and stores. (Not resolvable alone on the card: in the frame the kernels already cost what
+    # cuDNN's did; H200, 2026-11-30.)
     @triton.heuristics({"EVEN_K": lambda args: args["CIN"] % args["BLOCK_K"] == 0,
                         "EVEN_N": lambda args: args["COUT"] % args["BLOCK_N"] == 0})
     @triton.jit
@@ -65,7 +66,7 @@ def _kernels():
         output_ok = outputs < COUT
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         # Taps unrolled outside, channel blocks inside: each tap's addresses and border mask are computed
-        # once, not per channel block (measured 8-30 % faster than one flat loop over both on an H200).
+        # once, not per channel block (6-31 % faster than one flat loop over both on an H200, same tiles).
         for tap in tl.static_range(KH * KW):
             source_row = row + tap // KW - KH // 2
             source_column = column + tap % KW - KW // 2

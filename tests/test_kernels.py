@@ -59,7 +59,7 @@ def test_refuses_other_layers():
 
 def test_refuses_tensors_past_32_bit_offsets():
     """The kernel indexes with 32-bit offsets: a tensor of 2**31 elements or more gets a clear error from
-    the kernel's entry point, and TritonConv2d takes F.conv2d for it instead."""
+    the kernel's entry point (before Triton is touched), and the bound admits G's last stage at batch 16."""
     assert kernels.fits_int32_offsets(torch.Size((16, 256, 256, 256)), 64)  # G's 256x256 stage at batch 16
     huge = torch.empty(128, 256, 256, 256, device="meta")
     assert not kernels.fits_int32_offsets(huge.shape, 64)
