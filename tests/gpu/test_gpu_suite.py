@@ -225,6 +225,8 @@ def test_triton_conv_matches_a_float64_convolution(cuda_device, cin, cout, kerne
     assert out.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(out).all()
     assert error(out) <= 2e-3, error(out)  # fp16 inputs and output, float32 accumulation: cuDNN's rounding
     assert torch.equal(compiled, out)
+    with torch.inference_mode():  # an NCHW input: the layer makes it channels-last before the op
+        assert torch.equal(layer(x.contiguous()), out)
 
 
 def test_fft_mask_conv_matches_a_float64_convolution(cuda_device):
