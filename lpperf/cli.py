@@ -2,8 +2,9 @@
 
     lpperf bench [--device auto|cpu|cuda|cuda:N] [--recipes NAME ...] [--batch N ...] [--weights DIR]
                  [--out DIR] [--history DIR | --no-history]
-    lpperf compare A.json B.json [--any-card] [--threshold 0.1] [--fail-above FRACTION]
-    lpperf history [DIR] [--out DIR] [--any-card]
+    lpperf compare A.json B.json [--threshold FRACTION] [--fail-above FRACTION [--allow-missing]] [--any-card]
+    lpperf history [DIR] [--out DIR] [--threshold FRACTION]
+                   [--any-card | --creep-limit FRACTION [--best-of K] [--pinned FILE]]
     lpperf animate --source IMAGE --driving VIDEO_OR_FOLDER --weights DIR|synthetic --out OUT.mp4
 
 Errors a user can fix (bad arguments, paths, unreadable files, unknown recipe, no GPU, Ctrl-C) end with
@@ -208,14 +209,28 @@ def cmd_bench(args) -> int:
 
 # ------------------------------------------------------------------------------------- compare, history
 
+def _fraction_below_one(text: str) -> float:
+    """An argparse type: a fraction in [0, 1); refusing 1 and more catches 10 meant as 10%."""
+    value = _at_least(0, float)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction below 1 (0.10 = 10%), got {text!r}")
+    return value
+
+
 def _change(delta: history.Delta) -> str:
-    if delta.ratio == 0 or math.isinf(delta.ratio):
-        return f"{delta.name}: {delta.old_median_s * 1e3:.3f} ms -> {delta.new_median_s * 1e3:.3f} ms"
-    if delta.ratio < 1:
-        amount = f"{1 / delta.ratio:.2f}x faster ({(1 - delta.ratio):.1%} less time)"
+    times = f"{delta.name}: {delta.old_median_s * 1e3:.3f} ms -> {delta.new_median_s * 1e3:.3f} ms"
+    if delta.old_median_s == 0 or delta.new_median_s == 0:
+        amount = f" (the time in {'A' if delta.old_median_s == 0 else 'B'} is zero: no ratio)"
+    elif delta.ratio < 1:
+        amount = f", {1 / delta.ratio:.2f}x faster ({(1 - delta.ratio):.1%} less time)"
     else:
-        amount = f"{delta.ratio:.2f}x slower ({(delta.ratio - 1):.1%} more time)"
-    return f"{delta.name}: {delta.old_median_s * 1e3:.3f} ms -> {delta.new_median_s * 1e3:.3f} ms, {amount}"
+        amount = f", {delta.ratio:.2f}x slower ({(delta.ratio - 1):.1%} more time)"
+    unsettled = "" if delta.settled else f" {history.UNSETTLED_MARK} did not settle in {delta.unsettled_in}: noise"
+    return times + amount + unsettled
+
+
+def _unsettled_count(deltas) -> int:
+    return sum(not delta.settled for delta in deltas)
 
 
 def _compare(baseline: history.Run, current: history.Run, threshold: float, any_card: bool) -> history.Comparison:
@@ -230,66 +245,121 @@ def print_comparison(comparison: history.Comparison) -> None:
     print(history.format_comparison(comparison))
     for verdict in (history.Verdict.FASTER, history.Verdict.SLOWER):
         moved = [delta for delta in comparison.deltas if delta.verdict is verdict]
-        print(f"{verdict.value} (beyond {comparison.threshold:.0%}): {len(moved) or 'none'}")
+        unsettled = _unsettled_count(moved)
+        print(f"{verdict.value} (beyond {comparison.threshold:.0%}): {len(moved) or 'none'}"
+              + (f" ({unsettled} from a time that did not settle: noise)" if unsettled else ""))
         for delta in moved:
             print("  " + _change(delta))
     same = sum(delta.verdict is history.Verdict.SAME for delta in comparison.deltas)
     print(f"within {comparison.threshold:.0%}: {same}")
+    unsettled = _unsettled_count(comparison.deltas)
+    if unsettled:
+        print(f"{history.UNSETTLED_MARK} {unsettled} benchmark(s) compared with a time that did not settle: their "
+              "ratios are noise; re-measure them before trusting a verdict")
 
 
 def cmd_compare(args) -> int:
+    if args.allow_missing and args.fail_above is None:
+        raise UsageError("lpperf compare: --allow-missing needs --fail-above (it only changes what the gate checks)")
     baseline, current = history.read_run(args.baseline), history.read_run(args.current)
     comparison = _compare(baseline, current, args.threshold, args.any_card)
+    if not comparison.deltas:
+        raise history.HistoryError(
+            f"no benchmark of {args.baseline} (A) is in {args.current} (B), so nothing can be compared "
+            f"({comparison.missing_names() or 'both runs are empty'}); compare two runs of the same benchmarks")
     print_comparison(comparison)
     if args.fail_above is None:
         return 0
+    # A renamed or dropped benchmark is not checked, so a gate does not pass over it unless told to.
+    missing = () if args.allow_missing else comparison.only_in_baseline
+    missing_text = f"{len(missing)} benchmark(s) of A are not in B: {history.names_text(missing)}"
+    # Unsettled times are gated like settled ones (a slowdown hidden in noise is not let through) and marked.
     regressed = [delta for delta in comparison.deltas if delta.ratio - 1 > args.fail_above]
     if regressed:
+        names = history.names_text(delta.name + ("" if delta.settled else " " + history.UNSETTLED_MARK)
+                                   for delta in regressed)
         _say(f"lpperf compare: FAILED: {len(regressed)} benchmark(s) more than {args.fail_above:.0%} slower than in "
-             f"{args.baseline}: " + ", ".join(delta.name for delta in regressed))
+             f"{args.baseline}: {names}"
+             + (f" ({history.UNSETTLED_MARK}: did not settle, noise: re-measure)" if _unsettled_count(regressed) else "")
+             + (f"; also {missing_text} (renamed or dropped: not checked)" if missing else ""))
         return EXIT_REGRESSION
-    print(f"passed: no benchmark more than {args.fail_above:.0%} slower")
+    if missing:
+        raise history.HistoryError(
+            f"cannot pass the gate: {missing_text} (renamed or dropped: not checked); compare runs of the same "
+            "benchmarks, or add --allow-missing to gate only the benchmarks in both")
+    unsettled = _unsettled_count(comparison.deltas)
+    print(f"passed: no benchmark more than {args.fail_above:.0%} slower"
+          + (f" ({unsettled} compared time(s) did not settle: noise, re-measure before trusting)" if unsettled else ""))
     return 0
 
 
+def _pinned_applies(pinned: history.Run | None, runs: list[history.Run]) -> bool:
+    """The pinned run is compared with the latest of `runs` (one card's runs of one kind) if it is of that card and kind."""
+    return (pinned is not None and pinned.format is runs[-1].format
+            and history.card_slug(pinned.card) == history.card_slug(runs[-1].card))
+
+
 def cmd_history(args) -> int:
-    runs = history.load_history(args.dir)
-    if not runs:
-        raise FileNotFoundError(f"no benchmark runs (*.json) under {args.dir}; run `pytest -m gpu "
-                                f"--benchmark-autosave` or `lpperf bench` (which saves into {DEFAULT_HISTORY}) first")
+    # Options first, then the paths, then the files: nothing is read before the command line is known good.
+    if args.pinned and args.creep_limit is None:
+        raise UsageError("lpperf history: --pinned needs --creep-limit (the pinned run is only compared for creep)")
+    if args.any_card and args.creep_limit is not None:
+        raise UsageError("lpperf history: --any-card puts all cards in one series, but creep is measured per card; "
+                         "drop --any-card or --creep-limit")
+    folder = history.check_history_folder(args.dir)
+    reason = charts.unavailable_reason()
+    out_dir = None if reason else prepare_out_dir(Path(args.out))
     pinned = history.read_run(args.pinned) if args.pinned else None
+    skipped = []
+
+    def skip(error: history.HistoryError) -> None:
+        skipped.append(error)
+        _say(f"warning: skipped {error}")
+
+    runs = history.load_history(folder, on_skip=skip)
+    if not runs:
+        raise FileNotFoundError(f"no usable benchmark runs (*.json) under {args.dir}"
+                                + (f" ({len(skipped)} file(s) skipped above)" if skipped else "")
+                                + f"; run `pytest -m gpu --benchmark-autosave` or `lpperf bench` (which saves into "
+                                f"{DEFAULT_HISTORY}) first")
     groups: dict[str, list[history.Run]] = {}
-    crept = []
     for run in runs:
         groups.setdefault("all cards" if args.any_card else (run.card or "no card recorded"), []).append(run)
-    for card, card_runs in groups.items():
-        print(f"== {card}: {len(card_runs)} run(s)")
-        for run in card_runs:
+    kinds = {card: {run_format: [run for run in card_runs if run.format is run_format]  # pytest runs, bench reports
+                    for run_format in dict.fromkeys(run.format for run in card_runs)}
+             for card, card_runs in groups.items()}
+    if pinned is not None and not any(_pinned_applies(pinned, same_kind) for by_kind in kinds.values()
+                                      for same_kind in by_kind.values()):
+        raise history.HistoryError(
+            f"--pinned {args.pinned} is a {pinned.format.value} run of {pinned.card or 'no card recorded'}, and "
+            f"{args.dir} holds no run of that card and kind to compare with it; pin a run of a card in the history")
+    crept = []
+    for card, by_kind in kinds.items():
+        print(f"== {card}: {len(groups[card])} run(s)")
+        for run in groups[card]:
             print(f"   {run.datetime or '?'}  {run.commit or '-'}  {run.source}")
-        for run_format in dict.fromkeys(run.format for run in card_runs):  # pytest runs and bench reports apart
-            same_kind = [run for run in card_runs if run.format is run_format]
+        for run_format, same_kind in by_kind.items():
             if len(same_kind) < 2:
                 print(f"   (one {run_format.value} run: nothing to compare yet)")
                 continue
             print(f"-- latest {run_format.value} run vs the one before ({card}):")
             print_comparison(_compare(same_kind[-2], same_kind[-1], args.threshold, args.any_card))
             if args.creep_limit is not None:
-                kept = pinned if pinned is not None and pinned.format is run_format else None
+                kept = pinned if _pinned_applies(pinned, same_kind) else None
                 findings = trends.creep(same_kind, pinned=kept, best_of=args.best_of, limit=args.creep_limit)
                 print(f"-- creep: latest {run_format.value} run vs the best of the {args.best_of} before it"
                       + (f" and vs the pinned run {kept.source}:" if kept else ":"))
                 print(trends.format_creep(findings, args.best_of))
                 crept += [f"{card}: {item.name}" for item in findings if item.flagged]
 
-    reason = charts.unavailable_reason()
     if reason:
         _say(f"trend charts skipped: {reason}")
     else:
-        written = charts.trend_charts(groups, prepare_out_dir(Path(args.out)))
+        written = charts.trend_charts(groups, out_dir)
         print(f"\n{len(written)} trend chart(s) in {args.out} (dashed lines: change points)")
     if crept:
         _say(f"lpperf history: FAILED: {len(crept)} benchmark(s) crept more than {args.creep_limit:.0%} above the "
-             f"best of the {args.best_of} runs before or the pinned run: " + ", ".join(crept))
+             f"best of the {args.best_of} runs before or the pinned run: " + history.names_text(crept))
         return EXIT_REGRESSION
     return 0
 
@@ -363,11 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "lpperf bench report)")
     compare.add_argument("baseline", metavar="A", help="the older run")
     compare.add_argument("current", metavar="B", help="the newer run")
-    compare.add_argument("--threshold", type=float, default=0.10,
-                         help="change reported as faster/slower (default 0.10 = 10%%)")
-    compare.add_argument("--fail-above", type=_at_least(0, float), metavar="FRACTION",
+    compare.add_argument("--threshold", type=_fraction_below_one, default=0.10, metavar="FRACTION",
+                         help="change reported as faster/slower, in [0, 1) (default 0.10 = 10%%)")
+    compare.add_argument("--fail-above", type=_fraction_below_one, metavar="FRACTION",
                          help="exit with status 1 when any benchmark's median is more than FRACTION slower in B "
-                              "than in A (0.10 = 10%%); without it compare only reports and exits 0")
+                              "than in A (0.10 = 10%%), a time that did not settle (~) included; status 2 when a "
+                              "benchmark of A is not in B (renamed or dropped); without it compare only reports "
+                              "and exits 0 (2 when no benchmark is in both runs)")
+    compare.add_argument("--allow-missing", action="store_true",
+                         help="with --fail-above: gate only the benchmarks in both runs (those of A not in B are listed)")
     compare.add_argument("--any-card", action="store_true", help="allow runs of different cards")
     compare.set_defaults(handler=cmd_compare)
 
@@ -375,15 +449,16 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("dir", nargs="?", default=DEFAULT_HISTORY,
                       help="history folder: pytest-benchmark runs and lpperf bench reports (default %(default)s)")
     hist.add_argument("--out", default="lpperf-history", metavar="DIR", help="chart folder (default %(default)s)")
-    hist.add_argument("--threshold", type=float, default=0.10, help="change counted as real (default 0.10)")
-    hist.add_argument("--any-card", action="store_true", help="put all cards in one series")
-    hist.add_argument("--creep-limit", type=_at_least(0, float), metavar="FRACTION",
+    hist.add_argument("--threshold", type=_fraction_below_one, default=0.10, metavar="FRACTION",
+                      help="change counted as real, in [0, 1) (default 0.10 = 10%%)")
+    hist.add_argument("--any-card", action="store_true", help="put all cards in one series (not with --creep-limit)")
+    hist.add_argument("--creep-limit", type=_fraction_below_one, metavar="FRACTION",
                       help="exit with status 1 when a benchmark of a card's latest run is more than FRACTION slower "
                            "than the best of the --best-of runs before it (slow creep past each merge's gate)")
     hist.add_argument("--best-of", type=_at_least(1), default=10, metavar="K", help="runs --creep-limit "
                       "compares with (default %(default)s)")
-    hist.add_argument("--pinned", metavar="FILE", help="a recorded run (a release's) that --creep-limit also "
-                      "compares the latest run of the same card and kind with")
+    hist.add_argument("--pinned", metavar="FILE", help="with --creep-limit: a recorded run (a release's) that the "
+                      "latest run of the same card and kind is also compared with")
     hist.set_defaults(handler=cmd_history)
 
     animate = commands.add_parser("animate", help="animate a pre-cropped 256x256 portrait with a driving video")

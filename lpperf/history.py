@@ -11,10 +11,18 @@ Two on-disk formats are read:
        "datetime": "2026-11-28T08:00:00+00:00", "commit": "abc123" or null,
        "machine_info": {"card": "NVIDIA H100 80GB HBM3", ...},
        "benchmarks": [{"name": "fp16 compiled frame", "median_s": 0.00715,
-                       "mean_s": ..., "min_s": ..., "max_s": ..., "stddev_s": ..., "rounds": 30}]}
+                       "mean_s": ..., "min_s": ..., "max_s": ..., "stddev_s": ..., "rounds": 30,
+                       "converged": true}],
+       "rows": [{"name": "fp16 compiled", "batch": 1, "converged": true, ...}]}
 
-  ``median_s`` is required per benchmark, the other statistics are optional. ``report_dict`` writes
-  this format from a ``Run``.
+  ``median_s`` is required per benchmark, the other statistics are optional. ``converged: false``
+  marks a time that did not settle before sampling stopped (noise); where a benchmark does not say,
+  the bench row it came from (``rows``, ``"<name> [batch <batch>]"``) does, else it counts as
+  settled. ``report_dict`` writes this format from a ``Run``.
+
+Benchmark names are the keys that match results across runs, so a run may not repeat one. Medians
+are seconds, finite and >= 0; a zero median compares equal to a zero median (ratio 1) and infinitely
+faster than any other time.
 
 Everything here is pure (no pytest, no torch) so the ``lpperf compare`` / ``lpperf history`` commands
 and the pytest plugin share it. Bad files raise ``HistoryError`` with one paragraph naming the file,
@@ -24,15 +32,19 @@ what is wrong and what to do.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 REPORT_KIND = "lpperf-bench-report"
 REPORT_VERSION = 1
+UNSETTLED_MARK = "~"  # as lpperf bench marks a row whose timing did not settle
+UNSETTLED_NOTE = ("a time that did not settle (the samples still varied when sampling stopped): the ratio is "
+                  "noise; re-measure (more repeats, a quieter machine) before trusting it")
 
 # pytest-benchmark names saved runs NNNN_<tag>.json; --benchmark-compare picks among these.
 _SAVED_RUN_GLOB = "[0-9][0-9][0-9][0-9]_*.json"
@@ -43,6 +55,7 @@ _FIX_HINT = (
     "Delete or replace the file (restore it from the main branch's benchmark history, or re-create it "
     "with `pytest -m gpu --benchmark-autosave` on main on the same card), then run again."
 )
+_NAMES_SHOWN = 5  # names listed in a one-line message before "(N more)"
 
 
 class HistoryError(ValueError):
@@ -71,6 +84,7 @@ class BenchmarkResult:
     max_s: float | None = None
     stddev_s: float | None = None
     rounds: int | None = None
+    converged: bool = True  # False: the samples still varied when sampling stopped, the time is noise
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,15 @@ class Run:
     results: tuple[BenchmarkResult, ...]
 
     def result(self, name: str) -> BenchmarkResult | None:
-        return next((result for result in self.results if result.name == name), None)
+        return self._by_name.get(name)
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, BenchmarkResult]:
+        # A lookup per name keeps comparing two runs, and a history of them, linear in their rows.
+        by_name: dict[str, BenchmarkResult] = {}
+        for result in self.results:
+            by_name.setdefault(result.name, result)
+        return by_name
 
 
 @dataclass(frozen=True)
@@ -96,8 +118,10 @@ class Delta:
     name: str
     old_median_s: float
     new_median_s: float
-    ratio: float
+    ratio: float  # median_ratio: 1 for identical times (zeros included), inf from a zero baseline
     verdict: Verdict
+    settled: bool = True  # False: one of the two times did not settle, so the ratio is noise
+    unsettled_in: str = ""  # where the time did not settle: "A", "B" or "A and B"
 
 
 @dataclass(frozen=True)
@@ -112,6 +136,25 @@ class Comparison:
     @property
     def regressions(self) -> tuple[Delta, ...]:
         return tuple(delta for delta in self.deltas if delta.verdict is Verdict.SLOWER)
+
+    def missing_names(self) -> str:
+        """The benchmarks of one run only, for a one-line message: 'only in A (2): x, y; only in B (1): z'."""
+        sides = (("A", self.only_in_baseline), ("B", self.only_in_current))
+        return "; ".join(f"only in {side} ({len(names)}): {names_text(names)}" for side, names in sides if names)
+
+
+def names_text(names: Iterable[str]) -> str:
+    """The first few names, comma-separated, then how many more: one line however long the list."""
+    names = list(names)
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    return shown + (f", ... ({len(names) - _NAMES_SHOWN} more)" if len(names) > _NAMES_SHOWN else "")
+
+
+def median_ratio(old_s: float, new_s: float) -> float:
+    """new / old; identical times are 1 (two zeros included) and a zero baseline against a time is infinite."""
+    if new_s == old_s:
+        return 1.0
+    return new_s / old_s if old_s > 0 else math.inf
 
 
 def card_slug(card_name: str | None) -> str:
@@ -137,17 +180,32 @@ def parse_run(data: object, source: str) -> Run:
 
 
 def read_run(path: str | Path) -> Run:
-    """Read and validate one run file (either format)."""
+    """Read and validate one run file (either format); every failure is a HistoryError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise HistoryError(f"{path} is a folder, not a benchmark file; name a run file (*.json) inside it.")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise HistoryError(f"{path}: no such benchmark file. Check the path, or list the history folder.") from None
+    except UnicodeDecodeError as error:
+        raise HistoryError(
+            f"{path}: not UTF-8 text (byte {error.start}), so not a benchmark run (JSON). {_FIX_HINT}"
+        ) from None
+    except OSError as error:
+        raise HistoryError(f"{path}: cannot read the file ({error.strerror or error}); check its permissions.") from None
+    if not text.strip():
+        raise HistoryError(f"{path}: the file is empty (an interrupted write?). {_FIX_HINT}")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # JSONDecodeError, or a number longer than Python converts
         raise HistoryError(
             f"{path}: not valid JSON ({error}); the file is probably truncated or was edited by hand. {_FIX_HINT}"
+        ) from None
+    except RecursionError:
+        raise HistoryError(
+            f"{path}: JSON nested too deeply to read, so not a benchmark run (a run is only a few levels deep). "
+            f"{_FIX_HINT}"
         ) from None
     return parse_run(data, str(path))
 
@@ -182,15 +240,31 @@ def baseline_files(storage_dir: str | Path, machine_id: str, compare: bool | str
     return _query(storage_dir, platform_glob, name.rstrip("*") + "*.json")
 
 
-def load_history(root: str | Path) -> list[Run]:
-    """Every run file (*.json) under ``root``, recursively, ordered by run time then file name."""
+def check_history_folder(root: str | Path) -> Path:
+    """``root`` as a Path if it is a folder; else a HistoryError saying what it is and what to give."""
     root = Path(root)
-    if not root.is_dir():
-        raise HistoryError(
-            f"{root}: no such history folder. Benchmark history is written by "
-            "`pytest -m gpu --benchmark-autosave` (into .benchmarks/<card>/ by default)."
-        )
-    runs = [read_run(path) for path in sorted(root.rglob("*.json"))]
+    if root.is_dir():
+        return root
+    what = "is a file, not a history folder" if root.exists() else "no such history folder"
+    raise HistoryError(
+        f"{root}: {what}. Give the folder that holds the runs: benchmark history is written by "
+        "`pytest -m gpu --benchmark-autosave` (into .benchmarks/<card>/ by default) and `lpperf bench`."
+    )
+
+
+def load_history(root: str | Path, on_skip: Callable[[HistoryError], None] | None = None) -> list[Run]:
+    """Every run file (*.json) under ``root``, recursively, ordered by run time then file name.
+
+    A file that is not a usable run raises its HistoryError, or with ``on_skip`` is passed to it and left out.
+    """
+    runs = []
+    for path in sorted(check_history_folder(root).rglob("*.json")):
+        try:
+            runs.append(read_run(path))
+        except HistoryError as error:
+            if on_skip is None:
+                raise
+            on_skip(error)
     return sorted(runs, key=lambda run: (run.datetime or "", run.source))
 
 
@@ -218,8 +292,10 @@ def compare_runs(baseline: Run, current: Run, threshold: float = 0.10) -> Compar
         old = baseline.result(new.name)
         if old is None:
             continue
-        ratio = new.median_s / old.median_s if old.median_s > 0 else math.inf
-        deltas.append(Delta(new.name, old.median_s, new.median_s, ratio, _verdict(ratio, threshold)))
+        ratio = median_ratio(old.median_s, new.median_s)
+        unsettled_in = " and ".join(side for side, result in (("A", old), ("B", new)) if not result.converged)
+        deltas.append(Delta(new.name, old.median_s, new.median_s, ratio, _verdict(ratio, threshold),
+                            settled=not unsettled_in, unsettled_in=unsettled_in))
     current_names = {result.name for result in current.results}
     baseline_names = {result.name for result in baseline.results}
     return Comparison(
@@ -244,8 +320,12 @@ def format_comparison(comparison: Comparison) -> str:
     for delta in comparison.deltas:
         lines.append(
             f"{delta.name:<{width}}  {delta.old_median_s * 1e3:>10.3f}  {delta.new_median_s * 1e3:>10.3f}"
-            f"  {delta.ratio:>8.3f}  {delta.verdict.value}"
+            f"  {delta.ratio:>8.3f}  {delta.verdict.value}{'' if delta.settled else ' ' + UNSETTLED_MARK}"
         )
+    if not comparison.deltas:
+        lines.append("(no benchmark is in both runs)")
+    if not all(delta.settled for delta in comparison.deltas):
+        lines.append(f"{UNSETTLED_MARK} {UNSETTLED_NOTE}")
     lines += [f"only in baseline: {name}" for name in comparison.only_in_baseline]
     lines += [f"only in current:  {name}" for name in comparison.only_in_current]
     return "\n".join(lines)
@@ -268,6 +348,7 @@ def report_dict(run: Run) -> dict:
                 "max_s": result.max_s,
                 "stddev_s": result.stddev_s,
                 "rounds": result.rounds,
+                "converged": result.converged,
             }
             for result in run.results
         ],
@@ -305,12 +386,14 @@ def _parse_pytest_benchmark(data: dict, source: str) -> Run:
         where = f"{source}: benchmarks[{index}]"
         if not isinstance(bench, dict) or not isinstance(bench.get("fullname"), str):
             raise HistoryError(f"{where} has no 'fullname' ({schema}). {_FIX_HINT}")
+        where = f"{where} ({bench['fullname']!r})"
         stats = bench.get("stats")
         if not isinstance(stats, dict):
-            raise HistoryError(f"{where} ({bench['fullname']}) has no 'stats' object ({schema}). {_FIX_HINT}")
-        seconds = {key: _seconds(stats.get(key), f"{where} stats.{key}") for key in _PYTEST_BENCHMARK_SECONDS}
+            raise HistoryError(f"{where} has no 'stats' object ({schema}). {_FIX_HINT}")
+        seconds = {key: _seconds(stats.get(key), f"{where} stats.{key}", _FIX_HINT)
+                   for key in _PYTEST_BENCHMARK_SECONDS}
         for key in _PYTEST_BENCHMARK_COUNTS:
-            _count(stats.get(key), f"{where} stats.{key}")
+            _count(stats.get(key), f"{where} stats.{key}", _FIX_HINT)
         results.append(
             BenchmarkResult(
                 name=bench["fullname"],
@@ -327,75 +410,128 @@ def _parse_pytest_benchmark(data: dict, source: str) -> Run:
     return Run(
         source=source,
         format=RunFormat.PYTEST_BENCHMARK,
-        card=_optional_str(machine_info.get("card"), f"{source}: machine_info.card"),
-        commit=_optional_str(commit, f"{source}: commit_info.id"),
-        datetime=_optional_str(data.get("datetime"), f"{source}: datetime"),
+        card=_card(machine_info.get("card"), f"{source}: machine_info.card", _FIX_HINT),
+        commit=_optional_str(commit, f"{source}: commit_info.id", _FIX_HINT),
+        datetime=_optional_str(data.get("datetime"), f"{source}: datetime", _FIX_HINT),
         machine_info=machine_info,
-        results=tuple(results),
+        results=_unique_names(results, source, _FIX_HINT),
     )
 
 
 def _parse_lpperf_report(data: dict, source: str) -> Run:
+    fix = "Re-create the report with `lpperf bench`."
     if data.get("version") != REPORT_VERSION:
         raise HistoryError(
             f"{source}: lpperf bench report version {data.get('version')!r}, this lpperf reads version "
-            f"{REPORT_VERSION}. Re-create the report with this lpperf (`lpperf bench`)."
+            f"{REPORT_VERSION}. {fix}"
         )
     machine_info = data.get("machine_info")
     benchmarks = data.get("benchmarks")
     if not isinstance(machine_info, dict) or not isinstance(benchmarks, list):
-        raise HistoryError(
-            f"{source}: an lpperf bench report needs 'machine_info' (object) and 'benchmarks' (list). "
-            "Re-create it with `lpperf bench`."
-        )
+        raise HistoryError(f"{source}: an lpperf bench report needs 'machine_info' (object) and 'benchmarks' (list). {fix}")
+    row_converged = _rows_converged(data.get("rows"))
     results = []
     for index, bench in enumerate(benchmarks):
         where = f"{source}: benchmarks[{index}]"
         if not isinstance(bench, dict) or not isinstance(bench.get("name"), str):
-            raise HistoryError(f"{where} needs a 'name' string. Re-create the report with `lpperf bench`.")
+            raise HistoryError(f"{where} needs a 'name' string. {fix}")
+        name = bench["name"]
+        where = f"{where} ({name!r})"
         rounds = bench.get("rounds")
+        converged = bench.get("converged", row_converged.get(name, True))
+        if not isinstance(converged, bool):
+            raise HistoryError(f"{where}.converged: expected true or false, got {converged!r}. {fix}")
         results.append(
             BenchmarkResult(
-                name=bench["name"],
-                median_s=_seconds(bench.get("median_s"), f"{where}.median_s"),
-                mean_s=_optional_seconds(bench.get("mean_s"), f"{where}.mean_s"),
-                min_s=_optional_seconds(bench.get("min_s"), f"{where}.min_s"),
-                max_s=_optional_seconds(bench.get("max_s"), f"{where}.max_s"),
-                stddev_s=_optional_seconds(bench.get("stddev_s"), f"{where}.stddev_s"),
-                rounds=None if rounds is None else _count(rounds, f"{where}.rounds"),
+                name=name,
+                median_s=_seconds(bench.get("median_s"), f"{where}.median_s", fix),
+                mean_s=_optional_seconds(bench.get("mean_s"), f"{where}.mean_s", fix),
+                min_s=_optional_seconds(bench.get("min_s"), f"{where}.min_s", fix),
+                max_s=_optional_seconds(bench.get("max_s"), f"{where}.max_s", fix),
+                stddev_s=_optional_seconds(bench.get("stddev_s"), f"{where}.stddev_s", fix),
+                rounds=None if rounds is None else _count(rounds, f"{where}.rounds", fix),
+                converged=converged,
             )
         )
     return Run(
         source=source,
         format=RunFormat.LPPERF_REPORT,
-        card=_optional_str(machine_info.get("card"), f"{source}: machine_info.card"),
-        commit=_optional_str(data.get("commit"), f"{source}: commit"),
-        datetime=_optional_str(data.get("datetime"), f"{source}: datetime"),
+        card=_card(machine_info.get("card"), f"{source}: machine_info.card", fix),
+        commit=_optional_str(data.get("commit"), f"{source}: commit", fix),
+        datetime=_optional_str(data.get("datetime"), f"{source}: datetime", fix),
         machine_info=machine_info,
-        results=tuple(results),
+        results=_unique_names(results, source, fix),
     )
 
 
-def _seconds(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise HistoryError(f"{where}: expected a finite number of seconds >= 0, got {value!r}. {_FIX_HINT}")
-    return float(value)
+def _rows_converged(rows: object) -> dict[str, bool]:
+    """Whether each bench row settled, by the name its benchmark has ("<row> [batch <batch>]"). The rows
+    are the bench's full record, not part of the comparable format: rows of another shape say nothing."""
+    if not isinstance(rows, list):
+        return {}
+    return {
+        f"{row['name']} [batch {row['batch']}]": row["converged"]
+        for row in rows
+        if isinstance(row, dict) and isinstance(row.get("name"), str) and isinstance(row.get("batch"), int)
+        and isinstance(row.get("converged"), bool)
+    }
 
 
-def _optional_seconds(value: object, where: str) -> float | None:
-    return None if value is None else _seconds(value, where)
+def _unique_names(results: list[BenchmarkResult], source: str, fix: str) -> tuple[BenchmarkResult, ...]:
+    first_index: dict[str, int] = {}
+    for index, result in enumerate(results):
+        earlier = first_index.setdefault(result.name, index)
+        if earlier != index:
+            raise HistoryError(
+                f"{source}: benchmarks[{index}] repeats the name {result.name!r} of benchmarks[{earlier}]; a name "
+                f"matches a benchmark across runs, so each must be unique. {fix}"
+            )
+    return tuple(results)
 
 
-def _count(value: object, where: str) -> int:
+def _seconds(value: object, where: str, fix: str) -> float:
+    seconds = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer too large for a float
+            seconds = math.inf
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise HistoryError(f"{where}: expected a finite number of seconds >= 0, got {_short(value)}. {fix}")
+    return seconds
+
+
+def _optional_seconds(value: object, where: str, fix: str) -> float | None:
+    return None if value is None else _seconds(value, where, fix)
+
+
+def _count(value: object, where: str, fix: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HistoryError(f"{where}: expected a whole number >= 1, got {value!r}. {_FIX_HINT}")
+        raise HistoryError(f"{where}: expected a whole number >= 1, got {_short(value)}. {fix}")
     return value
 
 
-def _optional_str(value: object, where: str) -> str | None:
+def _optional_str(value: object, where: str, fix: str) -> str | None:
     if value is not None and not isinstance(value, str):
-        raise HistoryError(f"{where}: expected a string or null, got {value!r}. {_FIX_HINT}")
+        raise HistoryError(f"{where}: expected a string or null, got {_short(value)}. {fix}")
     return value
+
+
+def _card(value: object, where: str, fix: str) -> str | None:
+    card = _optional_str(value, where, fix)
+    try:
+        card_slug(card)  # runs are kept apart and filed by card slug
+    except ValueError as error:
+        raise HistoryError(f"{where}: {error}. {fix}") from None
+    return card
+
+
+def _short(value: object) -> str:
+    """repr of a value from a file, cut to one readable line."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 __all__ = (
@@ -410,9 +546,12 @@ __all__ = (
     "Verdict",
     "baseline_files",
     "card_slug",
+    "check_history_folder",
     "compare_runs",
     "format_comparison",
     "load_history",
+    "median_ratio",
+    "names_text",
     "parse_run",
     "read_run",
     "report_dict",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lpperf.history import HistoryError, Run, card_slug
+from lpperf.history import UNSETTLED_MARK, UNSETTLED_NOTE, HistoryError, Run, card_slug, median_ratio
 
 
 @dataclass(frozen=True)
@@ -19,14 +19,15 @@ class Creep:
     pinned_s: float | None
     best_s: float | None  # the fastest median among the `best_of` runs before the latest
     limit: float
+    settled: bool = True  # False: a time behind a ratio (latest, pinned or best) did not settle: noise
 
     @property
     def vs_pinned(self) -> float | None:
-        return None if self.pinned_s is None else self.latest_s / self.pinned_s
+        return None if self.pinned_s is None else median_ratio(self.pinned_s, self.latest_s)
 
     @property
     def vs_best(self) -> float | None:
-        return None if self.best_s is None else self.latest_s / self.best_s
+        return None if self.best_s is None else median_ratio(self.best_s, self.latest_s)
 
     @property
     def flagged(self) -> bool:
@@ -47,10 +48,13 @@ def creep(runs: list[Run], pinned: Run | None = None, best_of: int = 10, limit: 
     latest, earlier = runs[-1], runs[:-1][-best_of:]
     findings = []
     for result in latest.results:
-        previous = [run.result(result.name).median_s for run in earlier if run.result(result.name) is not None]
+        previous = [found for run in earlier if (found := run.result(result.name)) is not None]
+        best = min(previous, key=lambda found: found.median_s) if previous else None
         pinned_result = pinned.result(result.name) if pinned is not None else None
+        compared = [found for found in (result, best, pinned_result) if found is not None]
         findings.append(Creep(result.name, result.median_s, pinned_result.median_s if pinned_result else None,
-                              min(previous) if previous else None, limit))
+                              best.median_s if best else None, limit,
+                              settled=all(found.converged for found in compared)))
     return findings
 
 
@@ -61,7 +65,10 @@ def format_creep(findings: list[Creep], best_of: int) -> str:
         def ratio(value):
             return "-" if value is None else f"{(value - 1) * 100:+.1f}%"
         lines.append(f"{item.name:<{width}}  {item.latest_s * 1e3:>10.3f}  {ratio(item.vs_pinned):>9}  "
-                     f"{ratio(item.vs_best):>14}  {'FLAGGED' if item.flagged else 'ok'}")
+                     f"{ratio(item.vs_best):>14}  {'FLAGGED' if item.flagged else 'ok'}"
+                     f"{'' if item.settled else ' ' + UNSETTLED_MARK}")
+    if not all(item.settled for item in findings):
+        lines.append(f"{UNSETTLED_MARK} {UNSETTLED_NOTE}")
     return "\n".join(lines)
 
 
@@ -77,9 +84,12 @@ CHANGE_MIN_ORDERED = 0.9
 
 def change_points(values: list[float], min_runs: int = CHANGE_MIN_RUNS, min_shift: float = CHANGE_MIN_SHIFT,
                   min_ordered: float = CHANGE_MIN_ORDERED) -> list[int]:
-    """Indices i where the series changes level between values[i - 1] and values[i], in order."""
-    if any(not math.isfinite(value) or value <= 0 for value in values):
-        raise ValueError("change points need finite, positive times")
+    """Indices i where the series changes level between values[i - 1] and values[i], in order. A series
+    holding a zero time has no level on the log scale the levels are measured on: no change points."""
+    if any(not math.isfinite(value) or value < 0 for value in values):
+        raise ValueError("change points need finite times >= 0")
+    if any(value == 0 for value in values):
+        return []
     values = [float(value) for value in values]
 
     logs = [math.log(value) for value in values]
