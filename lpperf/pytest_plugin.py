@@ -33,7 +33,7 @@ class LpperfThresholds:
 
 @dataclass(frozen=True)
 class CardInfo:
-    """The card under test: the current CUDA device, or 'cpu' where there is none."""
+    """The card under test: the current CUDA device, or the CPU's model name where there is none."""
 
     name: str
     cuda_available: bool
@@ -150,10 +150,12 @@ def _detect_card() -> CardInfo:
         import torch
     except (ImportError, OSError) as error:
         return CardInfo("cpu", False, f"no CUDA GPU: torch is not importable ({error})", None, None, None)
+    from lpperf.environment import cpu_model, nvml_info
+
     if not torch.cuda.is_available():
         reason = f"no CUDA GPU: torch.cuda.is_available() is False (torch {torch.__version__})"
-        return CardInfo("cpu", False, reason, None, torch.version.cuda, torch.__version__)
-    from lpperf.environment import nvml_info
+        # The CPU model, as `lpperf bench` names a CPU run: both keep their history in one folder.
+        return CardInfo(cpu_model(), False, reason, None, torch.version.cuda, torch.__version__)
 
     name = torch.cuda.get_device_name(torch.cuda.current_device())
     return CardInfo(name, True, "", nvml_info()["driver_version"], torch.version.cuda, torch.__version__)
@@ -307,11 +309,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"weights {_weights_label(settings)}"
     ]
     if hasattr(config.option, "benchmark_storage"):
-        clock = (
-            "synchronising perf_counter (torch.cuda.synchronize before each reading)"
-            if _uses_default_timer(config)
-            else f"{config.option.benchmark_timer} (--benchmark-timer)"
-        )
+        if not _uses_default_timer(config):
+            clock = f"{config.option.benchmark_timer} (--benchmark-timer)"
+        elif card.cuda_available:
+            clock = "synchronising perf_counter (torch.cuda.synchronize before each reading)"
+        else:
+            clock = "perf_counter (no CUDA device: nothing to synchronise)"
         lines.append(f"lpperf: benchmark history {config.option.benchmark_storage}; benchmark clock {clock}")
     return lines
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 from pytest_benchmark.utils import get_machine_id
 
-from lpperf import multigpu, pytest_plugin
+from lpperf import history, multigpu, pytest_plugin
+from lpperf.environment import cpu_model
 
 pytest_plugins = ["pytester"]
 
@@ -61,7 +62,11 @@ def add_test(suite, source, name="test_sub"):
     suite.path.joinpath("tests", f"{name}.py").write_text(textwrap.dedent(source))
 
 
-def card_folder(suite, slug="cpu"):
+CPU_CARD = cpu_model()  # a run without CUDA is filed under the CPU's model, as `lpperf bench` files it
+CPU_SLUG = history.card_slug(CPU_CARD)
+
+
+def card_folder(suite, slug=CPU_SLUG):
     return suite.path / ".benchmarks" / slug / get_machine_id()
 
 
@@ -146,6 +151,16 @@ def test_other_projects_are_left_alone(suite):
     result.assert_outcomes(passed=1)
     assert "lpperf:" not in output(result)
     assert list(suite.path.joinpath(".benchmarks").glob("*/0001_*.json"))
+
+
+def test_the_header_names_this_run_s_card_and_clock_without_claiming_a_gpu(suite):
+    add_test(suite, BENCHMARK_TEST)
+    result = suite.runpytest()
+    result.assert_outcomes(passed=1)
+    header = [line for line in result.outlines if line.startswith("lpperf:")]
+    assert f"lpperf: card {CPU_CARD} " in header[0]
+    assert "benchmark clock perf_counter (no CUDA device: nothing to synchronise)" in header[1]
+    assert "synchronize" not in "\n".join(header)
 
 
 def write_ini(suite, **values):
@@ -281,14 +296,16 @@ def test_runs_are_saved_per_card_with_card_fields_and_the_sync_clock(suite, monk
     }  # fmt: skip
     assert "driver" in data["machine_info"]
     assert data["benchmarks"][0]["options"]["timer"].endswith("synchronized_perf_counter")
-    assert not (suite.path / ".benchmarks" / "cpu").exists()
+    assert not (suite.path / ".benchmarks" / CPU_SLUG).exists()
 
     # The same project on another card (this CPU) finds no baseline: cards never compare.
     result = suite.runpytest(FAKE_TIMER, *GATE)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "No benchmark baseline for card 'cpu'" in output(result)
+    assert f"No benchmark baseline for card {CPU_CARD!r}" in output(result)
 
 
+# pytest-benchmark warns, with the whole machine_info of both runs, before lpperf's hook refuses them.
+@pytest.mark.filterwarnings("ignore:Benchmark machine_info is different:pytest_benchmark.logger.PytestBenchmarkWarning")
 def test_an_explicit_storage_with_another_card_s_baseline_is_refused(suite):
     storage = suite.path / "shared"
     storage.joinpath(get_machine_id()).mkdir(parents=True)
@@ -296,7 +313,7 @@ def test_an_explicit_storage_with_another_card_s_baseline_is_refused(suite):
     add_test(suite, BENCHMARK_TEST)
     result = suite.runpytest(FAKE_TIMER, f"--benchmark-storage={storage}", *GATE)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert f"measured with card {H100!r}, this run has card 'cpu'" in output(result)
+    assert f"measured with card {H100!r}, this run has card {CPU_CARD!r}" in output(result)
     assert "Traceback" not in output(result)
 
 
@@ -340,8 +357,8 @@ def test_no_baseline_is_a_clear_usage_error(suite):
     result = suite.runpytest(FAKE_TIMER, *GATE)
     text = output(result)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "No benchmark baseline for card 'cpu'" in text
-    assert str(Path(".benchmarks", "cpu", get_machine_id())) in text
+    assert f"No benchmark baseline for card {CPU_CARD!r}" in text
+    assert str(Path(".benchmarks", CPU_SLUG, get_machine_id())) in text
     assert "pytest -m gpu --benchmark-autosave" in text
     assert "Traceback" not in text
 
@@ -351,13 +368,13 @@ def test_no_baseline_without_a_gate_warns_and_runs(suite):
     add_test(suite, BENCHMARK_TEST)
     result = suite.runpytest(FAKE_TIMER, "--benchmark-compare")
     result.assert_outcomes(passed=1, warnings=1)
-    assert "No benchmark baseline for card 'cpu'" in output(result)
+    assert f"No benchmark baseline for card {CPU_CARD!r}" in output(result)
 
 
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        (json.dumps(minimal_saved_run("cpu"))[:100], "not valid JSON"),
+        (json.dumps(minimal_saved_run(CPU_CARD))[:100], "not valid JSON"),
         (json.dumps({"machine_info": {}, "benchmarks": [{"fullname": "t", "stats": {"median": 1.0}}]}), "stats.min"),
         (json.dumps({"results": []}), "not a pytest-benchmark run"),
     ],
@@ -366,7 +383,7 @@ def test_no_baseline_without_a_gate_warns_and_runs(suite):
 def test_a_corrupt_baseline_is_a_clear_usage_error(suite, content, problem):
     folder = card_folder(suite)
     folder.mkdir(parents=True)
-    folder.joinpath("0001_ok.json").write_text(json.dumps(minimal_saved_run("cpu")))
+    folder.joinpath("0001_ok.json").write_text(json.dumps(minimal_saved_run(CPU_CARD)))
     folder.joinpath("0002_broken.json").write_text(content)  # the latest: the one --benchmark-compare picks
     add_test(suite, BENCHMARK_TEST)
     result = suite.runpytest(FAKE_TIMER, *GATE)
