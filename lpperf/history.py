@@ -12,13 +12,14 @@ Two on-disk formats are read:
        "machine_info": {"card": "NVIDIA H100 80GB HBM3", ...},
        "benchmarks": [{"name": "fp16 compiled frame", "median_s": 0.00715,
                        "mean_s": ..., "min_s": ..., "max_s": ..., "stddev_s": ..., "rounds": 30,
-                       "converged": true}],
+                       "converged": false}],
        "rows": [{"name": "fp16 compiled", "batch": 1, "converged": true, ...}]}
 
   ``median_s`` is required per benchmark, the other statistics are optional. ``converged: false``
-  marks a time that did not settle before sampling stopped (noise); where a benchmark does not say,
-  the bench row it came from (``rows``, ``"<name> [batch <batch>]"``) does, else it counts as
-  settled. ``report_dict`` writes this format from a ``Run``.
+  marks a time that did not settle before sampling stopped (noise; ``report_dict`` writes the key
+  only then); where a benchmark does not say, the bench row it came from (``rows``,
+  ``"<name> [batch <batch>]"``) does, else it counts as settled. ``report_dict`` writes this format
+  from a ``Run``.
 
 Benchmark names are the keys that match results across runs, so a run may not repeat one. Medians
 are seconds, finite and >= 0; a zero median compares equal to a zero median (ratio 1) and infinitely
@@ -348,7 +349,8 @@ def report_dict(run: Run) -> dict:
                 "max_s": result.max_s,
                 "stddev_s": result.stddev_s,
                 "rounds": result.rounds,
-                "converged": result.converged,
+                # Only a time that did not settle says so: where it is absent the bench row decides.
+                **({} if result.converged else {"converged": False}),
             }
             for result in run.results
         ],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lpperf import charts, cli, history, trends
+from lpperf import bench, charts, cli, history, trends
 
 CARD = "NVIDIA H100 80GB HBM3"
 
@@ -215,6 +215,17 @@ def test_the_gate_counts_unsettled_times_and_marks_them(tmp_path, capsys):
     assert cli.main(["compare", str(a), str(same), "--fail-above", "0.05"]) == 0
     assert "passed: no benchmark more than 5% slower (1 compared time(s) did not settle: noise" in \
            capsys.readouterr().out
+
+
+def test_a_report_written_by_lpperf_bench_keeps_the_settling_of_its_rows():
+    from test_bench import result
+
+    results = [result("fp32 eager", 20.0, converged=False), result("fast", 9.0, recipe="fast")]
+    data = bench.report(results, {"device": "cpu", "device_name": "Test CPU", "torch_version": "2.x"},
+                        {"batches": [1]}, weights="TINY networks")
+    run = history.parse_run(json.loads(json.dumps(data, allow_nan=False)), "report.json")
+    assert [(item.name, item.converged) for item in run.results] == [("fp32 eager [batch 1]", False),
+                                                                       ("fast [batch 1]", True)]
 
 
 def test_the_settling_mark_survives_a_round_trip_and_an_explicit_field_wins(tmp_path):
