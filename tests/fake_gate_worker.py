@@ -4,11 +4,14 @@ controller's rounds, decisions and error handling are tested on the CPU without 
 Behaviour comes from the JSON in LPPERF_FAKE_WORKER: {"ms": {metric: ms}, "default_ms": 1.0,
 "head_factor": {metric: factor} or a number, "noise": relative sd per block, "seed": int,
 "replayed": [metrics the worker says it timed as CUDA graph replays],
-"fail": {"role": "head", "op": "prepare", "how": "crash" | "hang" | "oom" | "garbage"}}.
+"fail": {"role": "head", "op": "prepare", "how": "crash" | "hang" | "oom" | "garbage" | "bad-ms"},
+"child": true (a sleeping child process in the worker's group, holding its stdout, as compile workers do)}.
+Its log (stderr) starts with `pid N` and, with a child, `child pid N`.
 """
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -20,6 +23,10 @@ rng = np.random.default_rng(spec.get("seed", 0) + (1 if role == "head" else 0))
 factor = spec.get("head_factor", 1.0)
 fail = spec.get("fail") or {}
 prepared = set()  # like the real worker, measure only what was prepared here
+print(f"pid {os.getpid()}", file=sys.stderr, flush=True)
+if spec.get("child"):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    print(f"child pid {child.pid}", file=sys.stderr, flush=True)
 
 
 def per_call_ms(name):
@@ -40,6 +47,7 @@ for line in sys.stdin:
             print("fake worker: crashing on purpose", file=sys.stderr, flush=True)
             sys.exit(7)
         if how == "hang":
+            print(f"fake worker: hanging in {op}", file=sys.stderr, flush=True)
             time.sleep(600)
         if how == "oom":
             print(json.dumps({"ok": False, "kind": "oom", "error": "OutOfMemoryError: CUDA out of memory"}), flush=True)
@@ -65,6 +73,8 @@ for line in sys.stdin:
     elif op == "measure":
         noise = spec.get("noise", 0.0)
         answer = {"ok": True, "ms": per_call_ms(request["metric"]) * float(np.exp(rng.normal(0, noise)))}
+        if fail.get("role") == role and fail.get("how") == "bad-ms":
+            answer["ms"] = -1.0
         if request.get("clock"):
             answer["clock"] = {"sm_mhz": 1980, "reasons": spec.get("reasons", 0)}
     else:

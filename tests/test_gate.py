@@ -307,9 +307,9 @@ def test_base_and_calibrate_together_is_exit_2(tmp_path):
     assert done.returncode == 2 and "not both" in done.stderr
 
 
-@pytest.mark.parametrize("args, message", [(("--batches", "0"), "--batches must be whole numbers >= 1"),
+@pytest.mark.parametrize("args, message", [(("--batches", "0"), "argument --batches: must be a whole number in [1, 64]"),
                                            (("--recipes", "nope"), "unknown recipe 'nope'"),
-                                           (("--threshold", "3"), "threshold is a fraction")])
+                                           (("--threshold", "3"), "argument --threshold: must be a number in (0, 1)")])
 def test_bad_arguments_are_exit_2_before_any_worker_starts(tmp_path, args, message):
     repo = Path(__file__).resolve().parents[1]
     done = gate("--base", ".", "--device", "cpu", "--out", str(tmp_path), *args, cwd=repo)

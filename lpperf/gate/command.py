@@ -9,19 +9,28 @@ Refs are exported with `git archive` into a scratch folder (nothing in the check
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import io
 import json
+import math
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from lpperf.gate import controller, report
-from lpperf.gate.workers import GateError
+from lpperf.gate.workers import GateError, run_to_the_end
+from lpperf.video import atomic_path
 
 EXIT_PASS, EXIT_REGRESSED, EXIT_ERROR, EXIT_UNDECIDED = 0, 1, 2, 3
+DEFAULT_MAX_ROUNDS = 48
 
 
 def add_parser(commands) -> None:
@@ -29,7 +38,8 @@ def add_parser(commands) -> None:
         "gate", help="A/B the working tree against a base ref on this card, in one job (merge gate)",
         description="Both versions run in their own worker process on the same card; their per-frame times "
                     "are interleaved in ABBA rounds and compared with a paired, distribution-free interval. "
-                    "Exit codes: 0 pass, 1 regressed, 2 error or interrupted, 3 undecided at --max-rounds.")
+                    "Exit codes: 0 pass, 1 regressed, 2 error or interrupted (Ctrl-C, SIGTERM, SIGHUP), "
+                    "3 undecided at --max-rounds.")
     gate.add_argument("--base", metavar="REF", help="git ref of the baseline (e.g. origin/main), or a folder holding "
                                                     "another lpperf checkout (`--base .` is an A/A run)")
     gate.add_argument("--head", metavar="REF", help="git ref to test (default: the working tree as it is)")
@@ -38,21 +48,30 @@ def add_parser(commands) -> None:
                            "regression the gate detects")
     gate.add_argument("--recipes", nargs="+", default=list(controller.DEFAULT_RECIPES), metavar="NAME",
                       help="recipes whose whole frames are gated (default: %(default)s)")
-    gate.add_argument("--batches", nargs="+", type=int, default=list(controller.DEFAULT_BATCHES), metavar="N",
-                      help="batch sizes of the gated frames (default: %(default)s)")
+    gate.add_argument("--batches", nargs="+", type=_number(int, 1, controller.MAX_BATCH),
+                      default=list(controller.DEFAULT_BATCHES), metavar="N",
+                      help=f"batch sizes of the gated frames, 1 to {controller.MAX_BATCH} (default: %(default)s)")
     gate.add_argument("--no-stages", action="store_true", help="skip the per-stage metrics (no attribution)")
     gate.add_argument("--gate-stages", action="store_true", help="gate the stages too, not only whole frames")
-    gate.add_argument("--threshold", type=float, default=0.03, help="regression threshold (default 0.03 = 3%%)")
-    gate.add_argument("--alpha", type=float, default=0.01, help="family-wise error per side (default 0.01)")
-    gate.add_argument("--rounds", type=int, default=16, help="ABBA rounds per look (default 16)")
-    gate.add_argument("--max-rounds", type=int, default=48, help="stop adding rounds here (default 48)")
-    gate.add_argument("--undecided", choices=("fail", "pass"), default="fail",
+    gate.add_argument("--threshold", type=_number(float, 0, 1, open_ends=True), default=0.03,
+                      help="regression threshold, a fraction in (0, 1) (default 0.03 = 3%%)")
+    gate.add_argument("--alpha", type=_number(float, 0, 0.5, open_ends=True), default=0.01,
+                      help="family-wise error per side, in (0, 0.5) (default 0.01)")
+    gate.add_argument("--rounds", type=_number(int, controller.MIN_ROUNDS, controller.MAX_ROUNDS), default=16,
+                      help=f"ABBA rounds per look, {controller.MIN_ROUNDS} to {controller.MAX_ROUNDS} (default 16)")
+    gate.add_argument("--max-rounds", type=_number(int, controller.MIN_ROUNDS, controller.MAX_ROUNDS),
+                      help=f"stop adding rounds here, at most {controller.MAX_ROUNDS} (default "
+                           f"{DEFAULT_MAX_ROUNDS}, or --rounds if larger)")
+    gate.add_argument("--undecided", choices=("fail", "pass"),
                       help="exit code when still undecided at --max-rounds: fail = 3 (default), pass = 0")
-    gate.add_argument("--device", default="auto", help="auto, cuda or cpu (the CPU runs are for testing the gate)")
+    gate.add_argument("--device", default="auto", type=_device,
+                      help="auto, cuda, cuda:N or cpu (the CPU runs are for testing the gate)")
     gate.add_argument("--gpus", help="comma-separated cards to shard the metrics over (default: the first card)")
     gate.add_argument("--weights", metavar="DIR", help="official checkpoints (default: synthetic weights)")
-    gate.add_argument("--out", default="lpperf-gate", metavar="DIR", help="gate.json and worker logs (default %(default)s)")
-    gate.add_argument("--inject-slowdown", type=float, default=0.0, metavar="FRACTION",
+    gate.add_argument("--out", default="lpperf-gate", metavar="DIR",
+                      help="folder for gate.json and worker logs (default %(default)s)")
+    gate.add_argument("--inject-slowdown", type=_number(float, 0, 1, open_ends=(False, True)), default=0.0,
+                      metavar="FRACTION",
                       help="TEST ONLY: the head spins the GPU for this fraction of each frame (checks the gate "
                            "detects a known regression)")
     gate.add_argument("--prepare-head-first", action="store_true",
@@ -61,43 +80,110 @@ def add_parser(commands) -> None:
     gate.set_defaults(handler=cmd_gate)
 
 
+def _number(kind, low: float, high: float, open_ends: bool | tuple[bool, bool] = False):
+    """An argparse type: a number of `kind` (int or float) within [low, high]; `open_ends` excludes
+    both ends, or (low, high) each."""
+    low_open, high_open = (open_ends, open_ends) if isinstance(open_ends, bool) else open_ends
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below):
+            what = "a whole number" if kind is int else "a number"
+            span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be {what} in {span}, got {text!r}")
+        return value
+    return parse
+
+
+def _device(text: str) -> str:
+    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"unsupported device {text!r}; the gate runs on auto, cuda, cuda:N or cpu")
+
+
 def cmd_gate(args) -> int:
-    """Run the gate; GateError (exit 2) for everything that prevents a verdict."""
-    if args.calibrate == bool(args.base):
-        raise GateError("give --base REF (compare the working tree or --head with it) or --calibrate (A/A), "
-                        "not both and not neither")
-    config = controller.GateConfig(threshold=args.threshold, alpha=args.alpha, rounds=args.rounds,
-                                   max_rounds=args.rounds if args.calibrate else args.max_rounds,
-                                   undecided_fails=args.undecided == "fail", weights=args.weights,
-                                   inject_slowdown=args.inject_slowdown, head_first=args.prepare_head_first)
-    if any(batch < 1 for batch in args.batches):
-        raise GateError(f"--batches must be whole numbers >= 1, got {args.batches}")
-    metrics = controller.default_metrics(args.recipes, args.batches, stages=not args.no_stages,
-                                         gate_stages=args.gate_stages)
-    _check_recipes(args.recipes)
-    gpus = _gpus(args.device, args.gpus)
+    """Run the gate. Everything that prevents a verdict is a GateError (exit 2, one line): a bad argument
+    or ref, a worker that failed, an interruption (Ctrl-C, SIGTERM, SIGHUP) or any unexpected exception;
+    exit 1 means regressed only."""
+    with _interruptions_raise():
+        try:
+            return _gate(args)
+        except GateError:
+            raise
+        except KeyboardInterrupt as interruption:
+            raise GateError(f"interrupted ({str(interruption) or 'Ctrl-C'}); no worker was left running and no verdict "
+                            "was written") from None
+        except Exception as error:  # noqa: BLE001 - a crash is never a verdict: one line, exit 2
+            raise GateError(f"the gate failed, no verdict: {type(error).__name__}: {error} (lpperf --traceback "
+                            "gate ... shows where)") from error
+
+
+def _gate(args) -> int:
+    config, metrics, gpus = _checked(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise GateError(f"--out {out} is a file; --out must be a folder (gate.json and the worker logs go into it)")
     repo = repository()
-    with tempfile.TemporaryDirectory(prefix="lpperf-gate-") as scratch:
-        head = side(args.head, repo, Path(scratch))
-        base = head if args.calibrate else side(args.base, repo, Path(scratch))
+    scratch = Path(tempfile.mkdtemp(prefix="lpperf-gate-"))
+    try:
+        head = side(args.head, repo, scratch)
+        base = head if args.calibrate else side(args.base, repo, scratch)
+        record_path = out / ("calibration.json" if args.calibrate else "gate.json")
+        _prepare_out(out, record_path)
         say = _clock()
         say(f"gate: base {base.label} vs head {head.label} on {', '.join(g or 'cpu' for g in gpus)}; "
-             f"{sum(m.gated for m in metrics)} gated metrics, threshold {config.threshold:.1%}")
+            f"{sum(m.gated for m in metrics)} gated metrics, threshold {config.threshold:.1%}")
         result = controller.run_gate(base, head, metrics, config, gpus, out, progress=say)
+    finally:
+        run_to_the_end(lambda: shutil.rmtree(scratch, ignore_errors=True))
     record = report.to_dict(result)
     if args.calibrate:
         noise = report.calibration(result)
-        record["calibration"] = [vars(item) for item in noise]
+        record["calibration"] = report.calibration_record(noise)
         print(report.format_calibration(noise, result))
-        _write_json(record, out / "calibration.json")
-        print(f"\ncalibration: {out / 'calibration.json'} (gate wall time {result.wall_s:.0f} s)")
+        _write_json(record, record_path)
+        print(f"\ncalibration: {record_path} (gate wall time {result.wall_s:.0f} s)")
         return EXIT_PASS
     print(report.format_table(result))
-    _write_json(record, out / "gate.json")
-    print(f"\ngate: {report.verdict_word(result)} in {result.wall_s:.0f} s; record: {out / 'gate.json'}")
+    _write_json(record, record_path)
+    print(f"\ngate: {report.verdict_word(result)} in {result.wall_s:.0f} s; record: {record_path}")
     return result.exit_code
+
+
+def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list[str | None]]:
+    """Every argument checked, and conflicts refused, before anything is exported or started."""
+    if args.calibrate == bool(args.base):
+        raise GateError("give --base REF (compare the working tree or --head with it) or --calibrate (A/A), "
+                        "not both and not neither")
+    if args.calibrate:
+        for option, value in (("--max-rounds", args.max_rounds), ("--undecided", args.undecided),
+                              ("--inject-slowdown", args.inject_slowdown or None)):
+            if value is not None:
+                raise GateError(f"{option} does not apply to --calibrate (an A/A run of exactly --rounds rounds); "
+                                f"drop {option}")
+    if args.gate_stages and args.no_stages:
+        raise GateError("--gate-stages gates the stages that --no-stages skips; give one of them")
+    if args.inject_slowdown and args.device == "cpu":
+        raise GateError("--inject-slowdown spins the GPU; it needs --device cuda (or auto on a machine with a GPU)")
+    max_rounds = args.max_rounds or max(DEFAULT_MAX_ROUNDS, args.rounds)
+    if max_rounds < args.rounds:
+        raise GateError(f"--max-rounds {max_rounds} is below --rounds {args.rounds}; give --max-rounds >= --rounds")
+    config = controller.GateConfig(threshold=args.threshold, alpha=args.alpha, rounds=args.rounds,
+                                   max_rounds=args.rounds if args.calibrate else max_rounds,
+                                   undecided_fails=args.undecided != "pass", weights=args.weights,
+                                   inject_slowdown=args.inject_slowdown, head_first=args.prepare_head_first)
+    if args.weights not in (None, "synthetic") and not Path(args.weights).expanduser().is_dir():
+        raise GateError(f"--weights {args.weights} is not a folder; give the folder of the official checkpoints "
+                        "(or leave --weights out for synthetic weights)")
+    _check_recipes(args.recipes)
+    metrics = controller.default_metrics(args.recipes, args.batches, stages=not args.no_stages,
+                                         gate_stages=args.gate_stages)
+    return config, metrics, _gpus(args.device, args.gpus)
 
 
 def _check_recipes(names) -> None:
@@ -111,40 +197,94 @@ def _check_recipes(names) -> None:
 
 
 def _gpus(device: str, listed: str | None) -> list[str | None]:
-    if device not in ("auto", "cuda", "cpu"):
-        raise GateError(f"--device must be auto, cuda or cpu, got {device!r} (pick cards with --gpus)")
     if device == "cpu":
         if listed:
             raise GateError("--gpus goes with --device cuda or auto, not cpu")
         return [None]
+    if device.startswith("cuda:") and listed:
+        raise GateError(f"--device {device} names one card and --gpus names cards; give --device cuda --gpus LIST, "
+                        "or --device cuda:N alone")
     from lpperf.multigpu import visible_gpus
 
     visible = visible_gpus()
     if not visible:
-        if device == "cuda" or listed:
+        if device != "auto" or listed:
             raise GateError("no CUDA GPU is visible (torch sees none); use --device cpu to exercise the gate")
         return [None]
+    if device.startswith("cuda:"):
+        index = int(device.split(":")[1])
+        if index >= len(visible):
+            raise GateError(f"--device {device}: {len(visible)} card(s) are visible, cuda:0 to cuda:{len(visible) - 1}")
+        return [visible[index]]
     if not listed:
         return visible[:1]
     chosen = [entry.strip() for entry in listed.split(",") if entry.strip()]
     if len(set(chosen)) != len(chosen):
         raise GateError(f"--gpus names a card twice: {listed}")
+    unknown = [entry for entry in chosen if entry not in visible]
+    if unknown or not chosen:
+        raise GateError(f"--gpus {listed}: {', '.join(unknown) or 'no card'} not among the visible cards "
+                        f"({', '.join(visible)})")
     return chosen
 
 
-def _git(repo: Path, *args: str, binary: bool = False):
+def _prepare_out(out: Path, record_path: Path) -> None:
+    """The output folder, writable, without an earlier run's record: a run that fails leaves none that
+    could be read as its verdict."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        record_path.unlink(missing_ok=True)
+    except OSError as error:
+        raise GateError(f"--out {out}: cannot write there ({error.strerror or error}); choose a writable folder") \
+            from None
+
+
+@contextlib.contextmanager
+def _interruptions_raise():
+    """Ctrl-C, SIGTERM and SIGHUP raise KeyboardInterrupt naming the signal, the first time only: later
+    ones are ignored, so stopping the workers and removing the scratch folder run to the end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may handle signals; its caller handles them
+        return
+    received = []
+
+    def interrupt(number, frame):
+        if not received:
+            received.append(number)
+            raise KeyboardInterrupt("Ctrl-C" if number == signal.SIGINT else signal.Signals(number).name)
+
+    numbers = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {number: signal.signal(number, interrupt) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _git(repo: Path, *args: str, binary: bool = False, check: bool = True):
+    """git's output in `repo`; with check=False, None where git fails (a probe)."""
     try:
         done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise GateError(f"git {' '.join(args)} failed: {error}") from None
     if done.returncode != 0:
+        if not check:
+            return None
         raise GateError(f"git {' '.join(args)}: {done.stderr.decode(errors='replace').strip() or 'failed'}")
     return done.stdout if binary else done.stdout.decode().strip()
 
 
+def _is_checkout(folder: Path) -> bool:
+    return (folder / "lpperf" / "__init__.py").is_file()
+
+
 def repository() -> Path:
-    root = Path(_git(Path.cwd(), "rev-parse", "--show-toplevel"))
-    if not (root / "lpperf" / "__init__.py").is_file():
+    top = _git(Path.cwd(), "rev-parse", "--show-toplevel", check=False)
+    if top is None:
+        raise GateError(f"{Path.cwd()} is not inside a git checkout; run the gate from an lpperf checkout")
+    root = Path(top).resolve()
+    if not _is_checkout(root):
         raise GateError(f"{root} is not an lpperf checkout (no lpperf/__init__.py); run the gate from one")
     return root
 
@@ -152,29 +292,72 @@ def repository() -> Path:
 def side(ref: str | None, repo: Path, scratch: Path) -> controller.Side:
     if ref is None:
         return controller.Side(f"working tree {repo}", repo)
-    folder = Path(ref)
-    if folder.is_dir() and (folder / "lpperf" / "__init__.py").is_file():  # another checkout, as it is
-        return controller.Side(f"folder {folder.resolve()}", folder.resolve())
-    try:
-        sha = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
-    except GateError:
+    sha = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        if sha:
+            raise GateError(f"{ref!r} is both a folder and a git ref; write ./{ref} for the folder or the commit "
+                            f"{sha[:10]} for the ref")
+        return _folder_side(folder)
+    if not sha:
+        kind = _git(repo, "cat-file", "-t", ref, check=False)
+        if kind:
+            raise GateError(f"{ref!r} names a {kind}, not a commit; give a branch, a tag or a commit hash")
+        if folder.exists():
+            raise GateError(f"{ref} is a file; give a git ref or a folder holding an lpperf checkout")
         raise GateError(f"git ref {ref!r} does not exist in {repo}; fetch it first (e.g. git fetch origin main) "
-                        "or name another") from None
+                        "or name another")
     folder = scratch / sha[:12]
     if not folder.exists():
-        archive = _git(repo, "archive", "--format=tar", sha, binary=True)
-        folder.mkdir(parents=True)
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(folder, filter="data")
-    if not (folder / "lpperf" / "__init__.py").is_file():
+        _export(ref, sha, repo, folder)
+    if not _is_checkout(folder):
         raise GateError(f"{ref} ({sha[:10]}) has no lpperf package at its top level; it cannot be measured")
     return controller.Side(f"{ref} {sha[:10]}", folder)
 
 
+def _folder_side(folder: Path) -> controller.Side:
+    """Another checkout as it is. A sub-folder stands for its checkout, as in git (`.` from tests/)."""
+    root = folder.resolve()
+    if not _is_checkout(root):
+        top = _git(root, "rev-parse", "--show-toplevel", check=False)
+        if not top or not _is_checkout(Path(top)):
+            raise GateError(f"folder {root} is not an lpperf checkout (no lpperf/__init__.py in it"
+                            f"{f' or in {top}, its git top level' if top else ''}); give a checkout or a git ref")
+        root = Path(top).resolve()
+    return controller.Side(f"folder {root}", root)
+
+
+def _export(ref: str, sha: str, repo: Path, folder: Path) -> None:
+    """The commit's files into `folder` with `git archive`, refusing any member that would land outside it
+    or is not a plain file, folder or link within the tree."""
+    archive = _git(repo, "archive", "--format=tar", sha, binary=True)
+    folder.mkdir(parents=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(folder, filter="data")
+    except tarfile.FilterError as refused:
+        raise GateError(f"{ref} ({sha[:10]}) holds {refused.tarinfo.name!r}, {_unsafe(refused)}; the gate exports "
+                        "only files, folders and links within the tree, so it cannot measure this commit") from None
+    except tarfile.TarError as error:
+        raise GateError(f"{ref} ({sha[:10]}): git archive gave an archive that cannot be read ({error})") from None
+
+
+def _unsafe(refused: tarfile.FilterError) -> str:
+    member = refused.tarinfo
+    if isinstance(refused, tarfile.AbsoluteLinkError):
+        return f"a link to the absolute path {member.linkname}"
+    if isinstance(refused, tarfile.LinkOutsideDestinationError):
+        return f"a link to {member.linkname}, outside the tree"
+    if isinstance(refused, tarfile.SpecialFileError):
+        return "a device or other special file"
+    if isinstance(refused, (tarfile.AbsolutePathError, tarfile.OutsideDestinationError)):
+        return "a path outside the tree"
+    return str(refused)
+
+
 def _write_json(data: dict, path: Path) -> None:
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    temporary.replace(path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def _clock():

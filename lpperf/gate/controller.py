@@ -30,10 +30,15 @@ import numpy as np
 
 from lpperf import multigpu
 from lpperf.gate import stats
-from lpperf.gate.workers import GateError, Worker, worker_command
+from lpperf.gate.workers import GateError, Worker, run_to_the_end, stop_all, worker_command
 
 DEFAULT_RECIPES = ("fast", "fp32-eager")
 DEFAULT_BATCHES = (1, 4)
+# Frames per step: no pipeline steps more at once, and a step of 64 official-size fp32 frames already
+# needs most of an 80 GB card's memory.
+MAX_BATCH = 64
+MIN_ROUNDS = 4  # fewer give no interval worth a look
+MAX_ROUNDS = 1000  # a bound that catches a typo (an extra zero) before hours of measuring
 STAGES = ("F", "M", "S", "W", "G")
 FRAME_STAGES = ("M", "S", "W", "G")  # F runs once per source: never part of a frame
 
@@ -54,6 +59,7 @@ def default_metrics(recipes: Sequence[str] = DEFAULT_RECIPES, batches: Sequence[
                     stages: bool = True, gate_stages: bool = False) -> list[Metric]:
     """Whole frames of each recipe at each batch size (gated) and each stage alone at batch 1
     (attributed: named when a frame regresses; gated only with gate_stages)."""
+    recipes, batches = list(dict.fromkeys(recipes)), list(dict.fromkeys(batches))  # each measured once
     metrics = [Metric(f"frame {recipe} b{batch}", recipe, batch, None, True)
                for recipe in recipes for batch in batches]
     if stages:
@@ -84,8 +90,9 @@ class GateConfig:
             raise ValueError(f"threshold is a fraction in (0, 1), e.g. 0.03 for 3 %; got {self.threshold}")
         if not 0 < self.alpha < 0.5:
             raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha}")
-        if self.rounds < 4 or self.max_rounds < self.rounds:
-            raise ValueError(f"need rounds >= 4 and max_rounds >= rounds, got {self.rounds}, {self.max_rounds}")
+        if not MIN_ROUNDS <= self.rounds <= self.max_rounds <= MAX_ROUNDS:
+            raise ValueError(f"need {MIN_ROUNDS} <= rounds <= max_rounds <= {MAX_ROUNDS}, got rounds {self.rounds} "
+                             f"and max_rounds {self.max_rounds}")
         if self.frame_block_ms <= 0 or self.stage_block_ms <= 0:
             raise ValueError("block times must be > 0 ms")
         if not 0 <= self.inject_slowdown < 1:
@@ -200,7 +207,8 @@ class Lane:
                     merged.update(answer.get(key) or {})
         for metric in self.metrics:
             # The block size comes from the base's time per call, so both sides run the same calls.
-            warm = self.setup["base"]["warm_ms"][metric.name]
+            warm = checked_ms(self.setup["base"]["warm_ms"].get(metric.name), self.pairs[metric.recipe]["base"],
+                              "prepare", metric.name)
             target = config.stage_block_ms if metric.stage else config.frame_block_ms
             calls = max(1, math.ceil(target / max(warm, 1e-3)))
             self.results[metric.name] = MetricResult(metric, [], [], calls)
@@ -222,9 +230,17 @@ class Lane:
                     if first and answer.get("clock"):
                         self.clocks.append({"card": self.setup["card"], "round": number, **answer["clock"]})
                     first = False
-                    times[role].append(answer["ms"])
+                    times[role].append(checked_ms(answer.get("ms"), worker, "measure", result.metric.name))
                 result.base_ms.append(float(np.mean(times["base"])))
                 result.head_ms.append(float(np.mean(times["head"])))
+
+
+def checked_ms(value, worker: Worker, operation: str, metric: str) -> float:
+    """A time a worker answered: a finite number of ms > 0, else no time can be compared."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise GateError(f"{worker.label}: answered {operation!r} of {metric} with {value!r} ms, not a time > 0; "
+                        f"its log: {worker.log_path}")
+    return float(value)
 
 
 def shard(metrics: Sequence[Metric], lanes: int) -> list[list[Metric]]:
@@ -285,15 +301,13 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
             if regressed or not pending or done >= config.max_rounds:
                 break
             progress(f"undecided after {done} rounds: {', '.join(r.metric.name for r in pending)}")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         stop.set()
-        raise GateError("interrupted (Ctrl-C); the workers were stopped and no verdict was written") from None
+        raise GateError(f"interrupted ({str(interruption) or 'Ctrl-C'}); the workers were stopped and no verdict "
+                        "was written") from None
     finally:
         stop.set()
-        for lane in lanes:
-            for worker in lane.workers():
-                if worker is not None:
-                    worker.stop()
+        run_to_the_end(lambda: stop_all([worker for lane in lanes for worker in lane.workers()]))
     order = {metric.name: index for index, metric in enumerate(metrics)}
     return GateResult(base=base, head=head, config=config, one_sided_alpha=one_sided,
                       metrics=sorted(results, key=lambda r: order[r.metric.name]),

@@ -187,6 +187,17 @@ def calibration(result: GateResult) -> list[Noise]:
     return noise
 
 
+def calibration_record(noise: list[Noise]) -> list[dict]:
+    """The calibration as JSON: a fraction that is unbounded (too few rounds for a closed interval) is
+    null, so the file stays valid JSON."""
+    return [{key: _finite(value) if isinstance(value, float) else value for key, value in vars(item).items()}
+            for item in noise]
+
+
+def _fraction(value: float) -> str:
+    return f"{value:.2%}" if math.isfinite(value) else "open"
+
+
 def format_calibration(noise: list[Noise], result: GateResult) -> str:
     config = result.config
     lines = [f"A/A noise, {noise[0].rounds if noise else 0} ABBA rounds; detectable = the regression flagged with "
@@ -195,7 +206,10 @@ def format_calibration(noise: list[Noise], result: GateResult) -> str:
              f"{'A/A offset':>10}"]
     for item in noise:
         lines.append(f"{item.name:<24} {'yes' if item.gated else 'no':>5} {item.sd:>9.2%} {item.robust_sd:>9.2%} "
-                     f"{item.half_width:>11.2%} {item.detectable:>10.2%} {item.offset_text:>10}")
+                     f"{_fraction(item.half_width):>11} {_fraction(item.detectable):>10} {item.offset_text:>10}")
+    if any(not math.isfinite(item.half_width) for item in noise):
+        lines.append(f"open: {noise[0].rounds} rounds cannot bound an interval at 1 - {result.one_sided_alpha:.2g}; "
+                     f"calibrate with --rounds {stats.fewest_rounds(result.one_sided_alpha)} or more")
     if any(item.offset_is_real for item in noise):
         lines.append("* the interval excludes zero although both sides ran the same code: a steady offset between "
                      "the two worker processes, which a gate's interval cannot see; a gated metric needs it well "

@@ -95,6 +95,14 @@ def signed_rank_critical(n: int, alpha: float) -> int:
     return max(0, int(math.floor(mean - NormalDist().inv_cdf(1 - alpha) * sd + 0.5)))
 
 
+def fewest_rounds(one_sided_alpha: float) -> int:
+    """The fewest rounds whose interval has both bounds at this level (fewer leave it open)."""
+    rounds = 1
+    while signed_rank_critical(rounds, one_sided_alpha) == 0:
+        rounds += 1
+    return rounds
+
+
 def estimate(values: np.ndarray | list[float], one_sided_alpha: float) -> Estimate:
     """Hodges-Lehmann centre of the log-ratios and its interval: each bound holds with probability
     at least 1 - one_sided_alpha. A bound that the rounds cannot support yet is +-inf."""

@@ -37,8 +37,13 @@ def main() -> int:
     parser.add_argument("--tree", required=True, help="folder holding the lpperf package to measure")
     parser.add_argument("--device", required=True, help="cpu or cuda:N")
     args = parser.parse_args()
-    protocol_out = sys.stdout
-    sys.stdout = sys.stderr  # nothing but answers may reach the controller's pipe
+    # Nothing but answers may reach the controller's pipe: the protocol gets its own copy of it, and
+    # stdout becomes the log, for this process's prints, C code and the children it starts (compile
+    # workers), which would otherwise also keep the pipe open after this process ended.
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
     if os.path.dirname(os.path.abspath(__file__)) in (os.path.abspath(p) for p in sys.path[:1]):
         sys.path.pop(0)  # this script's folder must not shadow anything
     sys.path.insert(0, os.path.abspath(args.tree))
@@ -96,6 +101,11 @@ class Side:
                                "an installed copy shadows it (check PYTHONPATH)")
         self.torch = torch
         self.device = torch.device(self.device_name)
+        if self.device.type == "cpu":
+            # CPU runs exercise the gate; several workers, and whatever else runs, share the cores. One
+            # thread each: with two per worker on 2 busy cores, OpenMP's threads waited for each other and
+            # a TINY frame took 11.9 s instead of 2.8 s (torch 2.13).
+            torch.set_num_threads(1)
         start = time.perf_counter()
         loaded = weights_module.load_networks(weights, self.device, seed=seed)
         self.nets, description = loaded.nets, loaded.description

@@ -14,11 +14,15 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")
 LOG_TAIL_LINES = 6
+POLL_S = 0.5  # how often a wait for an answer checks that the worker is still alive
+QUIT_GRACE_S = 10.0  # for idle workers to quit when asked
+KILL_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 
 
 class GateError(RuntimeError):
@@ -46,6 +50,8 @@ class Worker:
             self._log.close()
             raise GateError(f"{label}: could not start the worker ({error})") from None
         self._answers: queue.Queue = queue.Queue()
+        self.busy = False  # a request is in flight: the worker cannot read a request to quit
+        self.stopped = False
         threading.Thread(target=self._read, daemon=True).start()
 
     @property
@@ -59,33 +65,56 @@ class Worker:
 
     def request(self, payload: dict, timeout_s: float) -> dict:
         operation = payload.get("op")
+        self.busy = True
         try:
             self._process.stdin.write((json.dumps(payload) + "\n").encode())
             self._process.stdin.flush()
         except (BrokenPipeError, OSError):
             raise self._died(operation) from None
-        try:
-            line = self._answers.get(timeout=timeout_s)
-        except queue.Empty:
-            self.stop()
-            raise GateError(f"{self.label}: no answer to {operation!r} within {timeout_s:.0f} s (hung?); "
-                            f"the worker was stopped. Its log: {self.log_path}") from None
-        if line is None:
-            raise self._died(operation)
+        line = self._answer(operation, timeout_s)
+        self.busy = False
         try:
             answer = json.loads(line)
         except json.JSONDecodeError:
             raise GateError(f"{self.label}: answered {operation!r} with a line that is not JSON: "
                             f"{line[:200]!r}") from None
+        if not isinstance(answer, dict):
+            raise GateError(f"{self.label}: answered {operation!r} with {line[:200]!r}, not a JSON object") from None
         if not answer.get("ok"):
             kind = "ran out of GPU memory" if answer.get("kind") == "oom" else "failed"
             raise GateError(f"{self.label} {kind} during {operation!r}: {answer.get('error')}. "
                             f"Its log: {self.log_path}")
         return answer
 
+    def _answer(self, operation: str | None, timeout_s: float) -> bytes:
+        """The next line from the worker. Its death is noticed by polling, not only by the end of its
+        output: a child it leaves behind (a compile worker) can hold the pipe open."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = self._answers.get(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
+            except queue.Empty:
+                if self._process.poll() is not None:
+                    try:  # an answer written just before exiting may still be on its way through the pipe
+                        line = self._answers.get(timeout=POLL_S)
+                    except queue.Empty:
+                        line = None
+                elif time.monotonic() < deadline:
+                    continue
+                else:
+                    stop_all([self])
+                    raise GateError(f"{self.label}: no answer to {operation!r} within {timeout_s:.0f} s (hung?); "
+                                    f"the worker was stopped. Its log: {self.log_path}") from None
+            if line is None:
+                raise self._died(operation)
+            return line
+
     def _died(self, operation: str | None) -> GateError:
-        code = self._process.wait()
-        self._log.flush()
+        try:
+            code = self._process.wait(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:  # it closed its output but runs on
+            stop_all([self])
+            code = self._process.wait()
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         return GateError(f"{self.label}: the worker {how} during {operation!r}. Last lines of "
                          f"{self.log_path}: {self.log_tail()}")
@@ -98,24 +127,55 @@ class Worker:
         return " | ".join(lines[-LOG_TAIL_LINES:]) or "(empty)"
 
     def stop(self) -> None:
-        """Ask to quit, then terminate, then kill the whole process group: nothing keeps the card."""
-        if self._process.poll() is None:
+        stop_all([self])
+
+
+def stop_all(workers: Sequence[Worker]) -> None:
+    """End every worker and its whole process group (compile subprocesses included): nothing keeps the
+    card. An idle worker is asked to quit (its CUDA context ends cleanly) and the idle ones get
+    QUIT_GRACE_S together; a busy one cannot read the request, so it is terminated at once."""
+    running = [worker for worker in workers if not worker.stopped and worker._process.poll() is None]
+    for worker in running:
+        if not worker.busy:
             try:
-                self._process.stdin.write(b'{"op": "quit"}\n')
-                self._process.stdin.flush()
-                self._process.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
+                worker._process.stdin.write(b'{"op": "quit"}\n')
+                worker._process.stdin.flush()
+            except OSError:
                 pass
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self._process.poll() is not None:
-                break
-            try:
-                os.killpg(self._process.pid, sig)
-                self._process.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        try:  # the group may outlive its leader (compile workers)
-            os.killpg(self._process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+    _wait_for(running, QUIT_GRACE_S if any(not worker.busy for worker in running) else 0.0)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        running = [worker for worker in running if worker._process.poll() is None]
+        for worker in running:
+            _signal_group(worker, sig)
+        _wait_for(running, KILL_GRACE_S)
+    for worker in workers:
+        if not worker.stopped:
+            _signal_group(worker, signal.SIGKILL)  # the group may outlive its leader (compile workers)
+            worker.stopped = True
+            worker._log.close()
+
+
+def run_to_the_end(cleanup: Callable[[], None]) -> None:
+    """Run `cleanup`; where an interruption stops it, run it again, then raise the interruption. The gate
+    raises only the first of its interruptions, so the second run is not cut short."""
+    try:
+        cleanup()
+    except KeyboardInterrupt:
+        cleanup()
+        raise
+
+
+def _wait_for(workers: Sequence[Worker], grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
+        try:
+            worker._process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
             pass
-        self._log.close()
+
+
+def _signal_group(worker: Worker, sig: signal.Signals) -> None:
+    try:
+        os.killpg(worker.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,331 @@
+"""lpperf gate's faults on the CPU: a crash, an interruption (Ctrl-C, SIGTERM, SIGHUP), an unsafe export,
+a bad argument or a worker that misbehaves is exit 2 with one line, never a verdict, and leaves no
+worker process and no scratch folder behind. Workers are the fake (tests/fake_gate_worker.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lpperf import cli
+from lpperf.gate import command, controller, report
+from lpperf.gate.workers import GateError, Worker
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE = Path(__file__).with_name("fake_gate_worker.py")
+FRAME = "frame fast b1"
+# `lpperf gate` with the fake worker in place of the real one (role "base" on both sides: an A/A run).
+FAKE_GATE = (f"import sys; from lpperf import cli; from lpperf.gate import controller; "
+             f"controller.worker_command = lambda tree, device: [sys.executable, {str(FAKE)!r}, 'base']; "
+             f"sys.exit(cli.main(sys.argv[1:]))")
+
+
+@pytest.fixture
+def fake_workers(monkeypatch):
+    """The command's workers are the fake; returns the trees they were started for."""
+    started = []
+
+    def command_line(tree, device):
+        started.append(tree)
+        return [sys.executable, str(FAKE), "base"]
+
+    monkeypatch.setattr(controller, "worker_command", command_line)
+    monkeypatch.setenv("LPPERF_FAKE_WORKER", json.dumps({"noise": 0.01}))
+    monkeypatch.chdir(REPO)
+    return started
+
+
+def gate(capsys, *args) -> tuple[int, list[str]]:
+    code = cli.main(["gate", *args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err.strip().splitlines()
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def throwaway(tmp_path):
+    """A git repository shaped like an lpperf checkout, with one commit."""
+    repo = tmp_path / "repo"
+    (repo / "lpperf").mkdir(parents=True)
+    (repo / "lpperf" / "__init__.py").write_text("")
+    (repo / "tests").mkdir()
+    (repo / "tests" / "note.txt").write_text("a blob\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "first")
+    return repo
+
+
+def commit_link(repo: Path, name: str, target: str) -> str:
+    (repo / name).symlink_to(target)
+    git(repo, "add", name)
+    git(repo, "commit", "-q", "-m", f"link {name}")
+    return git(repo, "rev-parse", "HEAD")
+
+
+# --------------------------------------------------------------------------- a crash is never a verdict
+
+def test_an_unexpected_exception_in_the_gate_is_exit_2_with_one_line(fake_workers, monkeypatch, capsys, tmp_path):
+    def broken(*args):
+        raise LookupError("injected fault")
+
+    monkeypatch.setattr(command, "repository", broken)
+    code, lines = gate(capsys, "--base", ".", "--device", "cpu", "--out", str(tmp_path))
+    assert code == 2
+    assert len(lines) == 1 and "LookupError: injected fault" in lines[0] and "no verdict" in lines[0]
+    with pytest.raises(GateError):  # --traceback still shows where
+        cli.main(["--traceback", "gate", "--base", ".", "--device", "cpu", "--out", str(tmp_path)])
+
+
+def test_an_unexpected_exception_in_any_command_is_exit_2_naming_it(monkeypatch, capsys, tmp_path):
+    def broken(args):
+        raise LookupError("injected fault")
+
+    monkeypatch.setattr(cli, "cmd_compare", broken)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["compare", "a.json", "b.json"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("lpperf compare: ") and "LookupError: injected fault" in line and "--traceback" in line
+    with pytest.raises(LookupError):
+        cli.main(["--traceback", "compare", "a.json", "b.json"])
+
+
+def test_help_still_exits_0_and_ctrl_c_in_bench_keeps_its_message(monkeypatch, capsys):
+    assert cli.main(["gate", "--help"]) == 0
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_bench", interrupted)
+    assert cli.main(["bench", "--device", "cpu"]) == cli.EXIT_INTERRUPTED
+    assert "interrupted (Ctrl-C)" in capsys.readouterr().err
+
+
+def test_ctrl_c_before_the_rounds_start_is_exit_2(fake_workers, monkeypatch, capsys, tmp_path):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "side", interrupted)  # during the export
+    code, lines = gate(capsys, "--base", ".", "--device", "cpu", "--out", str(tmp_path))
+    assert code == 2 and "interrupted (Ctrl-C)" in lines[-1]
+
+
+# ------------------------------------------------------------------------ SIGTERM, SIGHUP and Ctrl-C
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status waits for a parent
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+@pytest.mark.parametrize("signal_number, named", [(signal.SIGTERM, "SIGTERM"), (signal.SIGHUP, "SIGHUP"),
+                                                  (signal.SIGINT, "Ctrl-C")])
+def test_a_signal_stops_every_worker_and_removes_the_scratch_folder(tmp_path, signal_number, named):
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    out = tmp_path / "out"
+    env = dict(os.environ, TMPDIR=str(scratch_root),
+               LPPERF_FAKE_WORKER=json.dumps({"child": True, "fail": {"role": "base", "op": "prepare", "how": "hang"}}))
+    process = subprocess.Popen([sys.executable, "-c", FAKE_GATE, "gate", "--base", ".", "--device", "cpu",
+                                "--recipes", "fast", "--out", str(out)], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("hanging in prepare" in log.read_text() for log in out.glob("worker-*.log")):
+            assert process.poll() is None and time.monotonic() < deadline, "the gate never reached the workers"
+            time.sleep(0.2)
+        assert list(scratch_root.glob("lpperf-gate-*"))  # the scratch folder exists while the gate runs
+        pids = [int(line.split()[-1]) for log in out.glob("worker-*.log")
+                for line in log.read_text().splitlines() if line.startswith(("pid ", "child pid "))]
+        assert len(pids) == 4 and all(alive(pid) for pid in pids)  # two workers, each with a child
+        began = time.monotonic()
+        process.send_signal(signal_number)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 2
+    assert time.monotonic() - began < 30  # no sequential grace period per busy worker
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and f"interrupted ({named})" in lines[-1], err
+    assert not [pid for pid in pids if alive(pid)]
+    assert not list(scratch_root.glob("lpperf-gate-*"))
+
+
+# ---------------------------------------------------------------------------------- calibration file
+
+def test_calibration_with_few_rounds_writes_valid_json_with_open_ends_as_null(fake_workers, capsys, tmp_path):
+    code, _ = gate(capsys, "--calibrate", "--rounds", "4", "--device", "cpu", "--recipes", "fast", "--out",
+                   str(tmp_path))
+    assert code == 0
+    text = (tmp_path / "calibration.json").read_text()
+    record = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in calibration.json"))
+    frame = next(item for item in record["calibration"] if item["name"] == FRAME)
+    assert frame["rounds"] == 4 and frame["half_width"] is None  # four rounds: the interval is open
+
+
+def test_the_calibration_table_says_open_for_an_unbounded_interval(tmp_path):
+    side = controller.Side("fake", tmp_path)
+    metrics = controller.default_metrics(("fast",), (1,), stages=False)
+    result = controller.run_gate(side, side, metrics, controller.GateConfig(rounds=4, max_rounds=4), [None],
+                                 tmp_path / "logs", start=lambda side, role, gpu, log_dir, recipe: Worker(
+                                     role, [sys.executable, str(FAKE), role], dict(os.environ), log_dir / f"{role}.log"))
+    noise = report.calibration(result)
+    assert math.isinf(noise[0].half_width)
+    assert "inf" not in report.format_calibration(noise, result)
+    json.dumps(report.calibration_record(noise), allow_nan=False)
+
+
+# ------------------------------------------------------------------------------------- the export
+
+@pytest.mark.parametrize("target, says", [("/etc/passwd", "absolute"), ("../../outside", "outside")])
+def test_an_export_with_an_unsafe_link_is_refused_naming_the_ref_and_the_member(throwaway, tmp_path, target, says):
+    sha = commit_link(throwaway, "evil", target)
+    with pytest.raises(GateError) as refused:
+        command.side(sha, throwaway, tmp_path / "scratch")
+    message = str(refused.value)
+    assert sha[:10] in message and "'evil'" in message and says in message and target in message
+
+
+def test_an_absolute_symlink_in_the_base_is_exit_2_not_regressed(throwaway, fake_workers, monkeypatch, capsys, tmp_path):
+    commit_link(throwaway, "evil", "/etc/passwd")
+    git(throwaway, "tag", "abs-symlink")
+    monkeypatch.chdir(throwaway)
+    code, lines = gate(capsys, "--base", "abs-symlink", "--device", "cpu", "--out", str(tmp_path / "out"))
+    assert code == 2 and "abs-symlink" in lines[-1] and "'evil'" in lines[-1]
+    assert not fake_workers
+
+
+# ------------------------------------------------------------------------------------ clear messages
+
+def test_a_folder_that_is_not_an_lpperf_checkout_says_so(throwaway, tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(GateError, match="is not an lpperf checkout"):
+        command.side(str(plain), throwaway, tmp_path / "scratch")
+
+
+@pytest.mark.parametrize("kind, spec", [("tree", "HEAD^{tree}"), ("blob", "HEAD:tests/note.txt")])
+def test_a_tree_or_blob_hash_is_named_as_such(throwaway, tmp_path, kind, spec):
+    object_id = git(throwaway, "rev-parse", spec)
+    with pytest.raises(GateError, match=f"names a {kind}, not a commit"):
+        command.side(object_id, throwaway, tmp_path / "scratch")
+
+
+def test_a_missing_ref_still_says_fetch_it(throwaway, tmp_path):
+    with pytest.raises(GateError, match="does not exist.*fetch it first"):
+        command.side("no-such-ref", throwaway, tmp_path / "scratch")
+
+
+def test_dot_in_a_sub_folder_is_the_checkout_root(throwaway, tmp_path, monkeypatch):
+    monkeypatch.chdir(throwaway / "tests")
+    assert command.repository() == throwaway.resolve()
+    side = command.side(".", command.repository(), tmp_path / "scratch")
+    assert side.tree == throwaway.resolve()
+
+
+def test_a_folder_that_is_also_a_ref_is_refused_as_ambiguous(throwaway, tmp_path, monkeypatch):
+    git(throwaway, "branch", "tests")
+    monkeypatch.chdir(throwaway)
+    with pytest.raises(GateError, match="both a folder and a git ref"):
+        command.side("tests", throwaway, tmp_path / "scratch")
+
+
+def test_out_that_is_a_file_says_it_must_be_a_folder(fake_workers, capsys, tmp_path):
+    existing = tmp_path / "gate.txt"
+    existing.write_text("keep me\n")
+    code, lines = gate(capsys, "--base", ".", "--device", "cpu", "--out", str(existing))
+    assert code == 2 and "--out" in lines[-1] and "must be a folder" in lines[-1] and str(existing) in lines[-1]
+    assert existing.read_text() == "keep me\n" and not fake_workers
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--device", "tpu"), "unsupported device 'tpu'"),
+    (("--device", "cuda:0"), "no CUDA GPU is visible"),
+    (("--device", "cuda:0", "--gpus", "1"), "--gpus"),
+    (("--batches", "0"), "--batches"),
+    (("--batches", "100000"), "--batches"),
+    (("--rounds", "3"), "--rounds"),
+    (("--rounds", "100000"), "--rounds"),
+    (("--rounds", "8", "--max-rounds", "4"), "--max-rounds"),
+    (("--max-rounds", "1000000"), "--max-rounds"),
+    (("--threshold", "0"), "--threshold"),
+    (("--threshold", "nan"), "--threshold"),
+    (("--alpha", "0.6"), "--alpha"),
+    (("--alpha", "0"), "--alpha"),
+    (("--inject-slowdown", "0.1"), "--inject-slowdown"),
+    (("--gate-stages", "--no-stages"), "--gate-stages"),
+])
+def test_bad_arguments_are_refused_before_any_worker_starts(fake_workers, capsys, tmp_path, args, message):
+    code, lines = gate(capsys, "--base", ".", "--device", "cpu", "--out", str(tmp_path / "out"), *args)
+    assert code == 2 and message in lines[-1], lines
+    assert not fake_workers and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [(("--max-rounds", "32"), "--max-rounds"),
+                                           (("--undecided", "pass"), "--undecided")])
+def test_calibrate_refuses_options_it_would_ignore(fake_workers, capsys, tmp_path, args, message):
+    code, lines = gate(capsys, "--calibrate", "--device", "cpu", "--out", str(tmp_path / "out"), *args)
+    assert code == 2 and message in lines[-1] and "--calibrate" in lines[-1]
+    assert not fake_workers
+
+
+# --------------------------------------------------------------------------- other ways to a wrong verdict
+
+def test_a_failed_run_leaves_no_earlier_verdict_behind(fake_workers, monkeypatch, capsys, tmp_path):
+    (tmp_path / "gate.json").write_text(json.dumps({"verdict": "pass", "exit_code": 0}))
+    monkeypatch.setenv("LPPERF_FAKE_WORKER", json.dumps({"fail": {"role": "base", "op": "prepare", "how": "crash"}}))
+    code, lines = gate(capsys, "--base", ".", "--device", "cpu", "--recipes", "fast", "--out", str(tmp_path))
+    assert code == 2 and "exited with code 7" in lines[-1]
+    assert not (tmp_path / "gate.json").exists()
+
+
+def test_a_worker_that_dies_while_its_child_holds_the_pipe_is_reported_at_once(tmp_path):
+    """Compile workers inherit the worker's stdout: the pipe stays open after the worker dies."""
+    side = controller.Side("fake", tmp_path)
+    spec = {"child": True, "fail": {"role": "head", "op": "prepare", "how": "crash"}}
+    start = time.monotonic()
+    with pytest.raises(GateError, match="exited with code 7 during 'prepare'"):
+        controller.run_gate(side, side, controller.default_metrics(("fast",), (1,), stages=False),
+                            controller.GateConfig(rounds=4, max_rounds=4, prepare_timeout_s=300), [None],
+                            tmp_path / "logs", start=lambda side, role, gpu, log_dir, recipe: Worker(
+                                role, [sys.executable, str(FAKE), role],
+                                dict(os.environ, LPPERF_FAKE_WORKER=json.dumps(spec)), log_dir / f"{role}.log"))
+    assert time.monotonic() - start < 60
+
+
+def test_a_time_that_is_not_a_positive_number_names_the_side(tmp_path):
+    side = controller.Side("fake", tmp_path)
+    spec = {"fail": {"role": "head", "op": "measure", "how": "bad-ms"}}
+    with pytest.raises(GateError, match=r"head.*'measure'.*frame fast b1.*-1"):
+        controller.run_gate(side, side, controller.default_metrics(("fast",), (1,), stages=False),
+                            controller.GateConfig(rounds=4, max_rounds=4), [None], tmp_path / "logs",
+                            start=lambda side, role, gpu, log_dir, recipe: Worker(
+                                f"{role} fast", [sys.executable, str(FAKE), role],
+                                dict(os.environ, LPPERF_FAKE_WORKER=json.dumps(spec)), log_dir / f"{role}.log"))
+
+
+def test_repeated_recipes_and_batches_are_measured_once(fake_workers, capsys, tmp_path):
+    code, _ = gate(capsys, "--base", ".", "--device", "cpu", "--recipes", "fast", "fast", "--batches", "1", "1",
+                   "--no-stages", "--rounds", "4", "--max-rounds", "4", "--undecided", "pass", "--out", str(tmp_path))
+    assert code == 0
+    record = json.loads((tmp_path / "gate.json").read_text())
+    assert [metric["name"] for metric in record["metrics"]] == [FRAME]
+    assert record["one_sided_alpha"] == pytest.approx(record["config"]["alpha"])  # one gated metric, one look
+
