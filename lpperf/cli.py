@@ -500,6 +500,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _say(f"lpperf: error: {_one_line(error)}")
         return EXIT_ERROR
+    except Exception as error:  # noqa: BLE001 - a crash is exit 2: exit 1 means regressed (compare, history, gate)
+        if show_traceback:
+            raise
+        command = next((word for word in argv if not word.startswith("-")), "")
+        _say(f"lpperf {command}: unexpected {type(error).__name__}: {_one_line(error)} (a failure, not a verdict; "
+             f"lpperf --traceback {command} ... shows where)")
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":
