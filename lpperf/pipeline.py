@@ -27,14 +27,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpperf.models import DECODER_NET, EYE_NET, FEATURE_NET, LIP_NET, MOTION_NET, STITCHING_NET, WARP_NET
-from lpperf.validation import (check_feature_volume, check_floating, check_images, check_keypoints,
-                               check_positive_int, check_ratio, check_same_placement, check_tensor,
-                               check_unit_range_async)
+from lpperf.validation import (check_bool, check_feature_volume, check_finite_number, check_floating,
+                               check_fraction, check_images, check_keypoints, check_positive_int, check_ratio,
+                               check_same_placement, check_tensor, check_unit_range_async)
 
 NUM_POSE_BINS = 66
 POSE_BIN_DEGREES = 3.0
 POSE_OFFSET_DEGREES = 97.5
 LIP_NORMALIZE_THRESHOLD = 0.03  # official default: normalise the source lip only if it is this open
+# animate()'s bound on frames per step: fp32 eager peaks at about 12.5 GB at batch 16 on an H200
+# (docs/PERFORMANCE.md), so 64 frames fit an 80 GB card; more only exhausts memory.
+MAX_BATCH_SIZE = 64
 
 # With absolute motion (relative_motion=False) only these expression entries
 # come from the driving frame, the rest stay the source's (official
@@ -244,6 +247,8 @@ class Animator:
                  driving_multiplier: float = 1.0, lip_normalize_threshold: float = LIP_NORMALIZE_THRESHOLD):
         if not isinstance(nets, dict):
             raise ValueError(f"nets must be a dict name -> network, got {type(nets).__name__}")
+        check_bool(stitching, "stitching")
+        check_bool(relative_motion, "relative_motion")
         required = [FEATURE_NET, MOTION_NET, WARP_NET, DECODER_NET] + ([STITCHING_NET] if stitching else [])
         missing = [name for name in required if name not in nets]
         if missing:
@@ -251,13 +256,11 @@ class Animator:
         training = [name for name, net in nets.items() if isinstance(net, nn.Module) and net.training]
         if training:
             raise ValueError(f"networks {training} are in training mode; call .eval() on them first")
-        if not math.isfinite(driving_multiplier):
-            raise ValueError(f"driving_multiplier must be finite, got {driving_multiplier!r}")
         self.nets = nets
         self.stitching = stitching
         self.relative_motion = relative_motion
-        self.driving_multiplier = float(driving_multiplier)
-        self.lip_normalize_threshold = lip_normalize_threshold
+        self.driving_multiplier = check_finite_number(driving_multiplier, "driving_multiplier")
+        self.lip_normalize_threshold = check_fraction(lip_normalize_threshold, "lip_normalize_threshold")
         self.source: SourceState | None = None
         self.reference: Motion | None = None  # motion of the first driving frame
         self.absolute_mask: torch.Tensor | None = None  # expression entries taken with absolute motion
@@ -269,13 +272,15 @@ class Animator:
         """Run the source-only work for a 1x3x256x256 image in [0, 1].
 
         `lip_ratio` is the source's lip-open ratio from landmarks (the
-        official calc_lip_close_ratio); when given with relative motion and
+        official calc_lip_close_ratio, a number in [0, 1]); when given with relative motion and
         at least `lip_normalize_threshold`, the lip MLP closes the source's
         mouth first (official flag_normalize_lip) so the driving mouth motion
         starts from closed. The driving reference is kept: call
         reset_reference() for a new driving video.
         """
         check_images(image, "source image", batch=1)
+        if lip_ratio is not None:
+            lip_ratio = check_fraction(lip_ratio, "lip_ratio")
         feature = check_feature_volume(self.extract_feature(image), "appearance feature (F output)", batch=1)
         motion = self.extract_motion(image).first()  # a copy: M's output buffers may be reused (CUDA graphs)
         keypoints = motion.keypoints()
@@ -321,7 +326,8 @@ class Animator:
         values on the host first). With relative motion, set_reference() must
         have run.
         eye_ratio (1x3 or Bx3: source left, source right, target) and
-        lip_ratio (1x2 or Bx2: source, target) switch on the official eye/lip
+        lip_ratio (1x2 or Bx2: source, target), floating tensors of eye and lip
+        opening ratios in [0, 1] (checked like the frames), switch on the official eye/lip
         retargeting; as in the official pipeline, with relative motion the
         retargeted keypoints then start from the source's, not the driving
         frame's.
@@ -353,8 +359,8 @@ class Animator:
     def warp(self, driving_kp: torch.Tensor) -> dict:
         """W: the source feature warped from x_s to `driving_kp` (BxKx3)."""
         source = self._require_source()
-        batch = driving_kp.shape[0]
         check_keypoints(driving_kp, "driving keypoints", num_kp=source.keypoints.shape[1])
+        batch = driving_kp.shape[0]
         feature = source.feature.expand(batch, *source.feature.shape[1:])
         source_kp = source.keypoints.expand(batch, -1, -1)
         return self.nets[WARP_NET](feature, kp_driving=driving_kp, kp_source=source_kp)
@@ -366,6 +372,8 @@ class Animator:
     def driving_keypoints(self, motion: Motion, *, eye_ratio: torch.Tensor | None = None,
                           lip_ratio: torch.Tensor | None = None) -> torch.Tensor:
         """The keypoints x_d (BxKx3) that W warps the source to, from the driving frames' motion."""
+        if not isinstance(motion, Motion):
+            raise ValueError(f"motion must be a lpperf.pipeline.Motion, got {type(motion).__name__}")
         source = self._require_source()
         batch = motion.canonical.shape[0]
         if self.relative_motion:
@@ -403,6 +411,7 @@ class Animator:
         if ratio.device != device:
             raise ValueError(f"{name} is on {ratio.device} but the source is on {device}; "
                              f"move it with .to({str(device)!r})")
+        check_unit_range_async(ratio, name)
         return ratio.expand(batch, -1)
 
     def _net(self, name: str, purpose: str):
@@ -428,7 +437,7 @@ class Animator:
         bad values without synchronising (a device-side assertion on a GPU).
         """
         source = self._require_source()
-        check_positive_int(batch_size, "batch_size")
+        check_batch_size(batch_size, "batch_size")
         pending = []
         for number, frame in enumerate(_single_frames(frames)):
             check_images(frame, f"driving frame {number}", batch=1, check_values=check_values)
@@ -448,8 +457,16 @@ class Animator:
             yield outputs[index:index + 1]
 
 
+def check_batch_size(value, name: str) -> int:
+    """Frames per step: an int from 1 to MAX_BATCH_SIZE."""
+    return check_positive_int(value, name, at_most=MAX_BATCH_SIZE,
+                              why=" (the frames of one step share the device's memory)")
+
+
 def _single_frames(frames: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
     """Each item of a frame stream as 1x3xHxW frames (an Nx3xHxW item gives N frames)."""
+    if not isinstance(frames, Iterable):
+        raise ValueError(f"frames must be an iterable of frame tensors, got {type(frames).__name__}")
     if isinstance(frames, torch.Tensor) and frames.dim() != 4:
         raise ValueError(f"frames given as one tensor must be a stacked Nx3x256x256 clip, got shape "
                          f"{tuple(frames.shape)}; wrap a single frame in a list")

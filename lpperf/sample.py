@@ -20,11 +20,15 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from lpperf.validation import check_int
+
 PORTRAIT_FILE = Path(__file__).resolve().parent / "data" / "portrait.npz"
 PORTRAIT_SIZE = 256
 MAX_CLIP_FRAMES = 256  # driving_clip() holds frames in memory; stream longer videos
+FRAMES_PER_SECOND = 25  # the rate the motion below is designed for
+DEMO_FRAMES = 50  # what `lpperf animate --sample` animates: two seconds, with a blink and the mouth moving
 
-# Motion of the driving video (frames at 25 frames/s).
+# Motion of the driving video (frames at FRAMES_PER_SECOND).
 ROLL_DEGREES = 4.0
 SHIFT_PIXELS = (5.0, 4.0)  # x, y in portrait pixels
 ZOOM = 0.03  # relative
@@ -65,8 +69,9 @@ def driving_frames(num_frames: int | None = None, size: int = 256, seed: int = 0
     """
     if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 0):
         raise ValueError(f"num_frames must be None (endless) or an int >= 0, got {num_frames!r}")
-    if not isinstance(size, int) or size < 8:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
         raise ValueError(f"size must be an int >= 8, got {size!r}")
+    check_int(seed, "seed")
     image = portrait()[0].double()
     regions = face_regions()
     motion = _MotionPlan(seed)

@@ -10,6 +10,11 @@ pipeline runs them where frames enter. Inside its per-frame step it uses
 check_unit_range_async instead, which never waits for the device.
 """
 
+import math
+import numbers
+import os
+from pathlib import Path
+
 import torch
 
 IMAGE_SIZE = 256  # LivePortrait's networks take 256x256 crops
@@ -70,7 +75,8 @@ def check_unit_range(values: torch.Tensor, name: str) -> torch.Tensor:
         count = int(torch.isinf(values).sum())
         raise ValueError(f"{name} contains {count} infinite value(s); expected finite values in [0, 1]")
     if low < 0.0 or high > 1.0:
-        hint = "; 8-bit images need / 255" if high > 1.0 and high <= 255.0 else ""
+        looks_8_bit = values.dim() == 4 and 1.0 < high <= 255.0  # an image batch of 0-255 levels
+        hint = "; 8-bit images need / 255" if looks_8_bit else ""
         raise ValueError(f"{name} values must lie in [0, 1], got min {low:.6g} and max {high:.6g}{hint}")
     return values
 
@@ -118,11 +124,17 @@ def check_feature_volume(feature, name: str, *, batch: int | None = None) -> tor
 
 
 def check_ratio(ratio, name: str, *, width: int, batch: int) -> torch.Tensor:
-    """A retargeting ratio tensor of shape Nx`width` with N equal to 1 (shared) or `batch`."""
+    """A retargeting ratio tensor of shape Nx`width` with N equal to 1 (shared) or `batch`.
+
+    Shape and dtype only; the values (finite, within [0, 1]) are checked where the ratio is used,
+    with check_unit_range_async, so that a GPU step need not wait for the device.
+    """
     check_tensor(ratio, name)
     if ratio.dim() != 2 or ratio.shape[1] != width or ratio.shape[0] not in (1, batch):
-        raise ValueError(f"{name} must be 1x{width} or {batch}x{width} (one row per driving frame), "
-                         f"got shape {tuple(ratio.shape)}")
+        shapes = (f"1x{width} (one row, for the one driving frame)" if batch == 1 else
+                  f"1x{width} or {batch}x{width} (one row per driving frame)")
+        hint = "; add the batch dimension with .unsqueeze(0)" if ratio.dim() == 1 else ""
+        raise ValueError(f"{name} must be {shapes}, got shape {tuple(ratio.shape)}{hint}")
     return check_floating(ratio, name)
 
 
@@ -137,7 +149,43 @@ def check_same_placement(value: torch.Tensor, name: str, reference: torch.Tensor
     return value
 
 
-def check_positive_int(value, name: str) -> int:
+def check_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    return value
+
+
+def check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_finite_number(value, name: str) -> float:
+    """A real, finite Python number (not a bool, a string or a tensor), as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be finite: a real number, got {value!r}")
+    return float(value)
+
+
+def check_fraction(value, name: str) -> float:
+    """A real, finite Python number within [0, 1], as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a finite number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_path(value, name: str) -> Path:
+    """A file system path given as a str or os.PathLike (not None, not empty)."""
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        raise ValueError(f"{name} must be a path (a str or pathlib.Path), got {value!r}")
+    return Path(value)
+
+
+def check_positive_int(value, name: str, *, at_most: int | None = None, why: str = "") -> int:
+    """An int >= 1 and, when `at_most` is given, at most that (`why` says why, for the message)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if at_most is not None and value > at_most:
+        raise ValueError(f"{name} must be at most {at_most}{why}, got {value}")
     return value
