@@ -21,6 +21,7 @@ from torch import nn
 
 from lpperf import models
 from lpperf.models import DECODER_NET, EYE_NET, FEATURE_NET, LIP_NET, MOTION_NET, STITCHING_NET, WARP_NET
+from lpperf.validation import check_int, check_path
 
 # Network -> official file (plain state dicts).
 OFFICIAL_FILES = {
@@ -62,32 +63,90 @@ def _listed(keys) -> str:
     return shown + (f", ... and {len(keys) - _LISTED_KEYS} more" if len(keys) > _LISTED_KEYS else "")
 
 
-def _find_file(directory: Path, filename: str) -> Path:
-    candidates = [directory / filename, directory / _OFFICIAL_SUBFOLDERS.get(filename, _DEFAULT_SUBFOLDER) / filename]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        f"official checkpoint {filename} not found (looked for {', '.join(map(str, candidates))}). "
-        f"Put all five files ({', '.join([*OFFICIAL_FILES.values(), RETARGETING_FILE])}) in {directory}. "
-        + _HOW_TO_GET)
+def official_files(directory: str | Path) -> dict[str, Path]:
+    """The five official checkpoint files in `directory` (side by side, or in the release's base_models/
+    and retargeting_models/ sub-folders): file name -> path. Cheap (nothing is read), so a command
+    checks its --weights folder with it before loading anything; a missing file is named."""
+    directory = check_path(directory, "directory").expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"weights folder {directory} does not exist or is not a folder. " + _HOW_TO_GET)
+    filenames = [*OFFICIAL_FILES.values(), RETARGETING_FILE]
+    found, missing = {}, []
+    for filename in filenames:
+        candidates = [directory / filename,
+                      directory / _OFFICIAL_SUBFOLDERS.get(filename, _DEFAULT_SUBFOLDER) / filename]
+        path = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if path is None:
+            missing.append(f"{filename} not found (looked for {', '.join(map(str, candidates))})")
+        else:
+            found[filename] = path
+    if missing:
+        raise FileNotFoundError(
+            f"weights folder {directory} lacks {len(missing)} of the {len(filenames)} official checkpoint files: "
+            f"{'; '.join(missing)}. Put all {len(filenames)} files ({', '.join(filenames)}) in {directory}. "
+            + _HOW_TO_GET)
+    return found
+
+
+def _why_unreadable(error: Exception) -> str:
+    """What is wrong with a file torch.load(weights_only=True) refused, in lpperf's words.
+
+    torch's own message is not repeated: it advises turning weights_only off, which runs whatever
+    code the file holds and must never be suggested for a file from elsewhere.
+    """
+    text = str(error)
+    marker = "WeightsUnpickler error:"  # what torch found, after its advice
+    if marker in text:
+        detail = text.split(marker, 1)[1].strip().split("\n")[0].split(" was not an allowed global")[0]
+    else:
+        detail = "" if "weights_only" in text else text.split(". ")[0].strip()
+    if detail.startswith("Unsupported global"):
+        return (f"it holds pickled Python objects, not only tensors ({detail}); lpperf loads plain state "
+                "dicts only and never runs code from a checkpoint. Use the official file, or save the network's "
+                "state_dict() (torch.save(model.state_dict(), path)) where the model was made")
+    reason = type(error).__name__ + (f": {detail}" if detail else "")
+    return (f"it is not a PyTorch checkpoint or is damaged ({reason}). Re-download the file: a truncated "
+            "download cannot be used")
 
 
 def _read_checkpoint(path: Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as error:
-        raise RuntimeError(
-            f"could not read {path} as a PyTorch checkpoint of plain tensors (torch.load weights_only=True): "
-            f"{error}. Re-download the file; a truncated download or a pickled model object cannot be used.") from error
+    except Exception as error:  # any file content: torch.load raises KeyError, EOFError, ... on garbage
+        raise RuntimeError(f"could not read {path}: {_why_unreadable(error)}.") from None
     if not isinstance(checkpoint, dict):
         raise RuntimeError(f"{path} holds a {type(checkpoint).__name__}, expected a state dict (a dict of tensors). "
                            + _HOW_TO_GET)
+    _check_keys_are_names(checkpoint, str(path))
     return checkpoint
+
+
+def _check_keys_are_names(state_dict: dict, source: str) -> None:
+    odd = [key for key in state_dict if not isinstance(key, str)]
+    if odd:
+        shown = ", ".join(f"{key!r} of type {type(key).__name__}" for key in odd[:_LISTED_KEYS])
+        raise RuntimeError(f"{source} has key(s) that are not names ({shown}): it is not a state dict "
+                           "(a dict of parameter names to tensors). " + _HOW_TO_GET)
+
+
+def _check_values(state_dict: dict, expected: dict, source: str) -> None:
+    """Every tensor of `state_dict` has the kind of dtype its network expects (real floating point for
+    parameters, integer for counters) and holds finite values: a complex, NaN or infinite weight
+    would load without a word (a torch warning at most) and make every frame NaN."""
+    for key, value in state_dict.items():
+        if value.is_floating_point() != expected[key].is_floating_point() or value.is_complex():
+            kind = "a real floating dtype" if expected[key].is_floating_point() else "an integer dtype"
+            raise RuntimeError(f"{source}: {key} has dtype {value.dtype}, expected {kind}. " + _HOW_TO_GET)
+        if value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise RuntimeError(f"{source}: {key} holds {bad} NaN or infinite value(s) of {value.numel()}; "
+                                   "the file is damaged or was saved from a diverged training run. " + _HOW_TO_GET)
 
 
 def _load_into(net: nn.Module, state_dict: dict, source: str) -> None:
     """Strictly load `state_dict` into `net`, explaining any mismatch with the keys involved."""
+    _check_keys_are_names(state_dict, source)
     state_dict = checkpoint_filter_fn(state_dict, net)
     expected = net.state_dict()
     missing = expected.keys() - state_dict.keys()
@@ -108,6 +167,7 @@ def _load_into(net: nn.Module, state_dict: dict, source: str) -> None:
     if problems:
         raise RuntimeError(f"{source} does not match the official layout: " + "; ".join(problems) + ". "
                            + _HOW_TO_GET)
+    _check_values(state_dict, expected, source)
     net.load_state_dict(state_dict, strict=True)
 
 
@@ -129,11 +189,9 @@ def load_official(directory: str | Path, device: torch.device | str = "cpu") -> 
     Loading is strict: a missing file or any missing, unexpected or
     mis-shaped key raises an error naming the file and the keys.
     """
-    directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise FileNotFoundError(f"weights directory {directory} does not exist or is not a directory. " + _HOW_TO_GET)
-    paths = {name: _find_file(directory, filename) for name, filename in OFFICIAL_FILES.items()}
-    retargeting_path = _find_file(directory, RETARGETING_FILE)
+    files = official_files(directory)
+    paths = {name: files[filename] for name, filename in OFFICIAL_FILES.items()}
+    retargeting_path = files[RETARGETING_FILE]
     nets = _uninitialised_float32_nets()  # strict loading overwrites every parameter and buffer
     for name, path in paths.items():
         _load_into(nets[name], _read_checkpoint(path), str(path))
@@ -150,10 +208,12 @@ def load_official(directory: str | Path, device: torch.device | str = "cpu") -> 
 
 def save_official(nets: dict[str, nn.Module], directory: str | Path) -> None:
     """Write `nets` (all seven) as the five official checkpoint files in `directory` (created if needed)."""
+    if not isinstance(nets, dict):
+        raise ValueError(f"nets must be a dict name -> network, got {type(nets).__name__}")
+    directory = check_path(directory, "directory").expanduser()
     missing = [name for name in models.NAMES if name not in nets]
     if missing:
         raise ValueError(f"save_official needs all of {models.NAMES}; missing {missing}")
-    directory = Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
 
     def cpu_state(net: nn.Module) -> dict:
@@ -407,6 +467,7 @@ def synthetic(seed: int = 0, device: torch.device | str = "cpu",
     - G's output layer scaled so the decoded frame spans grey levels unsaturated.
     Built on the CPU in float32 (the same values whatever `device`), then moved.
     """
+    check_int(seed, "seed")
     images = _calibration_images(calibration_images)
     generator = torch.Generator().manual_seed(seed)
     nets = _uninitialised_float32_nets()
@@ -446,6 +507,7 @@ def tiny_networks(seed: int = 0) -> dict[str, nn.Module]:
     (torch's global RNG is left as it was), so runs are repeatable; they are not trained-like
     (synthetic() builds official sizes only) and the output images mean nothing.
     """
+    check_int(seed, "seed")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return {name: models.build(name, **models.TINY.get(name, {})) for name in models.NAMES}
@@ -457,6 +519,10 @@ def load_networks(weights: str | Path | None, device: str | torch.device, seed: 
     weights: a folder of official checkpoints (full size on any device), or None / "synthetic" for
     synthetic weights from `seed`: TINY sizes on the CPU, official sizes (trained-like) elsewhere.
     """
+    if weights is not None:
+        check_path(weights, "weights")
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"device must be a torch.device or a name such as 'cpu', got {device!r}")
     if weights is not None and str(weights) != "synthetic":
         folder = Path(weights).expanduser()
         if not folder.is_dir():
