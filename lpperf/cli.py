@@ -55,16 +55,18 @@ def _say(message: str) -> None:
 
 # ------------------------------------------------------------------------------------- argument types
 
-def _at_least(low: float, kind=int):
-    """An argparse type: a number of `kind` (int or float), finite and >= low."""
+def _at_least(low: float, kind=int, most: float | None = None):
+    """An argparse type: a number of `kind` (int or float), finite, >= low and, if given, <= most."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             value = math.nan
+        what = "a whole number" if kind is int else "a number (a fraction: 0.10 = 10%)"
         if not (math.isfinite(value) and value >= low):
-            what = "a whole number" if kind is int else "a number (a fraction: 0.10 = 10%)"
             raise argparse.ArgumentTypeError(f"must be {what} >= {low}, got {text!r}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be {what} from {low} to {most}, got {text!r} (see --help)")
         return value
     return parse
 
@@ -91,22 +93,34 @@ def resolve_device(name: str) -> torch.device:
 
 # ----------------------------------------------------------------------------------------------- output
 
-def prepare_out_dir(path: Path) -> Path:
-    """Create `path` if needed and check that files can be written into it."""
+def prepare_out_dir(path: Path, option: str = "--out", create: bool = True) -> Path:
+    """Check that files can be written into the folder `path` (given as `option`), and create it. With
+    create=False only check, before a run: the folder, or the nearest one above it that exists, must be
+    writable, and nothing is left behind."""
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir():
+        which = "it" if existing == path else str(existing)
+        raise OSError(f"cannot write to folder {path}: {which} is a file, not a folder; choose another {option}")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with video.atomic_path(path / ".lpperf-write-check") as probe:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        folder = path if create else existing
+        with video.atomic_path(folder / ".lpperf-write-check") as probe:
             probe.write_bytes(b"")
-        (path / ".lpperf-write-check").unlink()
+        (folder / ".lpperf-write-check").unlink()
     except OSError as error:
-        raise OSError(f"cannot write to folder {path} ({error.strerror or error}); choose a writable --out "
-                      "(or --history)") from None
+        raise OSError(f"cannot write to folder {path} ({error.strerror or error}); choose a writable {option}") \
+            from None
     return path
 
 
 def write_json(data: dict, path: Path) -> Path:
-    with video.atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")  # str: dtypes, paths
+    try:
+        with video.atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")  # str: dtypes
+    except OSError as error:
+        raise OSError(f"cannot write {path} ({error.strerror or error}); free some space or choose another folder") \
+            from None
     return path
 
 
@@ -114,7 +128,8 @@ def save_to_history(report: dict, root: Path) -> Path:
     """A copy of a bench report where `lpperf history ROOT` reads it: ROOT/<card>/lpperf-bench/bench-<time>.json.
     The name has no NNNN_ prefix, so pytest-benchmark never takes it for one of its saved runs."""
     stamp = re.sub(r"[^0-9]", "", report["datetime"])[:20]
-    folder = prepare_out_dir(root / history.card_slug(report["machine_info"].get("card")) / "lpperf-bench")
+    folder = prepare_out_dir(root / history.card_slug(report["machine_info"].get("card")) / "lpperf-bench",
+                             "--history")
     return write_json(report, folder / f"bench-{stamp}.json")
 
 
@@ -171,6 +186,8 @@ def cmd_bench(args) -> int:
     device = resolve_device(args.device)
     rows = bench.default_rows(device, args.recipes or ())  # an unknown name raises, naming the known recipes
     configs = [_bench_config(device, batch, args) for batch in dict.fromkeys(args.batch)]
+    if args.history:  # checked now, created only when the report is saved: a failed run leaves none behind
+        prepare_out_dir(Path(args.history), "--history", create=False)
     out_dir = prepare_out_dir(Path(args.out))
     progress = Progress(1 + (2 + (device.type == "cuda") + len(rows)) * len(configs))
     progress(f"loading networks ({args.weights or 'synthetic'}) for {device}")
@@ -195,13 +212,14 @@ def cmd_bench(args) -> int:
                      "rows": [row.name for row in rows], "per_batch": [dataclasses.asdict(c) for c in configs]}
     report = bench.report(results, environment, config_record, weights=networks.description)
     title = f"{environment.get('device_name')}, torch {torch.__version__}, {networks.description}"
-    written, skipped = charts.bench_charts(results, out_dir, title)
-    report["charts"] = {"written": [path.name for path in written], "skipped": skipped}
+    with bench.report_folder(out_dir) as staging:  # the report and its charts replace the previous ones as a set
+        written, skipped = charts.bench_charts(results, staging, title)
+        report["charts"] = {"written": [path.name for path in written], "skipped": skipped}
+        write_json(report, staging / bench.REPORT_JSON)
     for name, why in skipped.items():
         _say(f"chart{'s' if name == 'all' else ' ' + name} skipped: {why}")
-    # The report goes last: its presence means the run finished.
-    path = write_json(report, out_dir / "report.json")
-    print(f"\nreport: {path}" + "".join(f"\nchart:  {out_dir / name}" for name in report["charts"]["written"]))
+    print(f"\nreport: {out_dir / bench.REPORT_JSON}"
+          + "".join(f"\nchart:  {out_dir / name}" for name in report["charts"]["written"]))
     if args.history:
         print(f"history: {save_to_history(report, Path(args.history))} (lpperf history {args.history})")
     return 0
@@ -367,36 +385,65 @@ def cmd_history(args) -> int:
 # ---------------------------------------------------------------------------------------------- animate
 
 def cmd_animate(args) -> int:
-    from lpperf import bench, recipes
+    import itertools
+
+    from lpperf import bench, pipeline, recipes, sample
 
     bench.lookup_recipe(args.recipe)
-    weights_source = "synthetic" if args.synthetic else args.weights
+    if args.synthetic and args.weights is not None:
+        raise UsageError("lpperf animate: --synthetic and --weights both choose the weights; give one of them "
+                         "(--synthetic is --weights synthetic)")
+    if args.sample and (args.source or args.driving):
+        raise UsageError("lpperf animate: --sample uses the shipped portrait and driving frames; give either "
+                         "--sample or --source and --driving")
+    if not args.sample and not (args.source and args.driving):
+        raise UsageError("lpperf animate: give --source IMAGE and --driving VIDEO_OR_FOLDER, or --sample (the "
+                         "portrait and driving frames that ship with lpperf)")
+    weights_source = "synthetic" if args.synthetic or (args.sample and args.weights is None) else args.weights
     if weights_source is None:
-        raise UsageError("lpperf animate: give --weights DIR (official checkpoints) or --weights synthetic")
+        raise UsageError("lpperf animate: give --weights DIR (official checkpoints) or --weights synthetic "
+                         "(or --synthetic)")
+    pipeline.check_batch_size(args.batch, "--batch")
     device = resolve_device(args.device)
+    video.check_video_support()
     out = video.check_video_path(args.out)
-    source = video.read_image(args.source)
-    driving = video.DrivingSource(args.driving)
-    networks = weights.load_networks(weights_source, device)
-    if not networks.official_weights:
-        _say(MEANINGLESS)
-    _say(f"networks: {networks.description}")
-    engine = recipes.build(args.recipe, networks.nets, device)
-    del networks
-    animator = engine.animator(source)
-    report = engine.report()
-    _say(f"recipe {args.recipe} on {device}: applied {report['applied'] or 'nothing'}"
-         + "".join(f"; skipped {name}: {why}" for name, why in report["skipped"].items()))
+    if not args.sample:
+        driving_kind = "the driving folder" if Path(args.driving).is_dir() else "the driving video"
+        video.check_not_an_input(out, {"the source image": Path(args.source), driving_kind: Path(args.driving)})
+    if weights_source != "synthetic":
+        weights.official_files(weights_source)
+    if args.sample:
+        source, frames, fps = sample.portrait(), sample.driving_frames(sample.DEMO_FRAMES), sample.FRAMES_PER_SECOND
+        _say(f"source and driving frames: the shipped sample (lpperf.sample: a portrait and {sample.DEMO_FRAMES} "
+             f"frames of head motion, blinks and mouth movement made from it)")
+    else:
+        source = video.read_image(args.source)
+        driving = video.DrivingSource(args.driving)
+        frames, fps = driving.frames(), driving.fps
+    if args.frames is not None:
+        frames = itertools.islice(frames, args.frames)
 
-    start = time.perf_counter()
-    with video.VideoWriter(out, driving.fps) as writer:
-        for frame in animator.animate(driving.frames(), batch_size=args.batch):
-            writer.write(video.frame_to_array(frame))
-            if writer.frames_written % 25 == 0:
-                _say(f"{writer.frames_written} frames, {writer.frames_written / (time.perf_counter() - start):.1f} "
-                     "frames/s")
+    with video.termination_as_interrupt():  # SIGTERM, SIGHUP: the partial video is removed as on Ctrl-C
+        networks = weights.load_networks(weights_source, device)
+        if not networks.official_weights:
+            _say(MEANINGLESS)
+        _say(f"networks: {networks.description}")
+        engine = recipes.build(args.recipe, networks.nets, device)
+        del networks
+        animator = engine.animator(source)
+        report = engine.report()
+        _say(f"recipe {args.recipe} on {device}: applied {report['applied'] or 'nothing'}"
+             + "".join(f"; skipped {name}: {why}" for name, why in report["skipped"].items()))
+
+        start = time.perf_counter()
+        with video.VideoWriter(out, fps) as writer:
+            for frame in animator.animate(frames, batch_size=args.batch):
+                writer.write(video.frame_to_array(frame))
+                if writer.frames_written % 25 == 0:
+                    _say(f"{writer.frames_written} frames, "
+                         f"{writer.frames_written / (time.perf_counter() - start):.1f} frames/s")
     elapsed = time.perf_counter() - start
-    print(f"wrote {out}: {writer.frames_written} frames at {float(driving.fps):g} frames/s; "
+    print(f"wrote {out}: {writer.frames_written} frames at {float(fps):g} frames/s; "
           f"{writer.frames_written / elapsed:.2f} frames/s end to end on {device} (decode + animate + encode)")
     return 0
 
@@ -409,24 +456,36 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     device_help = f"{DEVICES} (auto: CUDA if available, else the CPU)"
 
+    from lpperf.bench import MAX_BATCH, MAX_PARITY_FRAMES, MAX_REPEATS, MAX_WARMUP
+
     bench = commands.add_parser("bench", help="measure fp32 eager and the recipes on the sample data")
     bench.add_argument("--device", default="auto", type=_device_name, help=device_help)
     bench.add_argument("--recipes", nargs="+", metavar="NAME",
                        help="recipes to measure (fp32-eager is added first as the baseline); default: the "
                             "waterfall and peer rows on CUDA, fp32-eager and fast on the CPU")
-    bench.add_argument("--batch", nargs="+", type=_at_least(1), default=[1], metavar="N",
-                       help="driving frames per step; several values run every row per batch size")
+    bench.add_argument("--batch", nargs="+", type=_at_least(1, most=MAX_BATCH), default=[1], metavar="N",
+                       help=f"driving frames per step, at most {MAX_BATCH} (a step holds its whole batch of frames, "
+                            "outputs and activations on the card at once); several values run every row per "
+                            "batch size")
     bench.add_argument("--weights", metavar="DIR", help="official checkpoints (default: synthetic weights)")
-    bench.add_argument("--out", default="lpperf-report", metavar="DIR", help="report folder (default %(default)s)")
-    bench.add_argument("--history", default=DEFAULT_HISTORY, metavar="DIR",
-                       help="also save the report under DIR/<card>/lpperf-bench/, where `lpperf history` reads "
-                            "it (default %(default)s)")
-    bench.add_argument("--no-history", dest="history", action="store_const", const="",
-                       help="do not save the report into the history")
-    bench.add_argument("--repeats", type=_at_least(1), metavar="N", help="exactly N timed repeats per row")
-    bench.add_argument("--warmup", type=_at_least(0), metavar="N", help="warm-up calls per row")
-    bench.add_argument("--parity-frames", type=_at_least(1), metavar="N",
-                       help="frames compared with the float32 reference (>= 1)")
+    bench.add_argument("--out", default="lpperf-report", metavar="DIR",
+                       help="report folder (default %(default)s): report.json and the charts replace the previous "
+                            "report's as a set (all new or, if writing fails, all old); other files there are kept")
+    history_choice = bench.add_mutually_exclusive_group()
+    history_choice.add_argument("--history", default=DEFAULT_HISTORY, metavar="DIR",
+                                help="also save the report under DIR/<card>/lpperf-bench/, where `lpperf history` "
+                                     "reads it (default %(default)s)")
+    history_choice.add_argument("--no-history", dest="history", action="store_const", const="",
+                                help="do not save the report into the history")
+    bench.add_argument("--repeats", type=_at_least(1, most=MAX_REPEATS), metavar="N",
+                       help=f"exactly N timed repeats per row and stage, at most {MAX_REPEATS} (the default rule "
+                            "stops between 20 and 300 on a GPU)")
+    bench.add_argument("--warmup", type=_at_least(0, most=MAX_WARMUP), metavar="N",
+                       help=f"warm-up calls per row and stage, at most {MAX_WARMUP} (default 5 on a GPU, 1 on the "
+                            "CPU)")
+    bench.add_argument("--parity-frames", type=_at_least(1, most=MAX_PARITY_FRAMES), metavar="N",
+                       help=f"frames compared with the float32 reference, at most {MAX_PARITY_FRAMES} (each "
+                            "runs through the reference and every row, and is kept in host memory)")
     bench.set_defaults(handler=cmd_bench)
 
     compare = commands.add_parser("compare", help="compare two benchmark runs (pytest-benchmark JSON or "
@@ -461,15 +520,27 @@ def build_parser() -> argparse.ArgumentParser:
                       "latest run of the same card and kind is also compared with")
     hist.set_defaults(handler=cmd_history)
 
+    from lpperf import pipeline
+
     animate = commands.add_parser("animate", help="animate a pre-cropped 256x256 portrait with a driving video")
-    animate.add_argument("--source", required=True, metavar="IMAGE", help="256x256 portrait crop")
-    animate.add_argument("--driving", required=True, metavar="VIDEO_OR_FOLDER", help="256x256 driving frames")
+    animate.add_argument("--source", metavar="IMAGE", help="the portrait: a 256x256 crop around the face (lpperf "
+                         "never crops or resizes)")
+    animate.add_argument("--driving", metavar="VIDEO_OR_FOLDER", help="a video or a folder of frame images, "
+                         "256x256 crops like the source")
+    animate.add_argument("--sample", action="store_true", help="animate the shipped sample portrait with the "
+                         "shipped driving frames (instead of --source and --driving; synthetic weights unless "
+                         "--weights is given)")
     animate.add_argument("--weights", metavar="DIR", help="official checkpoints folder, or 'synthetic'")
-    animate.add_argument("--synthetic", action="store_true", help="synthetic weights (meaningless output)")
-    animate.add_argument("--out", required=True, metavar="OUT.mp4", help="video to write (.mp4 only: 512x512 H.264)")
+    animate.add_argument("--synthetic", action="store_true", help="synthetic weights (meaningless output): the "
+                         "same as --weights synthetic")
+    animate.add_argument("--out", required=True, metavar="OUT.mp4", help="video to write (.mp4 only: 512x512 "
+                         "H.264); never one of the inputs")
     animate.add_argument("--recipe", default="fast", help="optimization recipe (default %(default)s)")
     animate.add_argument("--device", default="auto", type=_device_name, help=device_help)
-    animate.add_argument("--batch", type=_at_least(1), default=1, help="driving frames per step (default 1)")
+    animate.add_argument("--batch", type=_at_least(1), default=1, help="driving frames per step, 1 to "
+                         f"{pipeline.MAX_BATCH_SIZE} (default 1)")
+    animate.add_argument("--frames", type=_at_least(1), metavar="N", help="animate only the first N driving "
+                         "frames (default: all)")
     animate.set_defaults(handler=cmd_animate)
 
     gate_command.add_parser(commands)  # lpperf gate (lpperf/gate/command.py)

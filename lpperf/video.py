@@ -5,14 +5,20 @@ Images are read with Pillow, videos with PyAV (FFmpeg); both come with the `vide
 resized: LivePortrait's networks take 256x256 crops, and a frame of another size is an error.
 
 Outputs are written under a temporary name in the destination folder and renamed only once
-complete, so an interrupted or failed run never leaves a file that looks finished.
+complete, so an interrupted or failed run never leaves a file that looks finished; inside
+`termination_as_interrupt()` SIGTERM and SIGHUP count as an interruption too. An output is never
+one of the inputs (check_not_an_input).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -20,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lpperf.validation import IMAGE_SIZE
+from lpperf.validation import IMAGE_SIZE, check_path, check_tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_FPS = 25
@@ -44,6 +50,12 @@ def _pyav():
     return av
 
 
+def check_video_support() -> None:
+    """Raise, naming what to install, unless Pillow and PyAV (the `video` extra) can be imported."""
+    _pillow()
+    _pyav()
+
+
 def array_to_frame(rgb: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 RGB -> 1x3xHxW float32 in [0, 1]."""
     return torch.from_numpy(np.require(rgb, requirements=['C', 'W'])).permute(2, 0, 1).unsqueeze(0).float() / 255.0
@@ -51,33 +63,64 @@ def array_to_frame(rgb: np.ndarray) -> torch.Tensor:
 
 def frame_to_array(frame: torch.Tensor) -> np.ndarray:
     """1x3xHxW (or 3xHxW) float frame in [0, 1] -> HxWx3 uint8 RGB (rounded to the nearest level)."""
+    check_tensor(frame, "frame")
+    if frame.dim() not in (3, 4) or frame.shape[-3] != 3 or (frame.dim() == 4 and frame.shape[0] != 1):
+        raise ValueError(f"frame must be 3xHxW or 1x3xHxW (RGB), got shape {tuple(frame.shape)}")
     if frame.dim() == 4:
         frame = frame[0]
     levels = (frame.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     return levels.permute(1, 2, 0).cpu().numpy()
 
 
+def _crop_hint(size: int) -> str:
+    return (f"the portrait and driving frames must be pre-cropped to {size}x{size} around the face (lpperf "
+            "never resizes)")
+
+
+def _check_dimensions(width: int, height: int, what: str, size: int) -> None:
+    if (height, width) != (size, size):
+        raise ValueError(f"{what} is {width}x{height} pixels, expected {size}x{size}: {_crop_hint(size)}")
+
+
 def check_size(frame: torch.Tensor, what: str, size: int = IMAGE_SIZE) -> torch.Tensor:
     height, width = frame.shape[-2:]
-    if (height, width) != (size, size):
-        raise ValueError(f"{what} is {width}x{height} pixels, expected {size}x{size}: the portrait and driving "
-                         f"frames must be pre-cropped to {size}x{size} around the face (lpperf never resizes)")
+    _check_dimensions(width, height, what, size)
     return frame
 
 
-def read_image(path: str | Path, size: int | None = IMAGE_SIZE) -> torch.Tensor:
-    """An image file as a 1x3xHxW float tensor in [0, 1] (RGB; alpha dropped, grey expanded)."""
+@contextlib.contextmanager
+def _opened_image(path: Path, size: int | None) -> Iterator:
+    """The Pillow image at `path`, opened (only its header is read) and its size checked before anything
+    is decoded, so a huge image costs nothing."""
     Image, UnidentifiedImageError = _pillow()
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist or is not a file; give the path of a PNG or JPEG")
     try:
-        with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"))
+        image = Image.open(path)
+    except Image.DecompressionBombError:
+        expected = size or IMAGE_SIZE
+        raise ValueError(f"image {path} is far larger than {expected}x{expected} pixels (Pillow refuses to decode "
+                         f"it); {_crop_hint(expected)}") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(f"cannot read image {path} ({error}); give a readable PNG or JPEG file") from None
-    frame = array_to_frame(rgb)
-    return frame if size is None else check_size(frame, f"image {path}", size)
+    with image:
+        if size is not None:
+            _check_dimensions(image.width, image.height, f"image {path}", size)
+        yield image
+
+
+def read_image(path: str | Path, size: int | None = IMAGE_SIZE) -> torch.Tensor:
+    """An image file as a 1x3xHxW float tensor in [0, 1] (RGB; alpha dropped, grey expanded).
+
+    The size is checked from the file's header, before the pixels are decoded.
+    """
+    path = check_path(path, "path")
+    with _opened_image(path, size) as image:
+        try:
+            rgb = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read image {path} ({error}); give a readable PNG or JPEG file") from None
+    return array_to_frame(rgb)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -85,16 +128,23 @@ def image_files(folder: Path) -> list[Path]:
 
 
 class DrivingSource:
-    """A driving video file or a folder of frame images; frames() streams them in order."""
+    """A driving video file or a folder of frame images; frames() streams them in order.
+
+    Opening one checks what can be checked without decoding frames: a folder's every image is
+    readable and of the right size (headers only), a video has a video stream of the right size.
+    """
 
     def __init__(self, path: str | Path, size: int | None = IMAGE_SIZE):
-        self.path = Path(path)
+        self.path = check_path(path, "path")
         self.size = size
         if self.path.is_dir():
             self.files = image_files(self.path)
             if not self.files:
                 raise ValueError(f"driving folder {self.path} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
                                  "give a video file or a folder of 256x256 frames")
+            for file in self.files:
+                with _opened_image(file, size):
+                    pass
             self.fps = Fraction(DEFAULT_FPS)
         elif self.path.is_file():
             self.files = None
@@ -117,7 +167,11 @@ class DrivingSource:
 
     def _probe_video(self) -> Fraction:
         with contextlib.closing(self._open_video()) as container:
-            rate = container.streams.video[0].average_rate
+            stream = container.streams.video[0]
+            if self.size is not None and stream.width and stream.height:
+                # the stream's size is its first frame's
+                _check_dimensions(stream.width, stream.height, f"frame 0 of driving video {self.path}", self.size)
+            rate = stream.average_rate
         return Fraction(rate) if rate else Fraction(DEFAULT_FPS)
 
     def frames(self) -> Iterator[torch.Tensor]:
@@ -168,15 +222,72 @@ def _umask() -> int:
     return current
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that the same clean-up runs."""
+
+
+@contextlib.contextmanager
+def termination_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM and SIGHUP raise Terminated (a KeyboardInterrupt), so atomic_path removes
+    its temporary file as on Ctrl-C instead of the process dying with it left behind. The previous
+    handlers come back afterwards. Python runs signal handlers in the main thread only: elsewhere
+    this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(number, frame):
+        raise Terminated(f"terminated by {signal.Signals(number).name}")
+
+    numbers = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {number: signal.signal(number, interrupt) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: spelt differently, through a symbolic link or as hard links."""
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def check_not_an_input(out: str | Path, inputs: dict[str, Path]) -> None:
+    """Refuse an output path that is one of the files read: `inputs` maps a description ("the driving
+    video") to a file, or to a folder of frames, each of which counts."""
+    out = Path(out)
+    for what, path in inputs.items():
+        path = Path(path)
+        files = [(what, path)] if not path.is_dir() else [(f"a frame of {what}", file) for file in image_files(path)]
+        for description, file in files:
+            if _same_file(out, file):
+                raise ValueError(f"output {out} is {description} {file}; writing it would destroy that input: "
+                                 "choose another output path")
+
+
+def _suggested_video_name(path: Path) -> Path:
+    """`path` renamed to end in .mp4: its suffix replaced, or a name given where it has only a suffix."""
+    base = path.name[:-len(path.suffix)] if path.suffix else path.name
+    if base.lower().endswith(VIDEO_SUFFIX):  # "clip.mp4.avi", or ".mp4" alone (a hidden name without a suffix)
+        base = base[:-len(VIDEO_SUFFIX)]
+    return path.with_name((base.rstrip(".") or "animation") + VIDEO_SUFFIX)
+
+
 def check_video_path(path: str | Path) -> Path:
     """`path` if a video can be written there: an .mp4 name (the one container VideoWriter writes), not a
     folder, in a folder that exists."""
-    path = Path(path)
+    path = check_path(path, "path")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give the path of the .mp4 file to write")
     if path.suffix.lower() != VIDEO_SUFFIX:
         raise ValueError(f"cannot write {path}: lpperf writes H.264 video in an MP4 container, so the file name "
-                         f"must end in {VIDEO_SUFFIX} (e.g. {path.with_suffix(VIDEO_SUFFIX)})")
+                         f"must end in {VIDEO_SUFFIX} (e.g. {_suggested_video_name(path)})")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder {path.parent} does not exist; create it or choose another path")
     return path
@@ -191,6 +302,8 @@ class VideoWriter:
 
     def __init__(self, path: str | Path, fps: Fraction | int = DEFAULT_FPS, quality_crf: int = 18):
         self.path = check_video_path(path)
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a number > 0 (frames per second), got {fps!r}")
         self.fps = Fraction(fps)
         self.quality_crf = quality_crf
         self.frames_written = 0
@@ -212,6 +325,13 @@ class VideoWriter:
     def write(self, rgb: np.ndarray) -> None:
         """One HxWx3 uint8 RGB frame; the first frame fixes the video's size."""
         av = _pyav()
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            got = f"{rgb.dtype} of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+            raise ValueError(f"frame must be an HxWx3 uint8 array (RGB; see frame_to_array), got {got}")
+        if self._stream is not None and rgb.shape[:2] != (self._stream.height, self._stream.width):
+            raise ValueError(f"frame {self.frames_written} is {rgb.shape[1]}x{rgb.shape[0]} pixels but the video's "
+                             f"first frame was {self._stream.width}x{self._stream.height}; every frame of a video "
+                             "has one size")
         if self._stream is None:
             codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
             options = {"crf": str(self.quality_crf)} if codec == "libx264" else {}
