@@ -22,14 +22,17 @@ import dataclasses
 import datetime
 import logging
 import math
+import os
+import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lpperf import frame, history, memory, parity, recipes, roofline, timing
+from lpperf import charts, frame, history, memory, parity, recipes, roofline, timing
 from lpperf.recipes import Engine
 from lpperf.validation import check_positive_int
 
@@ -75,11 +78,18 @@ PEER_LABELS = {"autocast-fp16": "peer: autocast fp16 eager (official app)",
                "fast-bf16": "fast-bf16"}
 BASELINE_RECIPE = "fp32-eager"  # always the first row: speedups are over it
 CPU_DEFAULT_RECIPES = (BASELINE_RECIPE, "fast")
-UNSETTLED = "~"  # marks a time whose samples did not settle before the stopping rule's cap
+UNSETTLED = charts.UNSETTLED  # marks a time whose samples did not settle before the stopping rule's cap
 GPU_RULE = timing.StoppingRule(min_repeats=20, min_seconds=0.5, max_rel_iqr=0.05, max_repeats=300, max_seconds=15.0)
 CPU_RULE = timing.StoppingRule(min_repeats=5, min_seconds=0.0, max_rel_iqr=0.10, max_repeats=25, max_seconds=10.0)
 CPU_STAGE_RULE = timing.StoppingRule(min_repeats=3, min_seconds=0.0, max_rel_iqr=0.10, max_repeats=10,
                                      max_seconds=2.0)
+# Upper bounds of the sizes a run takes, refused before anything loads: past them a run only exhausts memory
+# or time. A step holds its whole batch of driving frames, outputs and activations on the card at once.
+MAX_BATCH = 256
+# Each parity frame runs through the reference and every row and is kept on the host (3 MiB at 512x512).
+MAX_PARITY_FRAMES = 64
+MAX_REPEATS = 10_000  # timed samples per row and stage; the default rule takes 20-300
+MAX_WARMUP = 1_000  # untimed calls per row and stage; the default is 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,9 +198,14 @@ class RowResult:
     parity: parity.ParityReport | None
     parity_failures: list[str]
     stage_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # batch 1, see stage_clock
+    stage_converged: dict[str, bool] = dataclasses.field(default_factory=dict)  # per stage of stage_ms
     stage_clock: str = ""  # what stage_ms measures (lpperf.frame.stage_clock)
     speedup: float | None = None  # over the first row of the run
     speedup_vs_peer: float | None = None  # over the peer row (BenchConfig.peer), if the run has it
+    # A ratio of two times is settled only if both are: False where the other time (the first row's, the
+    # peer row's) did not settle either; set with the speedups.
+    speedup_converged: bool = True
+    speedup_vs_peer_converged: bool = True
     error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -230,9 +245,7 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
         outputs = frame.run_frames(animator, config.parity_frames)
         driving = frame.driving_batch(config.batch, offset=config.parity_frames).to(device)
         result = timing.time_callable(lambda: animator.step(driving), device, warmup=config.warmup, rule=config.rule)
-    stage_ms = {}
-    if config.stages:
-        stage_ms = frame.time_stages(animator, driving[:1], device, warmup=config.warmup, rule=config.stage_rule)
+    stages = _time_stages(animator, driving[:1], device, config) if config.stages else {}
 
     parity_report, failures = None, []
     if reference is not None:
@@ -249,8 +262,19 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
         p90_ms_per_frame=result.stats.p90_s / config.batch * 1e3, frames_per_second=1.0 / per_frame_s,
         converged=result.converged, tflops=tflops, compile_seconds=engine.compile_seconds,
         memory=None if tracker is None else tracker.report, memory_unavailable=memory_unavailable,
-        parity=parity_report, parity_failures=failures, stage_ms=stage_ms,
-        stage_clock=frame.stage_clock(device) if stage_ms else "")
+        parity=parity_report, parity_failures=failures,
+        stage_ms={stage: measured.median_ms for stage, measured in stages.items()},
+        stage_converged={stage: measured.converged for stage, measured in stages.items()},
+        stage_clock=frame.stage_clock(device) if stages else "")
+
+
+def _time_stages(animator: recipes.OptimizedAnimator, driving: torch.Tensor, device: torch.device,
+                 config: BenchConfig) -> dict[str, timing.TimingResult]:
+    """Each stage run alone, measured as lpperf.frame.time_stages measures it, keeping the whole timing:
+    whether a stage's samples settled is shown beside its time."""
+    return {stage: timing.time_callable(timing.graph_replay(call, device) if device.type == "cuda" else call, device,
+                                        warmup=config.warmup, rule=config.stage_rule)
+            for stage, call in frame.stage_calls(animator, driving).items()}
 
 
 def _track_memory(stack: contextlib.ExitStack, device: torch.device) -> tuple[memory.MemoryTracker | None, str]:
@@ -295,6 +319,8 @@ def _set_speedups(results: Sequence[RowResult], peer: str) -> None:
     for result in measured:
         result.speedup = None if baseline is None else baseline.ms_per_frame / result.ms_per_frame
         result.speedup_vs_peer = None if peer_result is None else peer_result.ms_per_frame / result.ms_per_frame
+        result.speedup_converged = result.converged and (baseline is None or baseline.converged)
+        result.speedup_vs_peer_converged = result.converged and (peer_result is None or peer_result.converged)
 
 
 def _failed_row(row: Row, config: BenchConfig, error: str) -> RowResult:
@@ -308,17 +334,25 @@ def _failed_row(row: Row, config: BenchConfig, error: str) -> RowResult:
 
 COLUMNS = ("recipe", "ms/frame", "p90", "frames/s", "speedup", "vs peer", "TFLOP/s", "NVML MiB", "torch MiB",
            "PSNR dB", "max lvl", "NaN/Inf", "compile s")
+MEMORY_METHODS = {
+    memory.METHOD_PROCESS: "NVML's entry for this process",
+    memory.METHOD_DEVICE_DELTA: "the card's used memory minus that before the row, other processes included",
+}
 
 
 def format_table(results: Sequence[RowResult], title: str = "", peer: str = DEFAULT_PEER) -> str:
-    """The rows as a text table, `title` above it and what its marks mean below it."""
-    lines = [COLUMNS]
+    """The rows as a text table, `title` above it and what its marks and memory columns mean below it."""
+    # TFLOP/s of a CPU run read 0.0 on every row: below 1 TFLOP/s the column is in GFLOP/s.
+    achieved = [r.tflops for r in results if r.tflops is not None and math.isfinite(r.tflops)]
+    flops_scale, flops_unit = (1.0, "TFLOP/s") if not achieved or max(achieved) >= 1 else (1e3, "GFLOP/s")
+    lines = [tuple(flops_unit if column == "TFLOP/s" else column for column in COLUMNS)]
     for r in results:
         frame_parity = r.parity.frame if r.parity is not None else None
-        unsettled = UNSETTLED if not (r.converged or r.error) else ""
+        tflops = None if r.tflops is None else r.tflops * flops_scale
         lines.append((
-            r.name, _fmt(r.ms_per_frame, 2, unsettled), _fmt(r.p90_ms_per_frame, 2), _fmt(r.frames_per_second, 1),
-            _fmt(r.speedup, 2, "x" + unsettled), _fmt(r.speedup_vs_peer, 2, "x" + unsettled), _fmt(r.tflops, 1),
+            r.name, _fmt(r.ms_per_frame, 2, _mark(r.converged or bool(r.error))), _fmt(r.p90_ms_per_frame, 2),
+            _fmt(r.frames_per_second, 1), _fmt(r.speedup, 2, "x" + _mark(r.converged and r.speedup_converged)),
+            _fmt(r.speedup_vs_peer, 2, "x" + _mark(r.converged and r.speedup_vs_peer_converged)), _fmt(tflops, 1),
             _fmt(_mib(r.memory.process_peak_bytes if r.memory else None), 0),
             _fmt(_mib(r.memory.torch_max_reserved_bytes if r.memory else None), 0),
             _fmt(frame_parity.psnr_db if frame_parity else None, 1),
@@ -332,8 +366,26 @@ def format_table(results: Sequence[RowResult], title: str = "", peer: str = DEFA
                                                          else " (not in this run: '-')")]
     if any(not (r.converged or r.error) for r in results):
         notes.append(f"{UNSETTLED} not converged: the samples still varied by more than the stopping rule allows "
-                     "when it stopped; treat that time and its speedups as noise")
+                     "when it stopped (a speedup is marked when either of its two times is); treat that time and "
+                     "every ratio computed from it as noise")
+    notes.append(memory_note(results))
     return "\n".join(([title] if title else []) + rendered + notes)
+
+
+def memory_note(results: Sequence[RowResult]) -> str:
+    """What the memory columns (and the memory chart) hold, or why they are empty."""
+    methods = list(dict.fromkeys(r.memory.method for r in results if r.memory is not None))
+    if not methods:
+        reason = next((r.memory_unavailable for r in results if r.memory_unavailable), "no row was measured")
+        return f"NVML MiB, torch MiB: not measured ({reason})"
+    how = "; ".join(MEMORY_METHODS.get(method, method) for method in methods)
+    return (f"NVML MiB: the process's peak GPU memory sampled through NVML ({how}): everything it holds on the card, "
+            "the CUDA context, cuDNN and cuBLAS workspaces and torch's cache included; torch MiB: torch's peak "
+            "reserved memory (torch.cuda.max_memory_reserved: its caching allocator only)")
+
+
+def _mark(settled: bool) -> str:
+    return "" if settled else UNSETTLED
 
 
 def _fmt(value: Any, digits: int, suffix: str = "") -> str:
@@ -347,6 +399,71 @@ def _mib(value: int | None) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------- the report
+
+REPORT_JSON = "report.json"
+# The files of one report: replaced as a set, so a report folder never mixes two runs. Other files in the
+# folder are not lpperf's and are left alone.
+REPORT_FILES = frozenset({REPORT_JSON, *(f"{name}.png" for name in charts.BENCH_CHARTS)})
+
+
+@contextlib.contextmanager
+def report_folder(folder: Path) -> Iterator[Path]:
+    """A hidden staging folder inside `folder` to write one report's files (REPORT_FILES) into.
+
+    When the block succeeds they replace the previous report's files as a set: a file of the previous
+    report that this one lacks goes too, files that are not a report's stay. When it fails (a full disk,
+    Ctrl-C) the previous report is left exactly as it was and nothing of the new one remains. An OSError
+    is raised again naming the folder, the file and what to do.
+    """
+    folder = Path(folder)
+    try:
+        staging = Path(tempfile.mkdtemp(dir=folder, prefix=".lpperf-report-", suffix=".partial"))
+    except OSError as error:
+        raise _report_error(folder, error) from None
+    try:
+        yield staging
+        _replace_report_files(folder, staging)
+    except OSError as error:
+        raise _report_error(folder, error) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_report_files(folder: Path, staging: Path) -> None:
+    """Moves the previous report's files aside, the new ones in, then drops the previous ones; a failure
+    on the way (renames need no free space, but a folder can vanish or turn read-only) puts them back."""
+    new = sorted(path.name for path in staging.iterdir())
+    strangers = [name for name in new if name not in REPORT_FILES]
+    if strangers:  # a file lpperf would never replace or remove again
+        raise ValueError(f"{strangers[0]} is not one of the files an lpperf report holds "
+                         f"({', '.join(sorted(REPORT_FILES))}); add it to bench.REPORT_FILES")
+    previous = Path(tempfile.mkdtemp(dir=folder, prefix=".lpperf-report-", suffix=".previous"))
+    moved_aside, moved_in = [], []
+    try:
+        for name in sorted(REPORT_FILES):
+            if (folder / name).exists():
+                os.replace(folder / name, previous / name)
+                moved_aside.append(name)
+        for name in new:
+            os.replace(staging / name, folder / name)
+            moved_in.append(name)
+    except BaseException:
+        for name in moved_in:
+            os.replace(folder / name, staging / name)
+        for name in moved_aside:
+            os.replace(previous / name, folder / name)
+        previous.rmdir()
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _report_error(folder: Path, error: OSError) -> OSError:
+    what = error.strerror or str(error)
+    if error.filename:
+        what += f", writing {Path(error.filename).name}"
+    return OSError(f"cannot write the report into {folder} ({what}); the previous report there is unchanged; "
+                   "free some space or choose another --out")
+
 
 def report(results: Sequence[RowResult], environment: dict, config: dict, weights: str) -> dict:
     """The JSON report: a run lpperf.history reads (its `benchmarks`, one per measured row and batch)
@@ -363,7 +480,8 @@ def report(results: Sequence[RowResult], environment: dict, config: dict, weight
     run_record = history.Run(
         source="lpperf bench", format=history.RunFormat.LPPERF_REPORT, card=environment.get("device_name"),
         commit=_git_commit(), datetime=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        machine_info={"device": environment.get("device"), "torch": environment.get("torch_version")},
+        machine_info={"device": environment.get("device"), "torch": environment.get("torch_version"),
+                      "weights": weights},  # the networks and weights, for history's trend charts
         results=tuple(benchmarks))
     data = history.report_dict(run_record)
     data.update(environment=environment, config=config, weights=weights,
