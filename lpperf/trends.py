@@ -4,6 +4,7 @@ Python, no torch: `lpperf history` prints both and draws the change points on it
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -91,28 +92,44 @@ def change_points(values: list[float], min_runs: int = CHANGE_MIN_RUNS, min_shif
     if any(value == 0 for value in values):
         return []
     values = [float(value) for value in values]
-
     logs = [math.log(value) for value in values]
+    # Prefix sums of the log times (centred, against cancellation) give a segment's cost in O(1), so a
+    # long history costs O(n log n) per level of segmentation rather than O(n^2).
+    center = sum(logs) / len(logs) if logs else 0.0
+    sums, squares = [0.0], [0.0]
+    for value in logs:
+        sums.append(sums[-1] + (value - center))
+        squares.append(squares[-1] + (value - center) ** 2)
 
-    def cost(segment: list[float]) -> float:  # squared deviations of the log times from their mean
-        mean = sum(segment) / len(segment)
-        return sum((value - mean) ** 2 for value in segment)
+    def cost(lo: int, hi: int) -> float:  # squared deviations of the log times of values[lo:hi] from their mean
+        total = sums[hi] - sums[lo]
+        return squares[hi] - squares[lo] - total * total / (hi - lo)
 
-    def split(lo: int, hi: int) -> list[int]:
+    found = []
+    segments = [(0, len(values))]  # a stack, not recursion: a long staircase of levels cannot overflow it
+    while segments:
+        lo, hi = segments.pop()
         # The cut that best explains the segment as two levels (least squares on log times) ...
         cuts = range(lo + min_runs, hi - min_runs + 1)
         if not cuts:
-            return []
-        cut = min(cuts, key=lambda c: cost(logs[lo:c]) + cost(logs[c:hi]))
+            continue
+        cut = min(cuts, key=lambda c: cost(lo, c) + cost(c, hi))
         # ... counts only if the two sides really differ, in level and in order.
         before, after = values[lo:cut], values[cut:hi]
         shift = abs(math.log(_median(after) / _median(before)))
-        ordered = abs(sum((a > b) - (a < b) for a in after for b in before)) / (len(before) * len(after))
-        if shift < math.log1p(min_shift) or ordered < min_ordered:
-            return []
-        return split(lo, cut) + [cut] + split(cut, hi)
+        if shift < math.log1p(min_shift) or _ordered(before, after) < min_ordered:
+            continue
+        found.append(cut)
+        segments += [(lo, cut), (cut, hi)]
+    return sorted(found)
 
-    return split(0, len(values))
+
+def _ordered(before: list[float], after: list[float]) -> float:
+    """|pairs with after > before - pairs with after < before| / all (before, after) pairs, by sorting and
+    bisection rather than visiting every pair."""
+    ranked = sorted(before)
+    net = sum(bisect.bisect_left(ranked, value) - (len(ranked) - bisect.bisect_right(ranked, value)) for value in after)
+    return abs(net) / (len(before) * len(after))
 
 
 def _median(values: list[float]) -> float:

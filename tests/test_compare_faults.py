@@ -414,3 +414,24 @@ def test_history_with_zero_medians_draws_its_charts(tmp_path, capsys):
         write(store / f"000{index}.json", pytest_benchmark_data({"noop": 0.0}, when=f"2026-11-2{index}"))
     assert cli.main(["history", str(store), "--out", str(tmp_path / "charts"), "--creep-limit", "0.05"]) == 0
     assert (tmp_path / "charts" / "trend-noop.png").is_file()
+
+
+def test_change_points_of_a_long_history_take_near_linear_time():
+    """Every (cut, pair of runs) was visited: a 2000-run series took about a second per benchmark chart and
+    grew with the cube of the runs. The ratio of two sizes, best of five, is robust to the CPU's speed."""
+    import random
+    import time
+
+    def seconds(count: int) -> float:
+        rng = random.Random(0)
+        series = [1.0 + rng.random() * 0.01 for _ in range(count)]
+        best = math.inf
+        for _ in range(5):
+            start = time.perf_counter()
+            trends.change_points(series)
+            best = min(best, time.perf_counter() - start)
+            if best > 1.0:  # already far too slow: no need to repeat
+                break
+        return best
+
+    assert seconds(4_000) / seconds(500) < 30  # 8x the runs: about 10x the time; quadratic would be 64x
