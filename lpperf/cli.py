@@ -264,12 +264,12 @@ def print_comparison(comparison: history.Comparison) -> None:
     for verdict in (history.Verdict.FASTER, history.Verdict.SLOWER):
         moved = [delta for delta in comparison.deltas if delta.verdict is verdict]
         unsettled = _unsettled_count(moved)
-        print(f"{verdict.value} (beyond {comparison.threshold:.0%}): {len(moved) or 'none'}"
+        print(f"{verdict.value} (beyond {history.percent(comparison.threshold)}): {len(moved) or 'none'}"
               + (f" ({unsettled} from a time that did not settle: noise)" if unsettled else ""))
         for delta in moved:
             print("  " + _change(delta))
     same = sum(delta.verdict is history.Verdict.SAME for delta in comparison.deltas)
-    print(f"within {comparison.threshold:.0%}: {same}")
+    print(f"within {history.percent(comparison.threshold)}: {same}")
     unsettled = _unsettled_count(comparison.deltas)
     if unsettled:
         print(f"{history.UNSETTLED_MARK} {unsettled} benchmark(s) compared with a time that did not settle: their "
@@ -296,9 +296,9 @@ def cmd_compare(args) -> int:
     if regressed:
         names = history.names_text(delta.name + ("" if delta.settled else " " + history.UNSETTLED_MARK)
                                    for delta in regressed)
-        _say(f"lpperf compare: FAILED: {len(regressed)} benchmark(s) more than {args.fail_above:.0%} slower than in "
-             f"{args.baseline}: {names}"
-             + (f" ({history.UNSETTLED_MARK}: did not settle, noise: re-measure)" if _unsettled_count(regressed) else "")
+        noise = f" ({history.UNSETTLED_MARK}: did not settle, noise: re-measure)" if _unsettled_count(regressed) else ""
+        _say(f"lpperf compare: FAILED: {len(regressed)} benchmark(s) more than {history.percent(args.fail_above)} "
+             f"slower than in {args.baseline}: {names}{noise}"
              + (f"; also {missing_text} (renamed or dropped: not checked)" if missing else ""))
         return EXIT_REGRESSION
     if missing:
@@ -306,13 +306,14 @@ def cmd_compare(args) -> int:
             f"cannot pass the gate: {missing_text} (renamed or dropped: not checked); compare runs of the same "
             "benchmarks, or add --allow-missing to gate only the benchmarks in both")
     unsettled = _unsettled_count(comparison.deltas)
-    print(f"passed: no benchmark more than {args.fail_above:.0%} slower"
+    print(f"passed: no benchmark more than {history.percent(args.fail_above)} slower"
           + (f" ({unsettled} compared time(s) did not settle: noise, re-measure before trusting)" if unsettled else ""))
     return 0
 
 
 def _pinned_applies(pinned: history.Run | None, runs: list[history.Run]) -> bool:
-    """The pinned run is compared with the latest of `runs` (one card's runs of one kind) if it is of that card and kind."""
+    """Whether the pinned run is compared with the latest of `runs` (one card's runs of one kind): if it is of
+    that card and kind."""
     return (pinned is not None and pinned.format is runs[-1].format
             and history.card_slug(pinned.card) == history.card_slug(runs[-1].card))
 
@@ -376,8 +377,8 @@ def cmd_history(args) -> int:
         written = charts.trend_charts(groups, out_dir)
         print(f"\n{len(written)} trend chart(s) in {args.out} (dashed lines: change points)")
     if crept:
-        _say(f"lpperf history: FAILED: {len(crept)} benchmark(s) crept more than {args.creep_limit:.0%} above the "
-             f"best of the {args.best_of} runs before or the pinned run: " + history.names_text(crept))
+        _say(f"lpperf history: FAILED: {len(crept)} benchmark(s) crept more than {history.percent(args.creep_limit)} "
+             f"above the best of the {args.best_of} runs before or the pinned run: " + history.names_text(crept))
         return EXIT_REGRESSION
     return 0
 
@@ -500,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "benchmark of A is not in B (renamed or dropped); without it compare only reports "
                               "and exits 0 (2 when no benchmark is in both runs)")
     compare.add_argument("--allow-missing", action="store_true",
-                         help="with --fail-above: gate only the benchmarks in both runs (those of A not in B are listed)")
+                         help="with --fail-above: gate only the benchmarks in both runs (those of A not in B are "
+                              "listed)")
     compare.add_argument("--any-card", action="store_true", help="allow runs of different cards")
     compare.set_defaults(handler=cmd_compare)
 

@@ -151,6 +151,11 @@ def names_text(names: Iterable[str]) -> str:
     return shown + (f", ... ({len(names) - _NAMES_SHOWN} more)" if len(names) > _NAMES_SHOWN else "")
 
 
+def percent(fraction: float) -> str:
+    """A fraction as the percentage it is, small ones included: 0.1 -> '10%', 0.005 -> '0.5%'."""
+    return f"{fraction * 100:.4g}%"
+
+
 def median_ratio(old_s: float, new_s: float) -> float:
     """new / old; identical times are 1 (two zeros included) and a zero baseline against a time is infinite."""
     if new_s == old_s:
@@ -194,7 +199,9 @@ def read_run(path: str | Path) -> Run:
             f"{path}: not UTF-8 text (byte {error.start}), so not a benchmark run (JSON). {_FIX_HINT}"
         ) from None
     except OSError as error:
-        raise HistoryError(f"{path}: cannot read the file ({error.strerror or error}); check its permissions.") from None
+        raise HistoryError(
+            f"{path}: cannot read the file ({error.strerror or error}); check its permissions."
+        ) from None
     if not text.strip():
         raise HistoryError(f"{path}: the file is empty (an interrupted write?). {_FIX_HINT}")
     try:
@@ -314,7 +321,7 @@ def format_comparison(comparison: Comparison) -> str:
     lines = [
         f"baseline: {comparison.baseline.source} ({comparison.baseline.card or 'no card recorded'})",
         f"current:  {comparison.current.source} ({comparison.current.card or 'no card recorded'})",
-        f"threshold: {comparison.threshold:.0%}",
+        f"threshold: {percent(comparison.threshold)}",
     ]
     width = max([len(delta.name) for delta in comparison.deltas] + [len("benchmark")])
     lines.append(f"{'benchmark':<{width}}  {'old ms':>10}  {'new ms':>10}  {'new/old':>8}  verdict")
@@ -430,7 +437,9 @@ def _parse_lpperf_report(data: dict, source: str) -> Run:
     machine_info = data.get("machine_info")
     benchmarks = data.get("benchmarks")
     if not isinstance(machine_info, dict) or not isinstance(benchmarks, list):
-        raise HistoryError(f"{source}: an lpperf bench report needs 'machine_info' (object) and 'benchmarks' (list). {fix}")
+        raise HistoryError(
+            f"{source}: an lpperf bench report needs 'machine_info' (object) and 'benchmarks' (list). {fix}"
+        )
     row_converged = _rows_converged(data.get("rows"))
     results = []
     for index, bench in enumerate(benchmarks):
@@ -555,6 +564,7 @@ __all__ = (
     "median_ratio",
     "names_text",
     "parse_run",
+    "percent",
     "read_run",
     "report_dict",
     "runs_for_card",

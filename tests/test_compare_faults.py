@@ -29,7 +29,8 @@ def bench_report_data(rows: dict, card=CARD, when="2026-11-28T08:00:00+00:00") -
     return {
         "kind": history.REPORT_KIND, "version": history.REPORT_VERSION, "datetime": when, "commit": None,
         "machine_info": {"card": card},
-        "benchmarks": [{"name": f"{name} [batch 1]", "median_s": ms / 1e3, "rounds": 5} for name, (ms, _) in rows.items()],
+        "benchmarks": [{"name": f"{name} [batch 1]", "median_s": ms / 1e3, "rounds": 5}
+                       for name, (ms, _) in rows.items()],
         "rows": [{"name": name, "batch": 1, "converged": converged, "ms_per_frame": ms}
                  for name, (ms, converged) in rows.items()],
     }
@@ -435,3 +436,20 @@ def test_change_points_of_a_long_history_take_near_linear_time():
         return best
 
     assert seconds(4_000) / seconds(500) < 30  # 8x the runs: about 10x the time; quadratic would be 64x
+
+
+def test_a_threshold_below_one_percent_is_shown_as_given(tmp_path, capsys):
+    """--fail-above 0.005 printed "more than 0% slower": the gate said something else than it checked."""
+    a = write(tmp_path / "a.json", pytest_benchmark_data({"frame": 1.000}))
+    b = write(tmp_path / "b.json", pytest_benchmark_data({"frame": 1.007}))
+    assert cli.main(["compare", str(a), str(b), "--threshold", "0.005", "--fail-above", "0.005"]) == 1
+    captured = capsys.readouterr()
+    assert "threshold: 0.5%" in captured.out and "slower (beyond 0.5%): 1" in captured.out
+    assert "FAILED: 1 benchmark(s) more than 0.5% slower" in captured.err
+
+
+def test_a_number_too_long_for_python_is_named_as_not_valid_json(tmp_path):
+    path = write(tmp_path / "run.json", '{"machine_info": {}, "benchmarks": [], "x": ' + "1" * 5000 + "}")
+    with pytest.raises(history.HistoryError, match="not valid JSON") as error:
+        history.read_run(path)
+    assert str(path) in str(error.value)
