@@ -54,7 +54,8 @@ _PYTEST_BENCHMARK_SECONDS = ("min", "max", "mean", "stddev", "median", "iqr")
 _PYTEST_BENCHMARK_COUNTS = ("rounds", "iterations")
 _FIX_HINT = (
     "Delete or replace the file (restore it from the main branch's benchmark history, or re-create it "
-    "with `pytest -m gpu --benchmark-autosave` on main on the same card), then run again."
+    "with `pytest -m gpu --benchmark-autosave` on main on the same card, or `lpperf bench` for a bench report), "
+    "then run again."
 )
 _NAMES_SHOWN = 5  # names listed in a one-line message before "(N more)"
 
