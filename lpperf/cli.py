@@ -414,9 +414,10 @@ def cmd_animate(args) -> int:
     if weights_source != "synthetic":
         weights.official_files(weights_source)
     if args.sample:
-        source, frames, fps = sample.portrait(), sample.driving_frames(sample.DEMO_FRAMES), sample.FRAMES_PER_SECOND
-        _say(f"source and driving frames: the shipped sample (lpperf.sample: a portrait and {sample.DEMO_FRAMES} "
-             f"frames of head motion, blinks and mouth movement made from it)")
+        length = args.frames or (sample.DEMO_FRAMES if device.type == "cuda" else sample.CPU_DEMO_FRAMES)
+        source, frames, fps = sample.portrait(), sample.driving_frames(length), sample.FRAMES_PER_SECOND
+        _say(f"source and driving frames: the shipped sample (lpperf.sample: a portrait, and {length} frames of "
+             "head motion, blinks and mouth movement made from it; --frames N for another length)")
     else:
         source = video.read_image(args.source)
         driving = video.DrivingSource(args.driving)
@@ -522,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "latest run of the same card and kind is also compared with")
     hist.set_defaults(handler=cmd_history)
 
-    from lpperf import pipeline
+    from lpperf import pipeline, sample
 
     animate = commands.add_parser("animate", help="animate a pre-cropped 256x256 portrait with a driving video")
     animate.add_argument("--source", metavar="IMAGE", help="the portrait: a 256x256 crop around the face (lpperf "
@@ -542,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--batch", type=_at_least(1), default=1, help="driving frames per step, 1 to "
                          f"{pipeline.MAX_BATCH_SIZE} (default 1)")
     animate.add_argument("--frames", type=_at_least(1), metavar="N", help="animate only the first N driving "
-                         "frames (default: all)")
+                         f"frames (default: all; with --sample, {sample.DEMO_FRAMES} on a GPU and "
+                         f"{sample.CPU_DEMO_FRAMES} on the CPU)")
     animate.set_defaults(handler=cmd_animate)
 
     gate_command.add_parser(commands)  # lpperf gate (lpperf/gate/command.py)

@@ -279,6 +279,8 @@ class Animator:
         reset_reference() for a new driving video.
         """
         check_images(image, "source image", batch=1)
+        if image.dtype != torch.float32:  # the networks' inputs; engines cast at their own boundaries
+            raise ValueError(f"source image must be float32, got {image.dtype}; convert it with .float()")
         if lip_ratio is not None:
             lip_ratio = check_fraction(lip_ratio, "lip_ratio")
         feature = check_feature_volume(self.extract_feature(image), "appearance feature (F output)", batch=1)

@@ -27,6 +27,7 @@ PORTRAIT_SIZE = 256
 MAX_CLIP_FRAMES = 256  # driving_clip() holds frames in memory; stream longer videos
 FRAMES_PER_SECOND = 25  # the rate the motion below is designed for
 DEMO_FRAMES = 50  # what `lpperf animate --sample` animates: two seconds, with a blink and the mouth moving
+CPU_DEMO_FRAMES = 10  # the same on the CPU, where even the TINY networks take seconds per frame
 
 # Motion of the driving video (frames at FRAMES_PER_SECOND).
 ROLL_DEGREES = 4.0

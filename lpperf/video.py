@@ -31,6 +31,7 @@ from lpperf.validation import IMAGE_SIZE, check_path, check_tensor
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_FPS = 25
 VIDEO_SUFFIX = ".mp4"
+MAX_CRF = 51  # H.264's worst quality
 _INSTALL_HINT = "install the video extra: pip install 'lpperf[video]'"
 
 
@@ -304,6 +305,9 @@ class VideoWriter:
         self.path = check_video_path(path)
         if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not (math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps must be a number > 0 (frames per second), got {fps!r}")
+        if isinstance(quality_crf, bool) or not isinstance(quality_crf, int) or not 0 <= quality_crf <= MAX_CRF:
+            raise ValueError(f"quality_crf must be an int from 0 to {MAX_CRF} (H.264's constant rate factor: "
+                             f"0 lossless, 18 visually lossless), got {quality_crf!r}")
         self.fps = Fraction(fps)
         self.quality_crf = quality_crf
         self.frames_written = 0

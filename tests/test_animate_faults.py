@@ -412,8 +412,11 @@ def test_animate_runs_on_the_shipped_sample_with_one_flag(tmp_path, capsys, smal
     assert leftovers(tmp_path) == []
 
 
-def test_the_sample_run_is_the_documented_length():
-    assert sample.DEMO_FRAMES == 50 and sample.FRAMES_PER_SECOND == 25
+def test_the_sample_run_is_the_documented_length(tmp_path, capsys, small_nets, monkeypatch):
+    assert (sample.DEMO_FRAMES, sample.CPU_DEMO_FRAMES, sample.FRAMES_PER_SECOND) == (50, 10, 25)  # as --help says
+    monkeypatch.setattr(sample, "CPU_DEMO_FRAMES", 1)
+    assert cli.main(["animate", "--sample", "--device", "cpu", "--out", "demo.mp4"]) == 0
+    assert "wrote demo.mp4: 1 frames at 25 frames/s" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------ the pipeline
@@ -485,3 +488,15 @@ def test_none_into_the_animator_names_the_argument(animator):
 def test_sample_driving_frames_check_the_seed(kwargs, message):
     with pytest.raises(ValueError, match=message):
         next(sample.driving_frames(1, **kwargs))
+
+
+@pytest.mark.parametrize("image", [sample.portrait().double(), sample.portrait().half()])
+def test_a_source_image_of_another_float_dtype_is_named(animator, image):
+    with pytest.raises(ValueError, match=rf"source image must be float32, got {image.dtype}; .*\.float\(\)"):
+        animator.set_source(image)
+
+
+@pytest.mark.parametrize("quality", ["x", -1, 52, 1.5])
+def test_video_quality_is_checked(quality):
+    with pytest.raises(ValueError, match=r"quality_crf must be an int from 0 to 51"):
+        video.VideoWriter("out.mp4", 25, quality_crf=quality)
