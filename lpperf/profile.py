@@ -6,7 +6,8 @@ Every convolution and linear layer of one frame (M, S, W, G, as the recipe's net
 its precision, layout and rewrites) is captured with its real inputs, then timed alone: on CUDA
 its kernels replayed as a CUDA graph and timed with CUDA events (no launch overhead), on the CPU
 the eager call. Each row gives the layer, its shapes, its FLOPs (torch's flop counter), the time,
-the achieved TFLOP/s and the share of the card's measured bf16 matmul peak (an FFTConv3d's FLOPs
+the achieved FLOP/s (TFLOP/s on a card, GFLOP/s on the CPU: each column in the unit its largest figure
+reads in) and the share of the card's measured bf16 matmul peak (an FFTConv3d's FLOPs
 are its complex matmul's as torch counts them, one real multiply-add per complex one, and no FFTs:
 its TFLOP/s is not comparable with a convolution's; its time is). `--kernels` adds
 torch.profiler's kernel table of the recipe's whole compiled frame (times only: kernels carry no
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from lpperf import frame, recipes, roofline, timing
+from lpperf.charts import plain_number, shorten_middle
 from lpperf.engine import HEAVY_NETS
 from lpperf.kernels import TritonConv2d
 from lpperf.models import DECODER_NET, FEATURE_NET, MOTION_NET, WARP_NET
@@ -106,19 +108,44 @@ def _bound(module: nn.Module, args: tuple) -> Callable[[], object]:
     return lambda: module(*args)
 
 
+NAME_WIDTH = 58  # layer names longer than this are cut in the middle, unless two would then read the same
+SI_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
 def format_layers(layers: list[Layer], peak_tflops: float | None, top: int) -> str:
+    """The `top` slowest layers as a table. FLOPs and FLOP/s are each in the unit their largest value
+    reads in (on the CPU GFLOP/s, not a column of 0.0 TFLOP/s); names stay distinguishable."""
+    shown = layers[:top]
     total = sum(layer.ms for layer in layers)
-    header = f"{'layer':<58} {'kind':<18} {'GFLOP':>7} {'ms':>7} {'TFLOP/s':>8} {'% peak':>6}  input shapes"
-    lines = [header, "-" * len(header)]
-    for layer in layers[:top]:
-        share = f"{layer.tflops / peak_tflops:.0%}" if peak_tflops else "-"
-        lines.append(f"{layer.name[:58]:<58} {layer.kind[:18]:<18} {layer.flops / 1e9:>7.1f} {layer.ms:>7.3f} "
-                     f"{layer.tflops:>8.1f} {share:>6}  {layer.shapes}")
     flops = sum(layer.flops for layer in layers)
-    lines.append(f"{len(layers)} layers timed alone: {total:.3f} ms, {flops / 1e9:.0f} GFLOP, "
-                 f"{flops / (total * 1e-3) / 1e12 if total else 0:.0f} TFLOP/s overall"
+    overall_rate = flops / (total * 1e-3) if total else 0.0
+    flop_scale, flop_prefix = _si_prefix(max((layer.flops for layer in shown), default=0))
+    rate_scale, rate_prefix = _si_prefix(max([layer.tflops * 1e12 for layer in shown] + [overall_rate]))
+    names = _distinct_names([layer.name for layer in shown], NAME_WIDTH)
+    name_width = max([len(name) for name in names] + [len("layer")])
+    kind_width = max([len(layer.kind) for layer in shown] + [len("kind")])
+    header = (f"{'layer':<{name_width}} {'kind':<{kind_width}} {flop_prefix + 'FLOP':>9} {'ms':>7} "
+              f"{rate_prefix + 'FLOP/s':>8} {'% peak':>6}  input shapes")
+    lines = [header, "-" * len(header)]
+    for name, layer in zip(names, shown):
+        share = f"{layer.tflops / peak_tflops:.0%}" if peak_tflops else "-"
+        lines.append(f"{name:<{name_width}} {layer.kind:<{kind_width}} {plain_number(layer.flops / flop_scale):>9} "
+                     f"{layer.ms:>7.3f} {plain_number(layer.tflops * 1e12 / rate_scale):>8} {share:>6}  {layer.shapes}")
+    lines.append(f"{len(layers)} layers timed alone: {total:.3f} ms, {plain_number(flops / flop_scale)} "
+                 f"{flop_prefix}FLOP, {plain_number(overall_rate / rate_scale)} {rate_prefix}FLOP/s overall"
                  + (f" (card peak {peak_tflops:.0f} TFLOP/s, bf16 matmul)" if peak_tflops else ""))
     return "\n".join(lines)
+
+
+def _si_prefix(largest: float) -> tuple[float, str]:
+    """The scale and SI prefix in which `largest` reads at least 1 (none below 1000)."""
+    return next(((scale, prefix) for scale, prefix in SI_PREFIXES if largest >= scale), (1.0, ""))
+
+
+def _distinct_names(names: list[str], width: int) -> list[str]:
+    """The names cut in the middle to `width`, or whole where cutting would make two read the same."""
+    short = [shorten_middle(name, width) for name in names]
+    return short if len(set(short)) == len(set(names)) else names
 
 
 def kernel_table(animator: recipes.OptimizedAnimator, driving: torch.Tensor, device: torch.device,
@@ -330,33 +357,36 @@ def format_split(split: FrameSplit) -> str:
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("profile", help="per-layer time, FLOPs and TFLOP/s of a recipe's frame")
+    from lpperf.bench import MAX_BATCH
+    from lpperf.cli import DEVICES, _at_least, _device_name  # here: lpperf.cli imports this module
+
+    parser = commands.add_parser("profile", help="per-layer time, FLOPs and FLOP/s of a recipe's frame")
     parser.add_argument("--recipe", default="fastest", help="recipe to profile (default %(default)s)")
-    parser.add_argument("--batch", type=int, default=1, help="driving frames per step (default 1)")
-    parser.add_argument("--top", type=int, default=25, help="rows to print (default 25)")
+    parser.add_argument("--batch", type=_at_least(1, most=MAX_BATCH), default=1, metavar="N",
+                        help=f"driving frames per step (default 1, at most {MAX_BATCH}, as lpperf bench)")
+    parser.add_argument("--top", type=_at_least(1), default=25, metavar="N", help="rows to print (default 25)")
     parser.add_argument("--kernels", action="store_true", help="also torch.profiler's kernel table of the frame")
     parser.add_argument("--split", action="store_true", help="also the frame's split: GPU busy and idle time, "
                         "M, W, G each alone (the official speed script's way) and the time outside them")
     parser.add_argument("--probe-inputs", action="store_true", help="with --split: also M, W, G alone on "
                         "standard normal inputs, as the official speed script times them")
-    parser.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
-    parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
+    parser.add_argument("--no-layers", action="store_true", help="skip the per-layer table (then give --split "
+                        "or --kernels: something must be measured)")
+    parser.add_argument("--device", default="auto", type=_device_name, help=DEVICES)
     parser.add_argument("--weights", metavar="DIR", help="official checkpoints (default: synthetic weights)")
     parser.set_defaults(handler=cmd_profile)
 
 
 def cmd_profile(args) -> int:
     from lpperf import weights
+    from lpperf.cli import resolve_device
 
     recipes.lookup(args.recipe)  # an unknown name fails here, before anything loads
-    if args.batch < 1 or args.top < 1:
-        raise ValueError("--batch and --top must be >= 1")
     if args.probe_inputs and not args.split:
         raise ValueError("--probe-inputs times the networks of the split: add --split")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for a GPU, but torch sees none; use --device cpu")
+    if args.no_layers and not (args.split or args.kernels):
+        raise ValueError("--no-layers leaves nothing to measure: add --split or --kernels, or drop --no-layers")
+    device = resolve_device(args.device)
     loaded = weights.load_networks(args.weights, device)
     engine = recipes.build(args.recipe, loaded.nets, device)
     animator = frame.sample_animator(engine)

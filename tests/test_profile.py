@@ -188,4 +188,4 @@ def test_a_bad_count_fails_before_anything_loads(option, capsys, monkeypatch):
 
     monkeypatch.setattr(weights, "load_networks", refuse)
     assert cli.main(["profile", "--device", "cpu", "--split", option, "0"]) == 2
-    assert "--batch and --top must be >= 1" in capsys.readouterr().err
+    assert f"argument {option}: must be a whole number >= 1, got '0'" in capsys.readouterr().err
