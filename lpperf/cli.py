@@ -212,16 +212,18 @@ def cmd_bench(args) -> int:
                      "rows": [row.name for row in rows], "per_batch": [dataclasses.asdict(c) for c in configs]}
     report = bench.report(results, environment, config_record, weights=networks.description)
     title = f"{environment.get('device_name')}, torch {torch.__version__}, {networks.description}"
-    with bench.report_folder(out_dir) as staging:  # the report and its charts replace the previous ones as a set
-        written, skipped = charts.bench_charts(results, staging, title)
-        report["charts"] = {"written": [path.name for path in written], "skipped": skipped}
-        write_json(report, staging / bench.REPORT_JSON)
-    for name, why in skipped.items():
-        _say(f"chart{'s' if name == 'all' else ' ' + name} skipped: {why}")
-    print(f"\nreport: {out_dir / bench.REPORT_JSON}"
-          + "".join(f"\nchart:  {out_dir / name}" for name in report["charts"]["written"]))
-    if args.history:
-        print(f"history: {save_to_history(report, Path(args.history))} (lpperf history {args.history})")
+    # SIGTERM, SIGHUP: the unfinished report is removed and the previous one kept, as on Ctrl-C
+    with video.termination_as_interrupt():
+        with bench.report_folder(out_dir) as staging:  # the report and its charts replace the previous ones as a set
+            written, skipped = charts.bench_charts(results, staging, title)
+            report["charts"] = {"written": [path.name for path in written], "skipped": skipped}
+            write_json(report, staging / bench.REPORT_JSON)
+        for name, why in skipped.items():
+            _say(f"chart{'s' if name == 'all' else ' ' + name} skipped: {why}")
+        print(f"\nreport: {out_dir / bench.REPORT_JSON}"
+              + "".join(f"\nchart:  {out_dir / name}" for name in report["charts"]["written"]))
+        if args.history:
+            print(f"history: {save_to_history(report, Path(args.history))} (lpperf history {args.history})")
     return 0
 
 

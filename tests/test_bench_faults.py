@@ -453,3 +453,29 @@ def test_the_table_says_what_its_memory_figures_are():
     without = bench.format_table([dataclasses.replace(results[0], memory=None,
                                                            memory_unavailable="no NVML (test)")])
     assert "NVML MiB, torch MiB: not measured (no NVML (test))" in without
+
+
+def test_sigterm_while_writing_the_report_leaves_the_previous_one(tmp_path, capsys, monkeypatch, fake_bench):
+    import signal
+
+    out = tmp_path / "report"
+    before = old_report(out)
+
+    def terminated(data, path):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "write_json", terminated)
+    assert cli.main(["bench", "--device", "cpu", "--out", str(out), "--no-history"]) == 130
+    assert contents(out) == before and hidden_leftovers(out) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_the_flops_column_of_a_cpu_run_shows_its_figures():
+    """On the CPU every row read 0.0 TFLOP/s."""
+    results = [dataclasses.replace(row_result("fp32-eager", 20.0), tflops=0.0123),
+               dataclasses.replace(row_result("fast", 10.0), tflops=0.0246)]
+    header, _, eager, fast = bench.format_table(results).splitlines()[:4]
+    assert "GFLOP/s" in header and "TFLOP/s" not in header
+    assert "12.3" in eager.split() and "24.6" in fast.split()
+    on_a_card = bench.format_table([dataclasses.replace(results[0], tflops=123.4)]).splitlines()[0]
+    assert "TFLOP/s" in on_a_card
