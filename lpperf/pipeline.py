@@ -35,6 +35,8 @@ NUM_POSE_BINS = 66
 POSE_BIN_DEGREES = 3.0
 POSE_OFFSET_DEGREES = 97.5
 LIP_NORMALIZE_THRESHOLD = 0.03  # official default: normalise the source lip only if it is this open
+EYE_RATIO_WIDTH = 3  # source left eye, source right eye, target
+LIP_RATIO_WIDTH = 2  # source, target
 # animate()'s bound on frames per step: fp32 eager peaks at about 12.5 GB at batch 16 on an H200
 # (docs/PERFORMANCE.md), so 64 frames fit an 80 GB card; more only exhausts memory.
 MAX_BATCH_SIZE = 64
@@ -338,6 +340,10 @@ class Animator:
         check_images(driving, "driving frames", check_values=False)
         check_same_placement(driving, "driving frames", source.image, "the source image")
         check_unit_range_async(driving, "driving frames")
+        ratios = (("eye_ratio", eye_ratio, EYE_RATIO_WIDTH), ("lip_ratio", lip_ratio, LIP_RATIO_WIDTH))
+        for name, ratio, width in ratios:
+            if ratio is not None:
+                check_unit_range_async(self._ratio(ratio, name, width=width, batch=driving.shape[0]), name)
         return self.run_stages(driving, eye_ratio=eye_ratio, lip_ratio=lip_ratio).frame
 
     def run_stages(self, driving: torch.Tensor, *, eye_ratio: torch.Tensor | None = None,
@@ -395,10 +401,10 @@ class Animator:
         else:
             base = source_kp.expand(batch, -1, -1) if self.relative_motion else driving_kp
             if eye_ratio is not None:
-                eye_ratio = self._ratio(eye_ratio, "eye_ratio", width=3, batch=batch)
+                eye_ratio = self._ratio(eye_ratio, "eye_ratio", width=EYE_RATIO_WIDTH, batch=batch)
                 base = base + retarget(self._net(EYE_NET, "eye retargeting"), source_kp, eye_ratio)
             if lip_ratio is not None:
-                lip_ratio = self._ratio(lip_ratio, "lip_ratio", width=2, batch=batch)
+                lip_ratio = self._ratio(lip_ratio, "lip_ratio", width=LIP_RATIO_WIDTH, batch=batch)
                 base = base + retarget(self._net(LIP_NET, "lip retargeting"), source_kp, lip_ratio)
             driving_kp = stitch(self.nets[STITCHING_NET], source_kp, base) if self.stitching else base
         return apply_driving_multiplier(source_kp, driving_kp, self.driving_multiplier)
@@ -413,7 +419,6 @@ class Animator:
         if ratio.device != device:
             raise ValueError(f"{name} is on {ratio.device} but the source is on {device}; "
                              f"move it with .to({str(device)!r})")
-        check_unit_range_async(ratio, name)
         return ratio.expand(batch, -1)
 
     def _net(self, name: str, purpose: str):
