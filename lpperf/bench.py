@@ -9,10 +9,14 @@ sequence, against the float32 reference (TF32 off) on the same weights (lpperf.f
     data = bench.report(results, environment, config, weights="synthetic")  # report.json
 
 Per row: ms per frame (median and p90 of CUDA-event samples after warm-up; a row whose samples did
-not settle is marked), frames/s, speedup over the first row and over the peer row (BenchConfig.peer),
-achieved TFLOP/s (checked against the card's measured peak: a faster-than-physics number raises),
-NVML process memory and torch's peak, parity (PSNR, largest 8-bit difference, NaN/Inf count),
-compile time (kept apart) and the time of each stage run alone (lpperf.frame.time_stages).
+not settle is marked, and so is every speedup computed from its time), frames/s, speedup over the first
+row and over the peer row (BenchConfig.peer), achieved TFLOP/s (checked against the card's measured
+peak: a faster-than-physics number raises), NVML process memory and torch's peak, parity (PSNR,
+largest 8-bit difference, NaN/Inf count), compile time (kept apart) and the time of each stage run
+alone (as lpperf.frame.time_stages measures it, with whether it settled).
+
+`lpperf bench` writes a report folder with report_folder(): report.json and the charts replace the
+previous report's files as a set, or, if writing fails, the previous report stays as it was.
 """
 
 from __future__ import annotations
@@ -342,7 +346,7 @@ MEMORY_METHODS = {
 
 def format_table(results: Sequence[RowResult], title: str = "", peer: str = DEFAULT_PEER) -> str:
     """The rows as a text table, `title` above it and what its marks and memory columns mean below it."""
-    # TFLOP/s of a CPU run read 0.0 on every row: below 1 TFLOP/s the column is in GFLOP/s.
+    # Below 1 TFLOP/s (a CPU run) the column is in GFLOP/s: in TFLOP/s every row would read 0.0.
     achieved = [r.tflops for r in results if r.tflops is not None and math.isfinite(r.tflops)]
     flops_scale, flops_unit = (1.0, "TFLOP/s") if not achieved or max(achieved) >= 1 else (1e3, "GFLOP/s")
     lines = [tuple(flops_unit if column == "TFLOP/s" else column for column in COLUMNS)]

@@ -94,7 +94,8 @@ def _label_bars(axes, ends: Sequence[float], positions: Sequence[float], labels:
     for end, position, label in zip(ends, positions, labels):
         if _finite(end):
             axes.annotate(label, (end, position), xytext=(LABEL_GAP_POINTS, 0), textcoords="offset points",
-                          va="center", fontsize=fontsize)
+                          va="center", fontsize=fontsize,
+                          bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})  # readable over lines
 
 
 def _widen_to_fit_labels(figure) -> None:

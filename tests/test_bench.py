@@ -10,7 +10,8 @@ import torch
 from lpperf import bench, history, recipes, timing
 from test_frame import small_networks
 
-RULE = timing.StoppingRule(min_repeats=2, min_seconds=0.0, max_rel_iqr=1.0, max_repeats=2, max_seconds=5.0)
+# Exactly two samples: the time cap only guards against a hang (a loaded 2-core machine took 7 s a frame).
+RULE = timing.StoppingRule(min_repeats=2, min_seconds=0.0, max_rel_iqr=1.0, max_repeats=2, max_seconds=300.0)
 
 
 def result(name: str, ms: float, recipe: str = "", converged: bool = True, error: str = "") -> bench.RowResult:
