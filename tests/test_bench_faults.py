@@ -480,3 +480,23 @@ def test_the_flops_column_of_a_cpu_run_shows_its_figures():
     assert "12.3" in eager.split() and "24.6" in fast.split()
     on_a_card = bench.format_table([dataclasses.replace(results[0], tflops=123.4)]).splitlines()[0]
     assert "TFLOP/s" in on_a_card
+
+
+@pytest.mark.parametrize("option", ["--out", "--history"])
+def test_a_folder_without_write_permission_is_named_before_anything_loads(option, tmp_path, capsys, monkeypatch,
+                                                                         no_loading):
+    """As root a chmod'ed folder stays writable, so the refusal is simulated where lpperf probes the folder."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_atomic_path = cli.video.atomic_path
+
+    def refuse_in_locked(destination):
+        if Path(destination).parent == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(destination))
+        return real_atomic_path(destination)
+
+    monkeypatch.setattr(cli.video, "atomic_path", refuse_in_locked)
+    out = tmp_path / "r" if option == "--history" else locked
+    history = locked if option == "--history" else tmp_path / "h"
+    assert cli.main(["bench", "--device", "cpu", "--out", str(out), "--history", str(history)]) == 2
+    assert f"cannot write to folder {locked} (Permission denied); choose a writable {option}" in error_line(capsys)
