@@ -17,11 +17,13 @@ import pytest
 
 from lpperf import cli
 from lpperf.gate import command, controller, report
-from lpperf.gate.workers import GateError, Worker
+from lpperf.gate.workers import GateError
+from test_gate import run_fake
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = Path(__file__).with_name("fake_gate_worker.py")
 FRAME = "frame fast b1"
+FRAME_ONLY = controller.default_metrics(("fast",), (1,), stages=False)
 # `lpperf gate` with the fake worker in place of the real one (role "base" on both sides: an A/A run).
 FAKE_GATE = (f"import sys; from lpperf import cli; from lpperf.gate import controller; "
              f"controller.worker_command = lambda tree, device: [sys.executable, {str(FAKE)!r}, 'base']; "
@@ -181,14 +183,12 @@ def test_calibration_with_few_rounds_writes_valid_json_with_open_ends_as_null(fa
 
 
 def test_the_calibration_table_says_open_for_an_unbounded_interval(tmp_path):
-    side = controller.Side("fake", tmp_path)
-    metrics = controller.default_metrics(("fast",), (1,), stages=False)
-    result = controller.run_gate(side, side, metrics, controller.GateConfig(rounds=4, max_rounds=4), [None],
-                                 tmp_path / "logs", start=lambda side, role, gpu, log_dir, recipe: Worker(
-                                     role, [sys.executable, str(FAKE), role], dict(os.environ), log_dir / f"{role}.log"))
+    result = run_fake(tmp_path, {}, metrics=FRAME_ONLY, rounds=4, max_rounds=4)
     noise = report.calibration(result)
     assert math.isinf(noise[0].half_width)
-    assert "inf" not in report.format_calibration(noise, result)
+    table = report.format_calibration(noise, result)
+    assert "inf" not in table and "open: 4 rounds cannot bound an interval" in table
+    assert "--rounds 7 or more" in table  # the fewest whose most extreme outcome is rarer than alpha: 2**-7 < 0.01
     json.dumps(report.calibration_record(noise), allow_nan=False)
 
 
@@ -203,7 +203,8 @@ def test_an_export_with_an_unsafe_link_is_refused_naming_the_ref_and_the_member(
     assert sha[:10] in message and "'evil'" in message and says in message and target in message
 
 
-def test_an_absolute_symlink_in_the_base_is_exit_2_not_regressed(throwaway, fake_workers, monkeypatch, capsys, tmp_path):
+def test_an_absolute_symlink_in_the_base_is_exit_2_not_regressed(throwaway, fake_workers, monkeypatch, capsys,
+                                                                 tmp_path):
     commit_link(throwaway, "evil", "/etc/passwd")
     git(throwaway, "tag", "abs-symlink")
     monkeypatch.chdir(throwaway)
@@ -298,27 +299,17 @@ def test_a_failed_run_leaves_no_earlier_verdict_behind(fake_workers, monkeypatch
 
 def test_a_worker_that_dies_while_its_child_holds_the_pipe_is_reported_at_once(tmp_path):
     """Compile workers inherit the worker's stdout: the pipe stays open after the worker dies."""
-    side = controller.Side("fake", tmp_path)
     spec = {"child": True, "fail": {"role": "head", "op": "prepare", "how": "crash"}}
     start = time.monotonic()
     with pytest.raises(GateError, match="exited with code 7 during 'prepare'"):
-        controller.run_gate(side, side, controller.default_metrics(("fast",), (1,), stages=False),
-                            controller.GateConfig(rounds=4, max_rounds=4, prepare_timeout_s=300), [None],
-                            tmp_path / "logs", start=lambda side, role, gpu, log_dir, recipe: Worker(
-                                role, [sys.executable, str(FAKE), role],
-                                dict(os.environ, LPPERF_FAKE_WORKER=json.dumps(spec)), log_dir / f"{role}.log"))
+        run_fake(tmp_path, spec, metrics=FRAME_ONLY, rounds=4, max_rounds=4, prepare_timeout_s=300)
     assert time.monotonic() - start < 60
 
 
 def test_a_time_that_is_not_a_positive_number_names_the_side(tmp_path):
-    side = controller.Side("fake", tmp_path)
     spec = {"fail": {"role": "head", "op": "measure", "how": "bad-ms"}}
-    with pytest.raises(GateError, match=r"head.*'measure'.*frame fast b1.*-1"):
-        controller.run_gate(side, side, controller.default_metrics(("fast",), (1,), stages=False),
-                            controller.GateConfig(rounds=4, max_rounds=4), [None], tmp_path / "logs",
-                            start=lambda side, role, gpu, log_dir, recipe: Worker(
-                                f"{role} fast", [sys.executable, str(FAKE), role],
-                                dict(os.environ, LPPERF_FAKE_WORKER=json.dumps(spec)), log_dir / f"{role}.log"))
+    with pytest.raises(GateError, match=r"head fast.*'measure' of frame fast b1 with -1.0 ms, not a time > 0"):
+        run_fake(tmp_path, spec, metrics=FRAME_ONLY, rounds=4, max_rounds=4)
 
 
 def test_repeated_recipes_and_batches_are_measured_once(fake_workers, capsys, tmp_path):
@@ -329,3 +320,78 @@ def test_repeated_recipes_and_batches_are_measured_once(fake_workers, capsys, tm
     assert [metric["name"] for metric in record["metrics"]] == [FRAME]
     assert record["one_sided_alpha"] == pytest.approx(record["config"]["alpha"])  # one gated metric, one look
 
+
+
+# ------------------------------------------------------------------------------------ the real worker
+
+def test_what_the_measured_code_prints_never_reaches_the_protocol(tmp_path):
+    """The side's code, and the processes it starts (compile workers), print where they like; only answers
+    reach the controller's pipe, and the CPU worker runs torch on one thread."""
+    from lpperf.gate import worker
+
+    package = tmp_path / "lpperf"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "weights.py").write_text(
+        "import os, sys, types\n"
+        "import torch\n"
+        "def load_networks(weights, device, seed=0):\n"
+        "    os.system('echo from a child process')\n"
+        "    print('from python')\n"
+        "    print(f'threads {torch.get_num_threads()}', file=sys.stderr)\n"
+        "    return types.SimpleNamespace(nets={}, description='fake')\n")
+    request = json.dumps({"op": "load", "weights": None, "seed": 0})
+    done = subprocess.run([sys.executable, worker.__file__, "--tree", str(tmp_path), "--device", "cpu"],
+                          input=request + "\n", capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    assert json.loads(line)["ok"] and json.loads(line)["weights"] == "fake"
+    assert "from a child process" in done.stderr and "from python" in done.stderr and "threads 1" in done.stderr
+
+
+class FakeClock:
+    """time.perf_counter for the worker: each call of the metric takes `ms`."""
+
+    def __init__(self, ms: float):
+        self.ms, self.now, self.calls = ms, 0.0, 0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def call(self) -> None:
+        self.calls += 1
+        self.now += self.ms / 1e3
+
+
+def cpu_side():
+    import torch
+
+    from lpperf.gate import worker
+
+    side = worker.Side(str(REPO), "cpu")
+    side.device = torch.device("cpu")
+    return side
+
+
+def test_a_slow_call_is_sampled_until_a_second_of_samples_not_five_times(monkeypatch):
+    from lpperf.gate import worker
+
+    clock = FakeClock(400.0)
+    monkeypatch.setattr(worker.time, "perf_counter", clock.perf_counter)
+    assert cpu_side()._warm_ms(clock.call) == pytest.approx(400.0)
+    assert clock.calls == 2 + 3  # two warm-up calls, then samples until they add up to a second
+    fast = FakeClock(5.0)
+    monkeypatch.setattr(worker.time, "perf_counter", fast.perf_counter)
+    cpu_side()._warm_ms(fast.call)
+    assert fast.calls == 2 + worker.WARM_CALLS
+
+
+def test_a_cpu_block_runs_only_its_timed_calls(monkeypatch):
+    from lpperf.gate import worker
+
+    clock = FakeClock(1300.0)
+    monkeypatch.setattr(worker.time, "perf_counter", clock.perf_counter)
+    side = cpu_side()
+    side.calls["frame"] = clock.call
+    assert side.measure("frame", 2) == pytest.approx(1300.0)
+    assert clock.calls == 2

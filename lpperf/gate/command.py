@@ -168,8 +168,6 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
                                 f"drop {option}")
     if args.gate_stages and args.no_stages:
         raise GateError("--gate-stages gates the stages that --no-stages skips; give one of them")
-    if args.inject_slowdown and args.device == "cpu":
-        raise GateError("--inject-slowdown spins the GPU; it needs --device cuda (or auto on a machine with a GPU)")
     max_rounds = args.max_rounds or max(DEFAULT_MAX_ROUNDS, args.rounds)
     if max_rounds < args.rounds:
         raise GateError(f"--max-rounds {max_rounds} is below --rounds {args.rounds}; give --max-rounds >= --rounds")
@@ -183,7 +181,10 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
     _check_recipes(args.recipes)
     metrics = controller.default_metrics(args.recipes, args.batches, stages=not args.no_stages,
                                          gate_stages=args.gate_stages)
-    return config, metrics, _gpus(args.device, args.gpus)
+    gpus = _gpus(args.device, args.gpus)
+    if args.inject_slowdown and gpus == [None]:
+        raise GateError("--inject-slowdown spins the GPU, and this run is on the CPU; drop it or run on a card")
+    return config, metrics, gpus
 
 
 def _check_recipes(names) -> None:

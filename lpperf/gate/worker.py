@@ -29,6 +29,9 @@ import time
 import traceback
 
 WARM_CALLS = 5  # after the first (compiling) call, to estimate each metric's time per call
+# ... or fewer once they add up to this: calls that long fill a block (10-30 ms) alone, and more
+# samples would not change that (a CPU frame of the TINY networks takes over a second).
+WARM_SAMPLES_MS = 1000.0
 SLEEP_CALIBRATION_CYCLES = 10_000_000
 
 
@@ -146,13 +149,16 @@ class Side:
 
     def measure(self, name: str, calls: int) -> float:
         call = self.calls[name]
-        call()  # one untimed call: the other side just used the card (its data is in L2, not ours)
         if self.device.type != "cuda":
+            # No untimed call first, unlike on a card: a call short enough for the caches to matter runs
+            # many times per block, and one that fills a block alone streams more than any CPU cache
+            # holds (a TINY frame reads M's 112 MB of weights), so an untimed call would only double it.
             start = time.perf_counter()
             for _ in range(calls):
                 call()
             return (time.perf_counter() - start) * 1e3 / calls
         torch = self.torch
+        call()  # one untimed call: the other side just used the card (its data is in L2, not ours)
         torch.cuda.synchronize(self.device)
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
@@ -177,7 +183,7 @@ class Side:
             call()
         self._synchronize()
         samples = []
-        for _ in range(WARM_CALLS):
+        while len(samples) < WARM_CALLS and sum(samples) < WARM_SAMPLES_MS:
             start = time.perf_counter()
             call()
             self._synchronize()

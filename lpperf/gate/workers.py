@@ -142,7 +142,7 @@ def stop_all(workers: Sequence[Worker]) -> None:
                 worker._process.stdin.flush()
             except OSError:
                 pass
-    _wait_for(running, QUIT_GRACE_S if any(not worker.busy for worker in running) else 0.0)
+    _wait_for([worker for worker in running if not worker.busy], QUIT_GRACE_S)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         running = [worker for worker in running if worker._process.poll() is None]
         for worker in running:
