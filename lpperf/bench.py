@@ -197,13 +197,15 @@ class RowResult:
     converged: bool  # the samples settled (IQR/median within the rule) before a cap stopped them
     tflops: float | None
     compile_seconds: float | None
-    memory: memory.MemoryReport | None
+    memory: memory.MemoryReport | None  # while the step is timed: what running the row needs
     memory_unavailable: str  # why memory is None
     parity: parity.ParityReport | None
     parity_failures: list[str]
     stage_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # batch 1, see stage_clock
     stage_converged: dict[str, bool] = dataclasses.field(default_factory=dict)  # per stage of stage_ms
     stage_clock: str = ""  # what stage_ms measures (lpperf.frame.stage_clock)
+    # build, parity frames and the first step at the timed shape: compile, cuDNN's algorithm search
+    startup_memory: memory.MemoryReport | None = None
     speedup: float | None = None  # over the first row of the run
     speedup_vs_peer: float | None = None  # over the peer row (BenchConfig.peer), if the run has it
     # A ratio of two times is settled only if both are: False where the other time (the first row's, the
@@ -243,11 +245,16 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
     tracking the process's GPU memory (where NVML is usable), then time each stage alone."""
     engine = recipes.build(row.steps, nets, device)
     precision = precision_of(engine)
+    # Start-up (compile, cuDNN's algorithm search at each shape, CUDA-graph recording) and the steady
+    # state are tracked apart: the start-up's transients say nothing about what running the row needs.
     with contextlib.ExitStack() as stack:
-        tracker, memory_unavailable = _track_memory(stack, device)
+        startup, memory_unavailable = _track_memory(stack, device)
         animator = frame.sample_animator(engine)
         outputs = frame.run_frames(animator, config.parity_frames)
         driving = frame.driving_batch(config.batch, offset=config.parity_frames).to(device)
+        animator.step(driving)  # the timed shape's first step
+    with contextlib.ExitStack() as stack:
+        tracker, _ = _track_memory(stack, device)
         result = timing.time_callable(lambda: animator.step(driving), device, warmup=config.warmup, rule=config.rule)
     stages = _time_stages(animator, driving[:1], device, config) if config.stages else {}
 
@@ -266,6 +273,7 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
         p90_ms_per_frame=result.stats.p90_s / config.batch * 1e3, frames_per_second=1.0 / per_frame_s,
         converged=result.converged, tflops=tflops, compile_seconds=engine.compile_seconds,
         memory=None if tracker is None else tracker.report, memory_unavailable=memory_unavailable,
+        startup_memory=None if startup is None else startup.report,
         parity=parity_report, parity_failures=failures,
         stage_ms={stage: measured.median_ms for stage, measured in stages.items()},
         stage_converged={stage: measured.converged for stage, measured in stages.items()},
@@ -337,6 +345,7 @@ def _failed_row(row: Row, config: BenchConfig, error: str) -> RowResult:
 # ------------------------------------------------------------------------------------------ the table
 
 COLUMNS = ("recipe", "ms/frame", "p90", "frames/s", "speedup", "vs peer", "TFLOP/s", "NVML MiB", "torch MiB",
+           "start MiB",
            "PSNR dB", "max lvl", "NaN/Inf", "compile s")
 MEMORY_METHODS = {
     memory.METHOD_PROCESS: "NVML's entry for this process",
@@ -359,6 +368,7 @@ def format_table(results: Sequence[RowResult], title: str = "", peer: str = DEFA
             _fmt(r.speedup_vs_peer, 2, "x" + _mark(r.converged and r.speedup_vs_peer_converged)), _fmt(tflops, 1),
             _fmt(_mib(r.memory.process_peak_bytes if r.memory else None), 0),
             _fmt(_mib(r.memory.torch_max_reserved_bytes if r.memory else None), 0),
+            _fmt(_mib(r.startup_memory.process_peak_bytes if r.startup_memory else None), 0),
             _fmt(frame_parity.psnr_db if frame_parity else None, 1),
             _fmt(frame_parity.max_level_diff if frame_parity else None, 0),
             _fmt(frame_parity.nonfinite_actual if frame_parity else None, 0), _fmt(r.compile_seconds, 1)))
@@ -381,11 +391,14 @@ def memory_note(results: Sequence[RowResult]) -> str:
     methods = list(dict.fromkeys(r.memory.method for r in results if r.memory is not None))
     if not methods:
         reason = next((r.memory_unavailable for r in results if r.memory_unavailable), "no row was measured")
-        return f"NVML MiB, torch MiB: not measured ({reason})"
+        return f"NVML MiB, torch MiB, start MiB: not measured ({reason})"
     how = "; ".join(MEMORY_METHODS.get(method, method) for method in methods)
-    return (f"NVML MiB: the process's peak GPU memory sampled through NVML ({how}): everything it holds on the card, "
-            "the CUDA context, cuDNN and cuBLAS workspaces and torch's cache included; torch MiB: torch's peak "
-            "reserved memory (torch.cuda.max_memory_reserved: its caching allocator only)")
+    return (f"NVML MiB: the process's peak GPU memory while the step is timed, sampled through NVML ({how}): "
+            "everything it holds on the card, the CUDA context, cuDNN and cuBLAS workspaces and torch's cache "
+            "included; torch MiB: torch's peak reserved memory over the same calls (torch.cuda.max_memory_reserved: "
+            "its caching allocator only); start MiB: the NVML peak of the start-up (build, parity frames, the first "
+            "step at the timed shape: compile and cuDNN's algorithm search, whose trial workspaces are handed back "
+            "after it)")
 
 
 def _mark(settled: bool) -> str:

@@ -4,6 +4,7 @@ carried into every ratio, charts whose text fits and reads plainly."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -449,11 +450,46 @@ def test_bench_reports_record_their_networks_and_weights_for_the_trends():
 def test_the_table_says_what_its_memory_figures_are():
     results = [row_result("fp32-eager", 20.0, memory_mib=1964)]
     table = bench.format_table(results)
-    assert "NVML MiB: the process's peak GPU memory sampled through NVML" in table
+    assert "NVML MiB: the process's peak GPU memory while the step is timed, sampled through NVML" in table
     assert "torch MiB: torch's peak reserved memory" in table
+    assert "start MiB: the NVML peak of the start-up" in table
     without = bench.format_table([dataclasses.replace(results[0], memory=None,
                                                            memory_unavailable="no NVML (test)")])
-    assert "NVML MiB, torch MiB: not measured (no NVML (test))" in without
+    assert "NVML MiB, torch MiB, start MiB: not measured (no NVML (test))" in without
+
+
+def test_start_up_and_steady_state_memory_are_tracked_apart(monkeypatch):
+    """cuDNN's algorithm search and compiling allocate transients (tens of GB for one convolution on an
+    H200) that running the row never needs: the row's memory figure covers the timed calls only."""
+    events = []
+
+    class FakeTracker:
+        def __init__(self, phase):
+            self.phase, self.report = phase, f"report {phase}"
+
+    @contextlib.contextmanager
+    def fake_track(device):
+        phase = sum(event.startswith("start") for event in events)
+        events.append(f"start {phase}")
+        yield FakeTracker(phase)
+        events.append(f"stop {phase}")
+
+    real_time_callable = timing.time_callable
+
+    def recording_time_callable(*args, **kwargs):
+        events.append("timed")
+        return real_time_callable(*args, **kwargs)
+
+    monkeypatch.setattr(timing, "time_callable", recording_time_callable)
+    monkeypatch.setattr(bench, "_time_stages", lambda *args: {})
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(bench, "_track_memory", lambda stack, device: (stack.enter_context(fake_track(device)), ""))
+    config = bench.BenchConfig(batch=2, warmup=0, parity_frames=1, rule=RULE, stages=False)
+    from test_frame import small_networks
+
+    result = bench.measure_row(bench.recipe_row("fp32-eager"), small_networks(), cpu, config, None, None, None)
+    assert events == ["start 0", "stop 0", "start 1", "timed", "stop 1"]
+    assert (result.startup_memory, result.memory) == ("report 0", "report 1")
 
 
 def test_sigterm_while_writing_the_report_leaves_the_previous_one(tmp_path, capsys, monkeypatch, fake_bench):
