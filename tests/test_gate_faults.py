@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -232,6 +233,25 @@ def test_a_tree_or_blob_hash_is_named_as_such(throwaway, tmp_path, kind, spec):
 def test_a_missing_ref_still_says_fetch_it(throwaway, tmp_path):
     with pytest.raises(GateError, match="does not exist.*fetch it first"):
         command.side("no-such-ref", throwaway, tmp_path / "scratch")
+
+
+def test_a_file_is_neither_a_ref_nor_a_checkout(throwaway, tmp_path):
+    with pytest.raises(GateError, match="is a file; give a git ref or a folder"):
+        command.side(str(throwaway / "tests" / "note.txt"), throwaway, tmp_path / "scratch")
+
+
+@pytest.mark.parametrize("device, listed, expected", [
+    ("cuda", None, ["5"]), ("cuda:1", None, ["7"]), ("cuda", "7,5", ["7", "5"]), ("cpu", None, [None]),
+    ("cuda:2", None, "cuda:0 to cuda:1"), ("cuda", "3", "3 not among the visible cards (5, 7)"),
+    ("cuda", "5,5", "names a card twice"), ("cpu", "5", "--gpus goes with --device cuda"),
+])
+def test_cards_are_checked_against_the_visible_ones(monkeypatch, device, listed, expected):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    if isinstance(expected, list):
+        assert command._gpus(device, listed) == expected
+    else:
+        with pytest.raises(GateError, match=re.escape(expected)):
+            command._gpus(device, listed)
 
 
 def test_dot_in_a_sub_folder_is_the_checkout_root(throwaway, tmp_path, monkeypatch):
