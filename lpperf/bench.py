@@ -37,44 +37,16 @@ from typing import Any
 import torch
 
 from lpperf import charts, frame, history, memory, parity, recipes, roofline, timing
-from lpperf.recipes import Engine
+from lpperf.engine import OptimizedAnimator
+from lpperf.steps import Step
 from lpperf.validation import check_positive_int
 
 log = logging.getLogger(__name__)
 
 BASELINE_ROW = "fp32 eager"
-# The official code's own recipe: the "vs peer" column. official-tuned (plus cudnn.benchmark) measured
-# no stronger on an H200 (torch 2.11, 2026-11-30: 10.04 vs 10.20 ms at batch 1, 5.40 vs 5.37 at 16).
+# The official code's own recipe, whole step: the "vs peer" column. official-tuned (plus cudnn.benchmark)
+# measured no stronger on an H200 (torch 2.11: 10.04 vs 10.20 ms at batch 1, 5.40 vs 5.37 at 16).
 DEFAULT_PEER = "official-reduce-overhead"
-# One label per step name (a step without one is shown by its name).
-STEP_LABELS = {
-    "inference_mode": "+ inference_mode",
-    "cudnn_benchmark": "+ cudnn.benchmark",
-    "tf32_off": "+ TF32 off",
-    "fold_spectral_norm": "+ fold spectral norm",
-    "warp_source_cache": "+ W source cache",
-    "pad_warp_channels": "+ pad W's 3-D conv channels to x8",
-    "fold_batch_norm": "+ fold BatchNorm into convs",
-    "warp_depth_split": "+ W's mask Conv3d split over depth",
-    "warp_mask_fft": "+ W's mask Conv3d via FFT",
-    "warp_depth_split_all": "+ W's Conv3d split over depth",
-    "occlusion_as_taps": "+ occlusion conv as tap maps",
-    "batch_spade_modulations": "+ G's SPADE modulations batched",
-    "phase_split_upsampled_convs": "+ G's upsampled convs phase-split",
-    "triton_decoder_convs": "+ G's last block on a Triton kernel",
-    "autocast_fp16": "+ autocast fp16",
-    "half": "+ fp16 weights (.half())",
-    "bfloat16": "+ bf16 weights",
-    "residual_float32": "+ fp32 residual stream in G",
-    "channels_last": "+ channels_last",
-    "inductor_freezing": "+ inductor freezing",
-    "compile_step": "+ compile whole step",
-    "compile_nets": "+ compile each network",
-}
-# The compile steps by name. In the waterfall a reduce-overhead compile (torch.compile plus CUDA
-# graphs) is shown twice: first its mode="default" twin (the compile alone), then as the recipe has it.
-COMPILE_STEPS = {"compile_step": recipes.compile_step, "compile_nets": recipes.compile_nets}
-CUDA_GRAPH_LABEL = "+ CUDA graph (reduce-overhead)"
 PEER_LABELS = {"autocast-fp16": "peer: autocast fp16 eager (official app)",
                "official-default": "peer: .half() + compile per net (official, mode=default)",
                "official-reduce-overhead": "peer: .half() + compile per net, reduce-overhead",
@@ -101,32 +73,28 @@ class Row:
     """One waterfall row: a name and the complete list of steps it runs."""
 
     name: str
-    steps: tuple[Callable[[Engine], None], ...]
+    steps: tuple[Step, ...]
     recipe: str = ""  # the recipe the row measures whole; "" for a waterfall prefix
 
 
-def lookup_recipe(name: str) -> recipes.Recipe:
-    """The recipe called `name`, or a ValueError naming the known ones."""
-    return recipes.lookup(name)
-
-
 def recipe_row(name: str, label: str = "") -> Row:
-    return Row(label or name, lookup_recipe(name).steps, recipe=name)
+    return Row(label or name, recipes.lookup(name).steps, recipe=name)
 
 
 def waterfall_rows(recipe: str = "fastest") -> list[Row]:
     """The segment-anything-fast style waterfall: fp32 eager, then each prefix of the recipe's steps
-    (each row is the previous plus one step), the last row the whole recipe."""
-    steps = lookup_recipe(recipe).steps
+    (each row is the previous plus one step), the last row the whole recipe. A reduce-overhead compile
+    (torch.compile plus CUDA graphs) is shown twice: its mode="default" twin first (the compile alone)."""
+    chosen = recipes.lookup(recipe).steps
     rows, before = [recipe_row(BASELINE_RECIPE, BASELINE_ROW)], ()  # fp32-eager: no steps
-    for step in steps:
-        if _compile_mode(step) == "reduce-overhead":
-            twin = COMPILE_STEPS[step.__name__]("default")
-            rows.append(Row(_label(twin), before + (twin,)))
+    for step in chosen:
+        if step.compile_mode == "reduce-overhead":
+            twin = step.with_compile_mode("default")
+            rows.append(Row(twin.label, before + (twin,)))
         before += (step,)
-        rows.append(Row(_label(step), before))
-    if steps:
-        rows[-1] = Row(f"{rows[-1].name} = {recipe}", steps, recipe=recipe)
+        rows.append(Row(step.label, before))
+    if chosen:
+        rows[-1] = Row(f"{rows[-1].name} = {recipe}", chosen, recipe=recipe)
     return rows
 
 
@@ -153,31 +121,6 @@ def default_config(device: torch.device, batch: int) -> BenchConfig:
     if device.type == "cuda":
         return BenchConfig(batch=batch)
     return BenchConfig(batch=batch, warmup=1, parity_frames=2, rule=CPU_RULE, stage_rule=CPU_STAGE_RULE)
-
-
-def _label(step: Callable[[Engine], None]) -> str:
-    mode = _compile_mode(step)
-    if mode == "reduce-overhead":
-        return CUDA_GRAPH_LABEL
-    label = STEP_LABELS.get(step.__name__, f"+ {step.__name__}")
-    return label if mode is None else f"{label} ({mode})"
-
-
-def _compile_mode(step: Callable[[Engine], None]) -> str | None:
-    """The torch.compile mode a compile step sets (None for any other step), read from the engine field
-    it sets on an empty CUDA engine (nothing is compiled or allocated)."""
-    if step.__name__ not in COMPILE_STEPS:
-        return None
-    probe = Engine(nets={}, device=torch.device("cuda"))
-    step(probe)
-    return probe.compile_step_mode or probe.compile_nets_mode
-
-
-def precision_of(engine: Engine) -> str:
-    """The parity tolerance class (lpperf.parity.Tolerance.for_precision) of what the engine computes."""
-    dtype = engine.autocast_dtype or engine.weight_dtype
-    half = {torch.float16: "fp16", torch.bfloat16: "bf16"}
-    return half.get(dtype, "tf32" if engine.allow_tf32 else "fp32")
 
 
 @dataclasses.dataclass
@@ -244,7 +187,7 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
     """Build the row's engine, run the first frames for parity, time the per-frame step with NVML
     tracking the process's GPU memory (where NVML is usable), then time each stage alone."""
     engine = recipes.build(row.steps, nets, device)
-    precision = precision_of(engine)
+    precision = engine.precision
     # Start-up (compile, cuDNN's algorithm search at each shape, CUDA-graph recording) and the steady
     # state are tracked apart: the start-up's transients say nothing about what running the row needs.
     with contextlib.ExitStack() as stack:
@@ -268,7 +211,7 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
         tflops = (roofline.check(flops_per_frame, per_frame_s, peak, label=f"waterfall row {row.name!r}")
                   if peak is not None else roofline.achieved_tflops(flops_per_frame, per_frame_s))
     return RowResult(
-        name=row.name, recipe=row.recipe, batch=config.batch, precision=precision, applied=list(engine.applied),
+        name=row.name, recipe=row.recipe, batch=config.batch, precision=precision, applied=engine.report()["applied"],
         skipped=dict(engine.skipped), timing=result, ms_per_frame=per_frame_s * 1e3,
         p90_ms_per_frame=result.stats.p90_s / config.batch * 1e3, frames_per_second=1.0 / per_frame_s,
         converged=result.converged, tflops=tflops, compile_seconds=engine.compile_seconds,
@@ -280,7 +223,7 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
         stage_clock=frame.stage_clock(device) if stages else "")
 
 
-def _time_stages(animator: recipes.OptimizedAnimator, driving: torch.Tensor, device: torch.device,
+def _time_stages(animator: OptimizedAnimator, driving: torch.Tensor, device: torch.device,
                  config: BenchConfig) -> dict[str, timing.TimingResult]:
     """Each stage run alone, measured as lpperf.frame.time_stages measures it, keeping the whole timing:
     whether a stage's samples settled is shown beside its time."""

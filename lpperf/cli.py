@@ -390,9 +390,9 @@ def cmd_history(args) -> int:
 def cmd_animate(args) -> int:
     import itertools
 
-    from lpperf import bench, pipeline, recipes, sample
+    from lpperf import pipeline, recipes, sample
 
-    bench.lookup_recipe(args.recipe)
+    recipes.lookup(args.recipe)
     if args.synthetic and args.weights is not None:
         raise UsageError("lpperf animate: --synthetic and --weights both choose the weights; give one of them "
                          "(--synthetic is --weights synthetic)")

@@ -43,13 +43,30 @@ class Engine:
     compile_nets_mode: str | None = None
     compile_step_mode: str | None = None
     inductor_freezing: bool = False
-    applied: list[str] = dataclasses.field(default_factory=list)
-    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    applied: list = dataclasses.field(default_factory=list)  # the lpperf.steps.Step objects that took effect
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # step name -> why it did not apply
     compile_seconds: float | None = None
 
     @property
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the step runs through torch.compile (whole, or network by network). A compile that
+        failed on the first step fell back to eager and is no longer counted."""
+        return self.compile_step_mode is not None or self.compile_nets_mode is not None
+
+    @property
+    def precision(self) -> str:
+        """The parity tolerance class (lpperf.parity.Tolerance.for_precision) of what the engine computes:
+        read from what runs, so a recipe whose half-precision steps were skipped on the CPU is float32."""
+        dtype = self.autocast_dtype or self.weight_dtype
+        if dtype == torch.float16:
+            return "fp16"
+        if dtype == torch.bfloat16:
+            return "bf16"
+        return "tf32" if self.is_cuda and self.allow_tf32 else "fp32"
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
@@ -70,21 +87,24 @@ class Engine:
                  **options) -> "OptimizedAnimator":
         """An Animator over this engine's networks with `source` set (and the relative-motion
         `reference` driving frame, if given); its step runs as the recipe says."""
+        if not isinstance(source, torch.Tensor):
+            raise ValueError(f"source must be an image tensor (1, 3, 256, 256) in [0, 1], got {type(source).__name__}")
         nets = dict(self.nets)
         if self.weight_dtype != torch.float32 or self.channels_last:
             for name in CONVOLUTIONAL_NETS:
                 nets[name] = Boundary(nets[name], self.weight_dtype, self.channels_last).eval()
+        eager_nets = dict(nets)
         if self.compile_nets_mode is not None:
             for name in HEAVY_NETS:
                 nets[name] = torch.compile(nets[name], mode=self.compile_nets_mode)
-        animator = OptimizedAnimator(nets, self, **options)
+        animator = OptimizedAnimator(nets, self, eager_nets=eager_nets, **options)
         animator.set_source(source.to(self.device))
         if reference is not None:
             animator.set_reference(reference.to(self.device))
         return animator
 
     def report(self) -> dict:
-        return {"applied": list(self.applied), "skipped": dict(self.skipped),
+        return {"applied": [step.name for step in self.applied], "skipped": dict(self.skipped),
                 "compile_seconds": self.compile_seconds}
 
 
@@ -121,9 +141,10 @@ class OptimizedAnimator(pipeline.Animator):
     context; the step is compiled if the recipe says so, falling back to eager (and recording
     why) if compilation fails. animate() streams through the optimized step."""
 
-    def __init__(self, nets: dict, engine: Engine, **options):
+    def __init__(self, nets: dict, engine: Engine, eager_nets: dict | None = None, **options):
         super().__init__(nets, **options)
         self.engine = engine
+        self.eager_nets = dict(nets if eager_nets is None else eager_nets)  # the networks, not compiled
         self._eager_step = super().step
         self._step = self._eager_step
         if engine.compile_step_mode is not None:
@@ -177,11 +198,11 @@ class OptimizedAnimator(pipeline.Animator):
         except Exception as error:  # noqa: BLE001 - any compiler failure means: run eager, say why
             reason = f"torch.compile failed, running eager: {type(error).__name__}: {str(error)[:300]}"
             log.warning(reason)
-            for name in ("compile_step", "compile_nets"):
-                if name in self.engine.applied:
-                    self.engine.applied.remove(name)
-                    self.engine.skipped[name] = reason
-            self.nets.update(_uncompiled(self.nets))
+            for step in [step for step in self.engine.applied if step.compile_scope is not None]:
+                self.engine.applied.remove(step)
+                self.engine.skipped[step.name] = reason
+            self.engine.compile_step_mode = self.engine.compile_nets_mode = None
+            self.nets.update(self.eager_nets)
             self._step = self._eager_step
             out = self._step(driving, **kwargs)
         self.engine.compile_seconds = time.perf_counter() - start
@@ -209,10 +230,6 @@ class SourceCachedWarp(nn.Module):
 
 def _float32(value):
     return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
-
-
-def _uncompiled(nets: dict) -> dict:
-    return {name: getattr(net, "_orig_mod", net) for name, net in nets.items()}
 
 
 @contextlib.contextmanager

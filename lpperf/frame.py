@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from lpperf import pipeline, recipes, roofline, sample, timing
+from lpperf.engine import Engine, OptimizedAnimator
 from lpperf.validation import check_positive_int
 
 STAGES = ("F", "M", "S", "W", "G")  # F runs once per source; M, S, W and G once per frame
@@ -42,7 +43,7 @@ def driving_batch(batch: int, offset: int = 0) -> torch.Tensor:
     return torch.cat(list(itertools.islice(sample.driving_frames(), offset, offset + batch)))
 
 
-def sample_animator(engine: recipes.Engine) -> recipes.OptimizedAnimator:
+def sample_animator(engine: Engine) -> OptimizedAnimator:
     """The engine's animator for the sample portrait, with driving frame 0 as the motion reference."""
     return engine.animator(sample.portrait(), reference=driving_batch(1))
 
@@ -136,12 +137,13 @@ def uncompiled(animator: pipeline.Animator) -> pipeline.Animator:
     torch.compile: a recipe that compiles each network would otherwise run (and capture) its own
     compiled graphs."""
     eager = copy.copy(animator)
-    eager.nets = {name: getattr(net, "_orig_mod", net) for name, net in animator.nets.items()}
+    if isinstance(animator, OptimizedAnimator):
+        eager.nets = dict(animator.eager_nets)
     return eager
 
 
 def _context(animator: pipeline.Animator) -> contextlib.AbstractContextManager:
     """A recipe's grad mode, backend flags and autocast; no_grad for a plain Animator."""
-    if isinstance(animator, recipes.OptimizedAnimator):
+    if isinstance(animator, OptimizedAnimator):
         return animator.engine.context()
     return torch.no_grad()

@@ -38,7 +38,7 @@ from torch import nn
 
 from lpperf import frame, recipes, roofline, timing
 from lpperf.charts import plain_number, shorten_middle
-from lpperf.engine import HEAVY_NETS
+from lpperf.engine import HEAVY_NETS, OptimizedAnimator
 from lpperf.kernels import TritonConv2d
 from lpperf.models import DECODER_NET, FEATURE_NET, MOTION_NET, WARP_NET
 from lpperf.rewrites import LAYER_TYPES
@@ -65,7 +65,7 @@ class Layer:
         return self.flops / (self.ms * 1e-3) / 1e12 if self.ms > 0 else 0.0
 
 
-def profile_layers(animator: recipes.OptimizedAnimator, driving: torch.Tensor, device: torch.device) -> list[Layer]:
+def profile_layers(animator: OptimizedAnimator, driving: torch.Tensor, device: torch.device) -> list[Layer]:
     """Each timed layer of one per-frame step, called alone on the inputs it saw in that step."""
     eager = frame.uncompiled(animator)
     calls: list[tuple[str, nn.Module, tuple]] = []
@@ -148,7 +148,7 @@ def _distinct_names(names: list[str], width: int) -> list[str]:
     return short if len(set(short)) == len(set(names)) else names
 
 
-def kernel_table(animator: recipes.OptimizedAnimator, driving: torch.Tensor, device: torch.device,
+def kernel_table(animator: OptimizedAnimator, driving: torch.Tensor, device: torch.device,
                  steps: int = 20) -> str:
     """torch.profiler's kernels of `steps` whole frames as the recipe runs them, by total device time."""
     from torch.profiler import ProfilerActivity, profile
@@ -190,7 +190,7 @@ class FrameSplit:
         return self.frame_ms - self.networks_sum_ms
 
 
-def frame_split(animator: recipes.OptimizedAnimator, driving: torch.Tensor, device: str | torch.device, *,
+def frame_split(animator: OptimizedAnimator, driving: torch.Tensor, device: str | torch.device, *,
                 warmup: int = 2, rule: timing.StoppingRule = SPLIT_RULE,
                 profiled_frames: int = SPLIT_PROFILED_FRAMES, probe_inputs: bool = False) -> FrameSplit:
     """The frame, its GPU busy time and M, W, G each alone, measured on the animator as its recipe runs
@@ -207,10 +207,10 @@ def frame_split(animator: recipes.OptimizedAnimator, driving: torch.Tensor, devi
         probe_ms = _time_calls(animator, probe_calls, device, warmup, rule)
     busy_ms = gpu_busy_ms(animator, driving, device, profiled_frames) if device.type == "cuda" else None
     return FrameSplit(frame_ms, busy_ms, networks_ms, form, profiled_frames if busy_ms is not None else 0,
-                      "compile_step" not in animator.engine.applied, probe_ms)
+                      animator.engine.compile_step_mode is None, probe_ms)
 
 
-def _time_calls(animator: recipes.OptimizedAnimator, calls: dict[str, Callable[[], object]], device: torch.device,
+def _time_calls(animator: OptimizedAnimator, calls: dict[str, Callable[[], object]], device: torch.device,
                 warmup: int, rule: timing.StoppingRule) -> dict[str, float]:
     with animator.engine.context():  # the step's context: compiled nets' guards expect it
         return {name: timing.time_callable(call, device, warmup=warmup, rule=rule).median_ms
@@ -235,7 +235,7 @@ def standard_normal_like(inputs: dict[str, tuple[tuple, dict]], seed: int = 0) -
             for name, (args, kwargs) in inputs.items()}
 
 
-def network_inputs(animator: recipes.OptimizedAnimator, driving: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
+def network_inputs(animator: OptimizedAnimator, driving: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
     """(args, kwargs) each heavy network got in one frame. Recorded on the uncompiled step: its tensors
     are plain (not CUDA-graph output buffers that a later replay overwrites), and inductor keeps eager
     output strides, so a compiled network sees the same shapes, strides and dtypes in the real step."""
@@ -254,17 +254,17 @@ def network_inputs(animator: recipes.OptimizedAnimator, driving: torch.Tensor) -
     return {name: inputs[name] for name in HEAVY_NETS}
 
 
-def _network_calls(animator: recipes.OptimizedAnimator, inputs: dict[str, tuple[tuple, dict]],
+def _network_calls(animator: OptimizedAnimator, inputs: dict[str, tuple[tuple, dict]],
                    device: torch.device) -> tuple[dict[str, Callable[[], object]], str]:
     """Each heavy network alone on `inputs` (network_inputs), in the form the recipe runs it, and that form."""
     engine = animator.engine
     nets = {name: animator.nets[name] for name in HEAVY_NETS}
-    if any(hasattr(net, "_orig_mod") for net in nets.values()):
+    if engine.compile_nets_mode is not None:
         # Per-network compile (a failed compile has already put the eager nets back): the compiled net
         # as the step calls it, launches included, as the official speed script times it.
         form = f"torch.compile(mode={engine.compile_nets_mode!r}) per network, called as the step calls it"
         return {name: _new_step_call(net, *inputs[name]) for name, net in nets.items()}, form
-    if device.type == "cuda" and "compile_step" in engine.applied:
+    if device.type == "cuda" and engine.compile_step_mode is not None:
         # The recipe compiles the whole step, not the networks: the uncompiled net's kernels as a
         # CUDA-graph replay, the closest stand-in for a network inside the step's graph.
         with engine.context():
@@ -287,7 +287,7 @@ def _new_step_call(net: Callable, args: tuple, kwargs: dict) -> Callable[[], obj
     return call
 
 
-def gpu_busy_ms(animator: recipes.OptimizedAnimator, driving: torch.Tensor, device: torch.device,
+def gpu_busy_ms(animator: OptimizedAnimator, driving: torch.Tensor, device: torch.device,
                 frames: int = SPLIT_PROFILED_FRAMES) -> float:
     """Mean GPU busy time of one frame: torch.profiler's kernel and copy intervals of `frames` steps,
     overlaps (concurrent streams) merged, summed, divided by `frames`."""
@@ -394,7 +394,7 @@ def cmd_profile(args) -> int:
     for _ in range(3):
         animator.step(driving)  # compile, autotune, warm
     print(f"recipe {args.recipe} on {device}, batch {args.batch}, weights: {loaded.description}; "
-          f"applied {engine.applied}")
+          f"applied {engine.report()['applied']}")
     if not args.no_layers:
         peak = roofline.measure_peak(device).tflops if device.type == "cuda" else None
         print(format_layers(profile_layers(animator, driving, device), peak, args.top))

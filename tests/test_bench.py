@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from lpperf import bench, history, recipes, timing
+from lpperf import bench, history, recipes, steps, timing
+from lpperf.engine import Engine
 from test_frame import small_networks
 
 # Exactly two samples: the time cap only guards against a hang (a loaded 2-core machine took 7 s a frame).
@@ -32,34 +33,31 @@ def result(name: str, ms: float, recipe: str = "", converged: bool = True, error
 # ---- rows
 
 def test_waterfall_is_each_prefix_of_the_recipe_with_the_compile_shown_twice():
-    steps = recipes.RECIPES["fast"].steps
+    chosen = recipes.lookup("fast").steps
     rows = bench.waterfall_rows("fast")
     assert rows[0] == bench.Row("fp32 eager", (), recipe="fp32-eager")
-    compile_at = [step.__name__ for step in steps].index("compile_step")
-    assert [row.steps for row in rows[:compile_at + 1]] == [steps[:count] for count in range(compile_at + 1)]
+    compile_at = next(index for index, step in enumerate(chosen) if step.compile_scope is not None)
+    assert [row.steps for row in rows[:compile_at + 1]] == [chosen[:count] for count in range(compile_at + 1)]
     assert [row.name for row in rows[1:4]] == ["+ inference_mode", "+ cudnn.benchmark", "+ fold spectral norm"]
     twin = rows[compile_at + 1]  # the compile alone, before its CUDA graphs
-    assert twin.name == "+ compile whole step (default)" and twin.steps[:-1] == steps[:compile_at]
-    assert bench._compile_mode(twin.steps[-1]) == "default"
-    assert rows[-1] == bench.Row("+ CUDA graph (reduce-overhead) = fast", steps, recipe="fast")
-    assert len(rows) == len(steps) + 2
+    assert twin.name == "+ compile whole step (default)" and twin.steps[:-1] == chosen[:compile_at]
+    assert twin.steps[-1] is steps.compile_step("default")
+    assert rows[-1] == bench.Row("+ CUDA graph (reduce-overhead) = fast", chosen, recipe="fast")
+    assert len(rows) == len(chosen) + 2
 
 
 def test_a_new_recipe_with_a_new_step_appears_without_editing_bench(monkeypatch):
     def brand_new_step(engine):
         engine.inference_mode = True
 
-    steps = (recipes.half, brand_new_step, recipes.compile_nets("reduce-overhead"))
-    monkeypatch.setitem(recipes.RECIPES, "brand-new", recipes.Recipe("brand-new", steps, "a test recipe", "fp16"))
+    monkeypatch.setitem(steps.STEPS, "brand_new_step", steps.Step("brand_new_step", "+ a brand new step",
+                                                                   brand_new_step))
+    recipe = recipes.Recipe("brand-new", (steps.half, steps.lookup("brand_new_step"),
+                                          steps.compile_nets("reduce-overhead")))
+    monkeypatch.setitem(recipes.RECIPES, "brand-new", recipe)
     assert [row.name for row in bench.waterfall_rows("brand-new")] == [
-        "fp32 eager", "+ fp16 weights (.half())", "+ brand_new_step", "+ compile each network (default)",
+        "fp32 eager", "+ fp16 weights (.half())", "+ a brand new step", "+ compile each network (default)",
         "+ CUDA graph (reduce-overhead) = brand-new"]
-
-
-def test_every_step_of_every_recipe_has_a_label():
-    """A new step shows as '+ its_name' until it gets one line in bench.STEP_LABELS."""
-    names = {step.__name__ for recipe in recipes.RECIPES.values() for step in recipe.steps}
-    assert names - set(bench.STEP_LABELS) == set()
 
 
 def test_default_rows_and_unknown_recipes():
@@ -75,13 +73,14 @@ def test_default_rows_and_unknown_recipes():
 
 
 def test_precision_is_what_the_engine_computes():
-    def engine(**settings):
-        return recipes.Engine(nets={}, device=torch.device("cpu"), **settings)
+    def engine(device="cuda", **settings):
+        return Engine(nets={}, device=torch.device(device), **settings)
 
-    assert bench.precision_of(engine()) == "tf32"
-    assert bench.precision_of(engine(allow_tf32=False)) == "fp32"
-    assert bench.precision_of(engine(weight_dtype=torch.float16)) == "fp16"
-    assert bench.precision_of(engine(autocast_dtype=torch.bfloat16)) == "bf16"
+    assert engine().precision == "tf32"
+    assert engine("cpu").precision == "fp32"  # no TF32 on a CPU
+    assert engine(allow_tf32=False).precision == "fp32"
+    assert engine(weight_dtype=torch.float16).precision == "fp16"
+    assert engine(autocast_dtype=torch.bfloat16).precision == "bf16"
 
 
 def test_config_is_checked():
@@ -148,7 +147,7 @@ def test_run_on_small_networks_on_the_cpu(monkeypatch):
     assert messages == ["counting FLOPs per frame", "computing the float32 reference frames (TF32 off)",
                         "row: fp32-eager", "row: reference"]
     eager, reference = results
-    assert (eager.precision, reference.precision) == ("tf32", "fp32")
+    assert (eager.precision, reference.precision) == ("fp32", "fp32")  # no TF32 on a CPU
     assert reference.parity.frame.max_level_diff == 0 and not reference.parity_failures
     assert eager.timing.stats.count == 2 and eager.ms_per_frame == pytest.approx(eager.timing.stats.median_s * 1e3)
     assert eager.speedup == 1.0 and reference.speedup_vs_peer == 1.0

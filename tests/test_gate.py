@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lpperf import multigpu
+from lpperf import frame, multigpu, weights
 from lpperf.gate import controller, report, stats
 from lpperf.gate.workers import GateError, Worker
 
@@ -341,21 +341,27 @@ def test_a_real_a_a_gate_runs_both_workers_end_to_end_on_the_cpu(tmp_path):
     assert "CUDA graph" not in done.stdout
 
 
-@pytest.mark.parametrize("engine, compiled", [
-    (None, False),
-    ({"applied": ["half", "channels_last"]}, False),
-    ({"applied": ["half", "compile_step"]}, True),
-    ({"applied": ["half", "compile_nets"]}, True),
-])
-def test_only_uncompiled_frames_are_captured_as_cuda_graphs(engine, compiled):
+@pytest.mark.parametrize("field, compiled", [(None, False), ("compile_step_mode", True), ("compile_nets_mode", True)])
+def test_only_uncompiled_frames_are_captured_as_cuda_graphs(field, compiled):
     """On a card an uncompiled (launch-bound) frame is timed as a graph replay; a compiled one runs as is.
-    What counts is what runs: a compile that failed and fell back to eager leaves engine.applied."""
+    What counts is what runs: the engine says so itself (a compile that fell back to eager clears it)."""
+    from lpperf import recipes
+    from lpperf.gate import worker
+
+    animator = frame.sample_animator(recipes.build("fp32-eager", weights.tiny_networks(), "cpu"))
+    if field is not None:
+        setattr(animator.engine, field, "reduce-overhead")
+    assert worker._compiled(animator) is compiled
+
+
+@pytest.mark.parametrize("applied, compiled", [(["half", "channels_last"], False), (["half", "compile_step"], True),
+                                               (["compile_nets"], True)])
+def test_a_side_whose_engine_predates_engine_compiled_is_read_from_its_step_names(applied, compiled):
     from types import SimpleNamespace
 
     from lpperf.gate import worker
 
-    animator = SimpleNamespace() if engine is None else SimpleNamespace(engine=SimpleNamespace(**engine))
-    assert worker._compiled(animator) is compiled
+    assert worker._compiled(SimpleNamespace(engine=SimpleNamespace(applied=applied))) is compiled
 
 
 def test_a_metric_that_cannot_be_captured_is_named_in_the_error():

@@ -10,14 +10,14 @@ CPU it reads the values back on purpose; on a GPU it is a device assertion insid
 import pytest
 import torch
 
-from lpperf import frame, recipes, weights
+from lpperf import frame, recipes, steps, weights
 
 
 @pytest.mark.parametrize("recipe", ["fast", "fastest", "fastest-batched"])
 @pytest.mark.parametrize("retargeting", [False, True], ids=["plain", "eye-and-lip-retargeting"])
 def test_the_per_frame_work_traces_as_one_graph(recipe, retargeting):
     engine = recipes.build(recipe, weights.tiny_networks(0), "cpu")
-    assert "warp_source_cache" in engine.applied  # the rewrites are in place, not only the plain modules
+    assert steps.warp_source_cache in engine.applied  # the rewrites are in place, not only the plain modules
     animator = frame.sample_animator(engine)
     driving = frame.driving_batch(1, offset=1)
     options = {}

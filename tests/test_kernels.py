@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lpperf import kernels, models, recipes, rewrites, weights
+from lpperf import kernels, models, recipes, rewrites, steps, weights
 
 EXACT = 1e-12
 
@@ -96,7 +96,7 @@ def test_g_s_last_stage_on_the_kernel_computes_the_same(generator):
 
 
 def test_step_needs_a_card():
-    engine = recipes.build([recipes.triton_decoder_convs], weights.tiny_networks(0), "cpu")
+    engine = recipes.build([steps.triton_decoder_convs], weights.tiny_networks(0), "cpu")
     assert "needs a CUDA device" in engine.skipped["triton_decoder_convs"]
     assert not any(isinstance(module, kernels.TritonConv2d) for net in engine.nets.values() for module in net.modules())
 

@@ -71,7 +71,7 @@ def test_the_split_times_m_w_and_g_alone_and_sums_them(split):
 
 def test_a_whole_step_compile_says_its_networks_alone_are_not_parts_of_the_frame(animator, driving, monkeypatch):
     # On a card a recipe with compile_step fuses across the networks; its split must not subtract them.
-    monkeypatch.setattr(animator.engine, "applied", animator.engine.applied + ["compile_step"])
+    monkeypatch.setattr(animator.engine, "compile_step_mode", "reduce-overhead")
     split = profile.frame_split(animator, driving, "cpu", warmup=0, rule=TWO_SAMPLES)
     assert not split.networks_as_in_frame
     assert "frame - (M + W + G)" not in profile.format_split(split)

@@ -7,7 +7,8 @@ import warnings
 import pytest
 import torch
 
-from lpperf import frame, models, pipeline, recipes, rewrites, sample
+from lpperf import engine as engine_module
+from lpperf import frame, models, pipeline, recipes, rewrites, sample, steps as R
 
 FRAMES = 2
 
@@ -46,7 +47,6 @@ def _assert_same_up_to_float32_reordering(frames, expected):
     torch.testing.assert_close(frames, expected, rtol=0, atol=2e-3)
 
 
-R = recipes
 SAME_WORK = [(R.fold_spectral_norm,), (R.warp_source_cache,), (R.pad_warp_channels,)]
 REORDERED_SUMS = [(R.fold_batch_norm,), (R.warp_depth_split,), (R.warp_depth_split_all,), (R.warp_mask_fft,),
                   (R.occlusion_as_taps,),
@@ -55,60 +55,69 @@ REORDERED_SUMS = [(R.fold_batch_norm,), (R.warp_depth_split,), (R.warp_depth_spl
                   (R.pad_warp_channels, R.fold_batch_norm, R.warp_mask_fft, R.occlusion_as_taps)]
 
 
-@pytest.mark.parametrize("steps", SAME_WORK + REORDERED_SUMS, ids=lambda steps: "+".join(s.__name__ for s in steps))
+@pytest.mark.parametrize("steps", SAME_WORK + REORDERED_SUMS, ids=lambda steps: "+".join(s.name for s in steps))
 def test_exact_steps_do_not_change_the_frames(tiny_nets, driving, eager_frames, steps):
     engine = recipes.build(list(steps), tiny_nets, "cpu")
-    assert engine.applied == [step.__name__ for step in steps], engine.skipped
+    assert engine.applied == list(steps), engine.skipped
     if steps in SAME_WORK:
         torch.testing.assert_close(_frames(engine, driving), eager_frames, rtol=1e-4, atol=1e-5)
     else:
         _assert_same_up_to_float32_reordering(_frames(engine, driving), eager_frames)
 
 
-def test_fastest_is_fast_plus_the_rewrites_in_float32_and_compile_last():
-    fast = [step.__name__ for step in recipes.RECIPES["fast"].steps]
-    fastest = recipes.RECIPES["fastest"]
-    names = [step.__name__ for step in fastest.steps]
-    rewrite_steps = ["fold_batch_norm", "warp_depth_split", "occlusion_as_taps", "batch_spade_modulations",
-                     "phase_split_upsampled_convs"]
-    assert [name for name in names if name not in rewrite_steps] == fast
-    assert names[names.index("pad_warp_channels") + 1:names.index("half")] == rewrite_steps
-    assert names[-1] == "compile_step" and fastest.precision == "fp16"
+def test_fastest_is_fast_plus_exact_rewrites_run_in_float32_and_compile_last():
+    """fastest adds only the exact rewrites (each checked against eager above) to fast, all of them before
+    the casts, so they rewrite float32 weights; fastest-batched and fastest-triton change one thing each."""
+    fast, fastest = recipes.lookup("fast").steps, recipes.lookup("fastest").steps
+    added = [step for step in fastest if step not in fast]
+    assert [step for step in fastest if step in fast] == list(fast)
+    assert [step.name for step in added] == list(recipes.EXACT_REWRITES)
+    assert all(fastest.index(step) < fastest.index(R.half) for step in added)
+    assert fastest[-1].compile_scope is R.CompileScope.STEP and fastest[-1].compile_mode == "reduce-overhead"
+    batched = recipes.lookup("fastest-batched").steps
+    assert [step for step in batched if step not in fastest] == [R.warp_mask_fft]
+    assert [step for step in fastest if step not in batched] == [R.warp_depth_split]
+    triton = recipes.lookup("fastest-triton").steps
+    assert [step for step in triton if step not in fastest] == [R.triton_decoder_convs]
+    assert triton.index(R.triton_decoder_convs) == triton.index(R.half) - 1
 
 
-def test_fastest_batched_is_fastest_with_the_mask_in_the_frequency_domain():
-    names = [step.__name__ for step in recipes.RECIPES["fastest"].steps]
-    batched = recipes.RECIPES["fastest-batched"]
-    assert [step.__name__ for step in batched.steps] == [
-        "warp_mask_fft" if name == "warp_depth_split" else name for name in names]
-    assert batched.precision == "fp16"
+def test_every_step_is_registered_once_with_a_label_and_every_recipe_uses_registered_steps():
+    assert all(R.STEPS[name] is step and step.label.startswith("+ ") for name, step in R.STEPS.items())
+    for recipe in recipes.RECIPES.values():
+        assert all(R.lookup(step.name) is step for step in recipe.steps), recipe.name
 
+    def twice(engine):
+        """A step registered under a name that is taken."""
 
-def test_fastest_triton_is_fastest_with_g_s_convolutions_on_the_triton_kernel():
-    names = [step.__name__ for step in recipes.RECIPES["fastest"].steps]
-    triton = [step.__name__ for step in recipes.RECIPES["fastest-triton"].steps]
-    # after G's other rewrites (it takes the convolutions they leave), before the casts
-    assert triton == names[:names.index("half")] + ["triton_decoder_convs"] + names[names.index("half"):]
+    R.register("+ once")(twice)
+    try:
+        with pytest.raises(ValueError, match="a step named 'twice' is already registered"):
+            R.register("+ twice")(twice)
+    finally:
+        R.STEPS.pop("twice")
 
 
 def test_fastest_on_cpu_skips_the_cuda_steps_and_keeps_the_frames(tiny_nets, driving):
     engine = recipes.build("fastest", tiny_nets, "cpu")
-    for name in ("cudnn_benchmark", "half", "channels_last", "compile_step"):
+    for name in ("cudnn_benchmark", "half", "channels_last", "compile_step[reduce-overhead]"):
         assert "needs a CUDA device" in engine.skipped[name]
     assert "networks already run in float32" in engine.skipped["residual_float32"]
-    assert engine.applied == ["inference_mode", "fold_spectral_norm", "warp_source_cache", "pad_warp_channels",
-                              "fold_batch_norm", "warp_depth_split", "occlusion_as_taps", "batch_spade_modulations",
-                              "phase_split_upsampled_convs"]
+    assert engine.report()["applied"] == ["inference_mode", "fold_spectral_norm", "warp_source_cache",
+                                          "pad_warp_channels", "fold_batch_norm", "warp_depth_split",
+                                          "occlusion_as_taps", "batch_spade_modulations",
+                                          "phase_split_upsampled_convs"]
+    assert engine.precision == "fp32" and not engine.compiled  # what runs on the CPU, not what was asked
     reference = _frames(recipes.build("reference", tiny_nets, "cpu"), driving)
     _assert_same_up_to_float32_reordering(_frames(engine, driving), reference)
 
 
 def test_half_and_channels_last_reach_the_rewritten_layers(tiny_nets, monkeypatch):
-    monkeypatch.setattr(recipes, "_require_cuda", lambda engine: None)  # lay them out as on a GPU
+    monkeypatch.setattr(R, "_require_cuda", lambda engine: None)  # lay them out as on a GPU
     engine = recipes.build([R.pad_warp_channels, R.fold_batch_norm, R.warp_depth_split_all, R.occlusion_as_taps,
                             R.batch_spade_modulations, R.phase_split_upsampled_convs, R.half, R.residual_float32,
                             R.channels_last], tiny_nets, "cpu")
-    assert "half" in engine.applied and "channels_last" in engine.applied, engine.skipped
+    assert R.half in engine.applied and R.channels_last in engine.applied, engine.skipped
     decoder = engine.nets["spade_generator"]
     assert decoder.residual_dtype == torch.float32
     new_layers = [module for net in engine.nets.values() for module in net.modules()
@@ -123,22 +132,22 @@ def test_half_and_channels_last_reach_the_rewritten_layers(tiny_nets, monkeypatc
 def test_half_leaves_the_fft_mask_spectrum_whole(tiny_nets, monkeypatch):
     """half casts the networks with Module.to(float16), which casts complex buffers to real ones
     (dropping the imaginary part) unless the layer keeps its spectrum out of the cast."""
-    monkeypatch.setattr(recipes, "_require_cuda", lambda engine: None)
+    monkeypatch.setattr(R, "_require_cuda", lambda engine: None)
     steps = [R.pad_warp_channels, R.fold_batch_norm, R.warp_mask_fft]
     float32 = recipes.build(steps, tiny_nets, "cpu").nets["warping_module"].dense_motion_network.mask
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Casting complex values to real discards the imaginary part"
         engine = recipes.build(steps + [R.half, R.channels_last], tiny_nets, "cpu")
-    assert engine.applied == [step.__name__ for step in steps] + ["half", "channels_last"], engine.skipped
+    assert engine.applied == steps + [R.half, R.channels_last], engine.skipped
     mask = engine.nets["warping_module"].dense_motion_network.mask
     assert isinstance(mask, rewrites.FFTConv3d) and mask.bias.dtype == torch.float16
     assert mask.spectrum.dtype == torch.complex64 and torch.equal(mask.spectrum, float32.spectrum)
 
 
 def test_official_reduce_overhead_compiles_each_network_in_half(tiny_nets, monkeypatch):
-    monkeypatch.setattr(recipes, "_require_cuda", lambda engine: None)
+    monkeypatch.setattr(R, "_require_cuda", lambda engine: None)
     engine = recipes.build("official-reduce-overhead", tiny_nets, "cpu")  # configures; nothing is compiled yet
-    assert engine.applied == ["half", "compile_nets"]
+    assert engine.applied == [R.half, R.compile_nets("reduce-overhead")] and engine.compiled
     assert engine.compile_nets_mode == "reduce-overhead" and engine.weight_dtype == torch.float16
 
 
@@ -162,7 +171,7 @@ def test_official_reduce_overhead_compiles_each_network_in_half(tiny_nets, monke
 def test_rewrite_steps_say_why_they_cannot_apply(tiny_nets, steps, skipped, reason):
     engine = recipes.build(list(steps), tiny_nets, "cpu")
     assert reason in engine.skipped[skipped]
-    assert engine.applied == [step.__name__ for step in steps[:-1]]
+    assert engine.applied == list(steps[:-1])
 
 
 def test_rewrite_steps_on_networks_without_the_layers():
@@ -170,9 +179,9 @@ def test_rewrite_steps_on_networks_without_the_layers():
     nets = {"warping_module": models.build("warping_module", **models.TINY["warping_module"],
                                            estimate_occlusion_map=False),
             "spade_generator": models.build("spade_generator", **models.TINY["spade_generator"])}
-    engine = recipes.build([recipes.occlusion_as_taps], nets, "cpu")
+    engine = recipes.build([R.occlusion_as_taps], nets, "cpu")
     assert "W estimates no occlusion map" in engine.skipped["occlusion_as_taps"]
-    no_norms = recipes.build([recipes.fold_batch_norm], {"spade_generator": nets["spade_generator"]}, "cpu")
+    no_norms = recipes.build([R.fold_batch_norm], {"spade_generator": nets["spade_generator"]}, "cpu")
     assert "no BatchNorm directly after a plain convolution" in no_norms.skipped["fold_batch_norm"]
 
 
@@ -183,12 +192,12 @@ def test_build_on_cuda_without_cuda_says_to_use_the_cpu(tiny_nets):
 
 
 def test_padded_warp_has_channels_in_multiples_of_eight(tiny_nets):
-    engine = recipes.build([recipes.pad_warp_channels], tiny_nets, "cpu")
+    engine = recipes.build([R.pad_warp_channels], tiny_nets, "cpu")
     dense = engine.nets["warping_module"].dense_motion_network
     convs = [dense.hourglass.encoder.down_blocks[0].conv, dense.hourglass.decoder.conv, dense.mask]
     assert all(c.in_channels % 8 == 0 and c.out_channels % 8 == 0 for c in convs)
-    with pytest.raises(recipes.StepNotApplicable, match="already padded"):
-        recipes.pad_warp_channels(engine)
+    with pytest.raises(engine_module.StepNotApplicable, match="already padded"):
+        R.pad_warp_channels(engine)
 
 
 def test_build_leaves_the_given_networks_untouched(tiny_nets):
@@ -202,17 +211,20 @@ def test_build_leaves_the_given_networks_untouched(tiny_nets):
 
 def test_cuda_steps_are_skipped_with_the_reason_on_cpu(tiny_nets):
     engine = recipes.build("fast", tiny_nets, "cpu")
-    for name in ("cudnn_benchmark", "half", "channels_last", "compile_step"):
+    for name in ("cudnn_benchmark", "half", "channels_last", "compile_step[reduce-overhead]"):
         assert "needs a CUDA device" in engine.skipped[name]
     assert "networks already run in float32" in engine.skipped["residual_float32"]
-    assert {"inference_mode", "fold_spectral_norm", "warp_source_cache", "pad_warp_channels"} <= set(engine.applied)
+    assert {"inference_mode", "fold_spectral_norm", "warp_source_cache", "pad_warp_channels"} <= set(
+        engine.report()["applied"])
 
 
 def test_unknown_recipe_and_compile_mode_are_refused(tiny_nets):
     with pytest.raises(ValueError, match="unknown recipe 'turbo'; known recipes: fp32-eager"):
         recipes.build("turbo", tiny_nets, "cpu")
     with pytest.raises(ValueError, match="unknown torch.compile mode"):
-        recipes.compile_step("fastest")
+        R.compile_step("fastest")
+    with pytest.raises(ValueError, match="unknown step 'turbo'; known steps: compile_nets"):
+        R.lookup("turbo")
 
 
 def test_a_failing_compile_falls_back_to_eager_and_says_why(tiny_nets, driving, eager_frames, monkeypatch):
@@ -224,11 +236,12 @@ def test_a_failing_compile_falls_back_to_eager_and_says_why(tiny_nets, driving, 
     monkeypatch.setattr(torch, "compile", broken_compile)
     engine = recipes.build([], tiny_nets, "cpu")
     engine.compile_step_mode = "default"  # as compile_step would set it on a GPU
-    engine.applied.append("compile_step")
+    engine.applied.append(R.compile_step("default"))
+    assert engine.compiled
     frames = _frames(engine, driving)
     torch.testing.assert_close(frames, eager_frames, rtol=1e-4, atol=1e-5)
-    assert "compile_step" not in engine.applied
-    assert "inductor exploded" in engine.skipped["compile_step"]
+    assert engine.applied == [] and not engine.compiled
+    assert "inductor exploded" in engine.skipped["compile_step[default]"]
     assert engine.compile_seconds is not None
 
 
@@ -256,7 +269,7 @@ def test_boundary_runs_a_network_in_its_dtype_and_returns_float32(dtype, generat
     net = _Recorder().to(dtype)
     image = torch.rand(2, 3, 12, 12, generator=generator)
     keypoints = torch.rand(2, 21, 3, generator=generator)
-    out = recipes.Boundary(net, dtype, channels_last=True)(image, keypoints)
+    out = engine_module.Boundary(net, dtype, channels_last=True)(image, keypoints)
     assert net.seen == [(dtype, True, torch.float32)]
     assert out["map"].dtype == torch.float32 and out["index"].dtype == torch.int64
     expected = net(image.to(dtype), keypoints)["map"].float()
@@ -285,8 +298,8 @@ def test_optimized_animator_streams_through_its_own_step(tiny_nets, monkeypatch)
     engine = recipes.build("fast", tiny_nets, "cpu")
     animator = engine.animator(sample.portrait())
     calls = []
-    original = recipes.OptimizedAnimator.step
-    monkeypatch.setattr(recipes.OptimizedAnimator, "step", lambda self, d, **kw: calls.append(d.shape[0])
+    original = engine_module.OptimizedAnimator.step
+    monkeypatch.setattr(engine_module.OptimizedAnimator, "step", lambda self, d, **kw: calls.append(d.shape[0])
                         or original(self, d, **kw))
     frames = [f for f in frame.driving_batch(3).split(1)]
     outputs = list(animator.animate(frames, batch_size=2))

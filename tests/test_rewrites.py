@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lpperf import models, recipes, rewrites, roofline
+from lpperf import models, recipes, rewrites, roofline, steps
 from lpperf.models.blocks import ResBlock3d
 
 EXACT = 1e-6
@@ -356,13 +356,13 @@ def test_tap_sum_conv_equals_the_conv(generator, outputs, kernel, padding, bias)
 
 @pytest.mark.parametrize("mask_step", ["warp_depth_split", "warp_depth_split_all", "warp_mask_fft"])
 def test_w_rewrites_after_padding_and_folding_leave_w_unchanged(generator, monkeypatch, mask_step):
-    monkeypatch.setattr(recipes, "FEATURE_PLANE", (16, 16))  # warp_inputs' planes
+    monkeypatch.setattr(steps, "FEATURE_PLANE", (16, 16))  # warp_inputs' planes
     warp = tiny_warp(generator)
     inputs = warp_inputs(generator)
     expected = warp(*inputs)
-    steps = [recipes.pad_warp_channels, recipes.fold_batch_norm, getattr(recipes, mask_step), recipes.occlusion_as_taps]
-    engine = recipes.build(steps, {"warping_module": warp}, "cpu")
-    assert engine.applied == [step.__name__ for step in steps], engine.skipped
+    chosen = [steps.pad_warp_channels, steps.fold_batch_norm, steps.lookup(mask_step), steps.occlusion_as_taps]
+    engine = recipes.build(chosen, {"warping_module": warp}, "cpu")
+    assert engine.applied == chosen, engine.skipped
     rewritten = engine.nets["warping_module"]
     dense = rewritten.dense_motion_network
     if mask_step == "warp_mask_fft":  # the padded zero filters dropped: 24 -> the 22 W keeps

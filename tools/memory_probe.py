@@ -54,11 +54,10 @@ def probe(row: bench.Row, nets: dict, device: torch.device, calls: int) -> dict:
     animator = frame.sample_animator(engine)
     driving = frame.driving_batch(1, offset=frame.PARITY_FRAMES).to(device)
     result = {"row": row.name}
-    compiled = engine.compile_step_mode or engine.compile_nets_mode
     memory.release_cached_memory()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    if compiled:
+    if engine.compiled:
         animator.step(driving)
         torch.cuda.synchronize()
         result["first_call_max_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB

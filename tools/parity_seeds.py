@@ -29,10 +29,10 @@ def main() -> int:
         nets = weights.synthetic(seed, "cpu")
         reference = frame.reference_frames(nets, device, args.frames)
         for name in args.recipes:
-            recipe = recipes.RECIPES[name]
-            frames = frame.run_frames(frame.sample_animator(recipes.build(name, nets, device)), args.frames)
-            report = parity.compare({}, {}, frames, reference, precision=recipe.precision)
-            failures = report.failures(parity.Tolerance.for_precision(recipe.precision))
+            engine = recipes.build(name, nets, device)
+            frames = frame.run_frames(frame.sample_animator(engine), args.frames)
+            report = parity.compare({}, {}, frames, reference, precision=engine.precision)
+            failures = report.failures(parity.Tolerance.for_precision(engine.precision))
             failed |= bool(failures)
             print(f"{seed:>4}  {name:<28} {report.frame.psnr_db:>8.2f} {report.frame.max_level_diff:>7} "
                   f"{report.frame.nonfinite_actual:>7}  {'FAIL: ' + '; '.join(failures) if failures else 'ok'}")

@@ -37,8 +37,8 @@ def main() -> int:
     torch.cuda.synchronize()
     marks["warm"] = time.perf_counter() - PROCESS_START
     result = {"recipe": args.recipe, "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
-              "seconds_since_process_start": marks, "compile_seconds": engine.compile_seconds,
-              "applied": engine.applied, "skipped": engine.skipped}
+              "seconds_since_process_start": marks,
+              **engine.report()}
     print(json.dumps(result))
     args.out.write_text(json.dumps(result, indent=1))
     return 0

@@ -15,17 +15,19 @@ from pathlib import Path
 import torch
 
 from lpperf import bench, environment, frame, profile, recipes, weights
+from lpperf import steps as registry
 
 
 def variant_rows(recipe: str) -> list[bench.Row]:
     """The recipe with one step added or removed: what each of its choices is worth."""
-    steps = bench.lookup_recipe(recipe).steps
-    names = {step.__name__ for step in steps}
-    rows = [bench.recipe_row(recipe), bench.Row(f"{recipe} + inductor freezing", steps + (recipes.inductor_freezing,))]
+    chosen = recipes.lookup(recipe).steps
+    names = {step.name for step in chosen}
+    rows = [bench.recipe_row(recipe),
+            bench.Row(f"{recipe} + inductor freezing", chosen + (registry.inductor_freezing,))]
     removable = ("residual_float32", "channels_last", "warp_source_cache", "pad_warp_channels", "fold_spectral_norm")
     for removed in removable:
         if removed in names:
-            rows.append(bench.Row(f"{recipe} - {removed}", tuple(s for s in steps if s.__name__ != removed)))
+            rows.append(bench.Row(f"{recipe} - {removed}", tuple(s for s in chosen if s.name != removed)))
     return rows
 
 
@@ -33,13 +35,13 @@ def profile_step(recipe: str, nets: dict, device: str | torch.device, steps: int
     """torch.profiler's table of the kernels of `steps` per-frame steps of `recipe` (after warm-up),
     sorted by total device time: where the remaining time goes."""
     device = torch.device(device)
-    engine = recipes.build(bench.lookup_recipe(recipe), nets, device)
+    engine = recipes.build(recipes.lookup(recipe), nets, device)
     animator = frame.sample_animator(engine)
     driving = frame.driving_batch(1, offset=1).to(device)
     for _ in range(5):
         animator.step(driving)
     table = profile.kernel_table(animator, driving, device, steps)
-    return f"recipe {recipe}, {steps} steps, batch 1, applied {engine.applied}\n{table}"
+    return f"recipe {recipe}, {steps} steps, batch 1, applied {engine.report()['applied']}\n{table}"
 
 
 def main() -> int:

@@ -250,12 +250,17 @@ def _captured(call, device, name: str):
 def _compiled(animator) -> bool:
     """Whether the step runs compiled (its step or its networks; a recipe whose compile failed runs
     eager). An uncompiled frame is timed as a CUDA graph replay: run eagerly at batch 1 it is
-    launch-bound, so back-to-back calls time the host, which on an H200 host (torch 2.11, 2026-11-29)
-    moved block to block between 21.7 and 41.4 ms per fp32-eager frame (its GPU work, M+S+W+G as graphs: 17.2 ms). A
+    launch-bound, so back-to-back calls time the host, which on an H200 host (torch 2.11) moved block
+    to block between 21.7 and 41.4 ms per fp32-eager frame (its GPU work, M+S+W+G as graphs: 17.2 ms). A
     compiled step (CUDA graphs of its own, or inductor kernels) is timed as it runs; it cannot be
     captured inside another graph."""
-    applied = getattr(getattr(animator, "engine", None), "applied", ())  # a compile that failed is not in it
-    return "compile_step" in applied or "compile_nets" in applied
+    engine = animator.engine
+    compiled = getattr(engine, "compiled", None)
+    if compiled is None:
+        # A side whose engine predates Engine.compiled listed the steps it applied by name (a compile
+        # that failed was taken off the list).
+        return any(str(name).startswith(("compile_step", "compile_nets")) for name in engine.applied)
+    return bool(compiled)
 
 
 def _slowed(call, torch, cycles: int):

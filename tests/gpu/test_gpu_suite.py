@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from lpperf import frame, memory, parity, recipes, rewrites, roofline, timing
+from lpperf import frame, memory, parity, recipes, rewrites, roofline, steps, timing
 
 pytestmark = pytest.mark.gpu
 
@@ -94,7 +94,7 @@ def test_frame(benchmark, gpu_session, lpperf_card, lpperf_settings, flops_per_f
     median = benchmark.stats.stats.median
     tflops = roofline.check(flops_per_frame, median, peak, label=f"frame benchmark {recipe!r}")
     benchmark.extra_info.update(card=lpperf_card.name, recipe=recipe, batch=1, flops=flops_per_frame, tflops=tflops,
-                                applied=animator.engine.applied, skipped=animator.engine.skipped,
+                                applied=animator.engine.report()["applied"], skipped=animator.engine.skipped,
                                 compile_seconds=animator.engine.compile_seconds, injected_ms=injected_ms)
 
 
@@ -159,8 +159,9 @@ def test_stages_informational(gpu_session, lpperf_info, recipe):
 
 @pytest.mark.parametrize("recipe", GATED_FRAMES + (BATCHED,))
 def test_parity(gpu_session, reference_frames, lpperf_thresholds, recipe):
-    frames = frame.run_frames(gpu_session.animator(recipe), frame.PARITY_FRAMES)
-    report = parity.compare({}, {}, frames, reference_frames, precision="fp16")
+    animator = gpu_session.animator(recipe)
+    frames = frame.run_frames(animator, frame.PARITY_FRAMES)
+    report = parity.compare({}, {}, frames, reference_frames, precision=animator.engine.precision)
     assert not report.has_nonfinite, f"{recipe} produced NaN/Inf"
     assert report.frame.psnr_db >= lpperf_thresholds.min_psnr_db, (
         f"{recipe}: PSNR {report.frame.psnr_db:.2f} dB against the fp32 reference, below "
@@ -173,10 +174,12 @@ def test_parity(gpu_session, reference_frames, lpperf_thresholds, recipe):
 def test_stage_parity(gpu_session):
     """Relative error per stage (F's volume, driving keypoints, deformation, warped feature)."""
     reference = frame.stage_outputs(gpu_session.animator("reference"), gpu_session.driving)
-    optimized = frame.stage_outputs(gpu_session.animator(OPTIMIZED), gpu_session.driving)
+    animator = gpu_session.animator(OPTIMIZED)
+    optimized = frame.stage_outputs(animator, gpu_session.driving)
+    precision = animator.engine.precision
     report = parity.compare({k: optimized[k] for k in frame.STAGE_OUTPUT_NAMES},
-                            {k: reference[k] for k in frame.STAGE_OUTPUT_NAMES}, precision="fp16")
-    failures = report.failures(parity.Tolerance.for_precision("fp16"))
+                            {k: reference[k] for k in frame.STAGE_OUTPUT_NAMES}, precision=precision)
+    failures = report.failures(parity.Tolerance.for_precision(precision))
     assert not failures, "stage parity against the fp32 reference failed:\n" + "\n".join(failures)
 
 
@@ -204,13 +207,14 @@ def test_cudnn_benchmarking_keeps_no_trial_workspace_and_fits_a_24_gb_card(gpu_s
     """The float32 waterfall row with G's modulations batched runs cuDNN's benchmark over convolutions with
     up to 1536 outputs; its trial workspaces once stayed reserved after the first frame (67 GB by NVML on an
     H100). Under a 24 GB card's allocator limit the row must run, keep parity, and hold no more than it needs."""
-    steps = recipes.FASTEST_STEPS[:recipes.FASTEST_STEPS.index(recipes.batch_spade_modulations) + 1]
+    fastest = recipes.lookup("fastest").steps
+    prefix = fastest[:fastest.index(steps.batch_spade_modulations) + 1]
     gpu_session.release_all()
     device = gpu_session.device
     total = torch.cuda.get_device_properties(device).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, SMALL_CARD_GIB * 2**30 / total), device)
     try:
-        animator = frame.sample_animator(recipes.build(steps, gpu_session.nets, device))
+        animator = frame.sample_animator(recipes.build(prefix, gpu_session.nets, device))
         frames = frame.run_frames(animator, frame.PARITY_FRAMES)
         reserved_gib = torch.cuda.memory_reserved(device) / 2**30
         del animator
