@@ -27,15 +27,18 @@ from pathlib import Path
 
 import torch
 
-from lpperf import charts, history, profile, trends, video, weights
+from lpperf.animation import video
+from lpperf.models import weights
+from lpperf.reports import charts, history, profile, trends
 from lpperf.gate import command as gate_command
+from lpperf.util import files
+from lpperf.util.arguments import at_least
+from lpperf.util.devices import DEVICES, device_name, resolve_device
+from lpperf.util.exits import Exit
+from lpperf.util.files import write_json
 
-EXIT_REGRESSION = 1
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 DEFAULT_HISTORY = ".benchmarks"  # pytest-benchmark's runs (per card, conftest.py) and lpperf bench's copies
 REPEATS_TIME_CAP_S = 3600.0  # --repeats N means N samples; the time cap only guards against a hang
-DEVICES = "auto, cpu, cuda or cuda:N"
 MEANINGLESS = ("NOTE: synthetic weights - the output images are meaningless; only the speed and the "
                "parity against the float32 reference on the same weights are measured.")
 
@@ -55,42 +58,6 @@ def _say(message: str) -> None:
 
 # ------------------------------------------------------------------------------------- argument types
 
-def _at_least(low: float, kind=int, most: float | None = None):
-    """An argparse type: a number of `kind` (int or float), finite, >= low and, if given, <= most."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = math.nan
-        what = "a whole number" if kind is int else "a number (a fraction: 0.10 = 10%)"
-        if not (math.isfinite(value) and value >= low):
-            raise argparse.ArgumentTypeError(f"must be {what} >= {low}, got {text!r}")
-        if most is not None and value > most:
-            raise argparse.ArgumentTypeError(f"must be {what} from {low} to {most}, got {text!r} (see --help)")
-        return value
-    return parse
-
-
-def _device_name(text: str) -> str:
-    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
-        return text
-    raise argparse.ArgumentTypeError(f"unsupported device {text!r}; lpperf runs on {DEVICES}")
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto: CUDA if available, else the CPU. A CUDA device that torch cannot use is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name} asked for a CUDA GPU, but torch sees none (torch "
-                           f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu or auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RuntimeError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), "
-                           f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return device
-
-
 # ----------------------------------------------------------------------------------------------- output
 
 def prepare_out_dir(path: Path, option: str = "--out", create: bool = True) -> Path:
@@ -105,21 +72,11 @@ def prepare_out_dir(path: Path, option: str = "--out", create: bool = True) -> P
         if create:
             path.mkdir(parents=True, exist_ok=True)
         folder = path if create else existing
-        with video.atomic_path(folder / ".lpperf-write-check") as probe:
+        with files.atomic_path(folder / ".lpperf-write-check") as probe:
             probe.write_bytes(b"")
         (folder / ".lpperf-write-check").unlink()
     except OSError as error:
         raise OSError(f"cannot write to folder {path} ({error.strerror or error}); choose a writable {option}") \
-            from None
-    return path
-
-
-def write_json(data: dict, path: Path) -> Path:
-    try:
-        with video.atomic_path(path) as temporary:
-            temporary.write_text(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")  # str: dtypes
-    except OSError as error:
-        raise OSError(f"cannot write {path} ({error.strerror or error}); free some space or choose another folder") \
             from None
     return path
 
@@ -151,7 +108,7 @@ class Progress:
 # ------------------------------------------------------------------------------------------------ bench
 
 def _bench_config(device: torch.device, batch: int, args):
-    from lpperf import bench
+    from lpperf.reports import bench
 
     config = bench.default_config(device, batch)
     changes = {}
@@ -180,8 +137,8 @@ def bench_banner(device: torch.device, networks: weights.Networks) -> list[str]:
 
 
 def cmd_bench(args) -> int:
-    from lpperf import bench
-    from lpperf.environment import environment_info
+    from lpperf.reports import bench
+    from lpperf.measure.environment import environment_info
 
     device = resolve_device(args.device)
     rows = bench.default_rows(device, args.recipes or ())  # an unknown name raises, naming the known recipes
@@ -213,7 +170,7 @@ def cmd_bench(args) -> int:
     report = bench.report(results, environment, config_record, weights=networks.description)
     title = f"{environment.get('device_name')}, torch {torch.__version__}, {networks.description}"
     # SIGTERM, SIGHUP: the unfinished report is removed and the previous one kept, as on Ctrl-C
-    with video.termination_as_interrupt():
+    with files.termination_as_interrupt():
         with bench.report_folder(out_dir) as staging:  # the report and its charts replace the previous ones as a set
             written, skipped = charts.bench_charts(results, staging, title)
             report["charts"] = {"written": [path.name for path in written], "skipped": skipped}
@@ -231,7 +188,7 @@ def cmd_bench(args) -> int:
 
 def _fraction_below_one(text: str) -> float:
     """An argparse type: a fraction in [0, 1); refusing 1 and more catches 10 meant as 10%."""
-    value = _at_least(0, float)(text)
+    value = at_least(0, float)(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must be a fraction below 1 (0.10 = 10%), got {text!r}")
     return value
@@ -302,7 +259,7 @@ def cmd_compare(args) -> int:
         _say(f"lpperf compare: FAILED: {len(regressed)} benchmark(s) more than {history.percent(args.fail_above)} "
              f"slower than in {args.baseline}: {names}{noise}"
              + (f"; also {missing_text} (renamed or dropped: not checked)" if missing else ""))
-        return EXIT_REGRESSION
+        return Exit.REGRESSED
     if missing:
         raise history.HistoryError(
             f"cannot pass the gate: {missing_text} (renamed or dropped: not checked); compare runs of the same "
@@ -381,7 +338,7 @@ def cmd_history(args) -> int:
     if crept:
         _say(f"lpperf history: FAILED: {len(crept)} benchmark(s) crept more than {history.percent(args.creep_limit)} "
              f"above the best of the {args.best_of} runs before or the pinned run: " + history.names_text(crept))
-        return EXIT_REGRESSION
+        return Exit.REGRESSED
     return 0
 
 
@@ -390,7 +347,9 @@ def cmd_history(args) -> int:
 def cmd_animate(args) -> int:
     import itertools
 
-    from lpperf import pipeline, recipes, sample
+    from lpperf.animation import pipeline
+    from lpperf.models import sample
+    from lpperf.optimize import recipes
 
     recipes.lookup(args.recipe)
     if args.synthetic and args.weights is not None:
@@ -418,7 +377,7 @@ def cmd_animate(args) -> int:
     if args.sample:
         length = args.frames or (sample.DEMO_FRAMES if device.type == "cuda" else sample.CPU_DEMO_FRAMES)
         source, frames, fps = sample.portrait(), sample.driving_frames(length), sample.FRAMES_PER_SECOND
-        _say(f"source and driving frames: the shipped sample (lpperf.sample: a portrait, and {length} frames of "
+        _say(f"source and driving frames: the shipped sample (lpperf.models.sample: a portrait, and {length} frames of "
              "head motion, blinks and mouth movement made from it; --frames N for another length)")
     else:
         source = video.read_image(args.source)
@@ -427,7 +386,7 @@ def cmd_animate(args) -> int:
     if args.frames is not None:
         frames = itertools.islice(frames, args.frames)
 
-    with video.termination_as_interrupt():  # SIGTERM, SIGHUP: the partial video is removed as on Ctrl-C
+    with files.termination_as_interrupt():  # SIGTERM, SIGHUP: the partial video is removed as on Ctrl-C
         networks = weights.load_networks(weights_source, device)
         if not networks.official_weights:
             _say(MEANINGLESS)
@@ -460,14 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     device_help = f"{DEVICES} (auto: CUDA if available, else the CPU)"
 
-    from lpperf.bench import MAX_BATCH, MAX_PARITY_FRAMES, MAX_REPEATS, MAX_WARMUP
+    from lpperf.reports.bench import MAX_BATCH, MAX_PARITY_FRAMES, MAX_REPEATS, MAX_WARMUP
 
     bench = commands.add_parser("bench", help="measure fp32 eager and the recipes on the sample data")
-    bench.add_argument("--device", default="auto", type=_device_name, help=device_help)
+    bench.add_argument("--device", default="auto", type=device_name, help=device_help)
     bench.add_argument("--recipes", nargs="+", metavar="NAME",
                        help="recipes to measure (fp32-eager is added first as the baseline); default: the "
                             "waterfall and peer rows on CUDA, fp32-eager and fast on the CPU")
-    bench.add_argument("--batch", nargs="+", type=_at_least(1, most=MAX_BATCH), default=[1], metavar="N",
+    bench.add_argument("--batch", nargs="+", type=at_least(1, most=MAX_BATCH), default=[1], metavar="N",
                        help=f"driving frames per step, at most {MAX_BATCH} (a step holds its whole batch of frames, "
                             "outputs and activations on the card at once); several values run every row per "
                             "batch size")
@@ -481,13 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "reads it (default %(default)s)")
     history_choice.add_argument("--no-history", dest="history", action="store_const", const="",
                                 help="do not save the report into the history")
-    bench.add_argument("--repeats", type=_at_least(1, most=MAX_REPEATS), metavar="N",
+    bench.add_argument("--repeats", type=at_least(1, most=MAX_REPEATS), metavar="N",
                        help=f"exactly N timed repeats per row and stage, at most {MAX_REPEATS} (the default rule "
                             "stops between 20 and 300 on a GPU)")
-    bench.add_argument("--warmup", type=_at_least(0, most=MAX_WARMUP), metavar="N",
+    bench.add_argument("--warmup", type=at_least(0, most=MAX_WARMUP), metavar="N",
                        help=f"warm-up calls per row and stage, at most {MAX_WARMUP} (default 5 on a GPU, 1 on the "
                             "CPU)")
-    bench.add_argument("--parity-frames", type=_at_least(1, most=MAX_PARITY_FRAMES), metavar="N",
+    bench.add_argument("--parity-frames", type=at_least(1, most=MAX_PARITY_FRAMES), metavar="N",
                        help=f"frames compared with the float32 reference, at most {MAX_PARITY_FRAMES} (each "
                             "runs through the reference and every row, and is kept in host memory)")
     bench.set_defaults(handler=cmd_bench)
@@ -519,13 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--creep-limit", type=_fraction_below_one, metavar="FRACTION",
                       help="exit with status 1 when a benchmark of a card's latest run is more than FRACTION slower "
                            "than the best of the --best-of runs before it (slow creep past each merge's gate)")
-    hist.add_argument("--best-of", type=_at_least(1), default=10, metavar="K", help="runs --creep-limit "
+    hist.add_argument("--best-of", type=at_least(1), default=10, metavar="K", help="runs --creep-limit "
                       "compares with (default %(default)s)")
     hist.add_argument("--pinned", metavar="FILE", help="with --creep-limit: a recorded run (a release's) that the "
                       "latest run of the same card and kind is also compared with")
     hist.set_defaults(handler=cmd_history)
 
-    from lpperf import pipeline, sample
+    from lpperf.animation import pipeline
+    from lpperf.models import sample
 
     animate = commands.add_parser("animate", help="animate a pre-cropped 256x256 portrait with a driving video")
     animate.add_argument("--source", metavar="IMAGE", help="the portrait: a 256x256 crop around the face (lpperf "
@@ -541,16 +501,16 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--out", required=True, metavar="OUT.mp4", help="video to write (.mp4 only: 512x512 "
                          "H.264); never one of the inputs")
     animate.add_argument("--recipe", default="fast", help="optimization recipe (default %(default)s)")
-    animate.add_argument("--device", default="auto", type=_device_name, help=device_help)
-    animate.add_argument("--batch", type=_at_least(1), default=1, help="driving frames per step, 1 to "
+    animate.add_argument("--device", default="auto", type=device_name, help=device_help)
+    animate.add_argument("--batch", type=at_least(1), default=1, help="driving frames per step, 1 to "
                          f"{pipeline.MAX_BATCH_SIZE} (default 1)")
-    animate.add_argument("--frames", type=_at_least(1), metavar="N", help="animate only the first N driving "
+    animate.add_argument("--frames", type=at_least(1), metavar="N", help="animate only the first N driving "
                          f"frames (default: all; with --sample, {sample.DEMO_FRAMES} on a GPU and "
                          f"{sample.CPU_DEMO_FRAMES} on the CPU)")
     animate.set_defaults(handler=cmd_animate)
 
     gate_command.add_parser(commands)  # lpperf gate (lpperf/gate/command.py)
-    profile.add_parser(commands)  # lpperf profile (lpperf/profile.py)
+    profile.add_parser(commands)  # lpperf profile (lpperf/reports/profile.py)
     return parser
 
 
@@ -565,25 +525,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.handler(args)
     except SystemExit as exit_request:  # --help
-        return exit_request.code if isinstance(exit_request.code, int) else EXIT_ERROR
+        return exit_request.code if isinstance(exit_request.code, int) else Exit.ERROR
     except UsageError as error:
         _say(_one_line(error))
-        return EXIT_ERROR
+        return Exit.ERROR
     except KeyboardInterrupt:
         _say("lpperf: interrupted (Ctrl-C); unfinished output files were removed")
-        return EXIT_INTERRUPTED
+        return Exit.INTERRUPTED
     except (OSError, ValueError, RuntimeError, history.HistoryError) as error:
         if show_traceback:
             raise
         _say(f"lpperf: error: {_one_line(error)}")
-        return EXIT_ERROR
+        return Exit.ERROR
     except Exception as error:  # noqa: BLE001 - a crash is exit 2: exit 1 means regressed (compare, history, gate)
         if show_traceback:
             raise
         command = next((word for word in argv if not word.startswith("-")), "")
         _say(f"lpperf {command}: unexpected {type(error).__name__}: {_one_line(error)} (a failure, not a verdict; "
              f"lpperf --traceback {command} ... shows where)")
-        return EXIT_ERROR
+        return Exit.ERROR
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Faults a user of `lpperf animate`, lpperf.video, lpperf.weights and the Animator can hit: each is
+"""Faults a user of `lpperf animate`, lpperf.animation.video, lpperf.models.weights and the Animator can hit: each is
 refused with one clear line before anything heavy loads, no input is ever overwritten, and an
 interrupted or terminated run leaves no partial file.
 
@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from lpperf import cli, models, pipeline, sample, video, weights
+from lpperf import cli, models
+from lpperf.animation import pipeline, video
+from lpperf.models import sample, weights
 from test_frame import small_networks
 
 pytest.importorskip("av", reason="animate needs the video extra (PyAV)")
@@ -155,7 +157,9 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_frame import small_networks
-from lpperf import cli, video, weights
+from lpperf import cli
+from lpperf.animation import video
+from lpperf.models import weights
 weights.tiny_networks = lambda seed=0: small_networks()
 written = video.VideoWriter.write
 def write_then_wait(self, rgb):
@@ -477,7 +481,7 @@ def test_none_into_the_animator_names_the_argument(animator):
         list(animator.animate(None))
     with pytest.raises(ValueError, match="driving keypoints must be a torch.Tensor, got NoneType"):
         animator.render(None)
-    with pytest.raises(ValueError, match="motion must be a lpperf.pipeline.Motion, got NoneType"):
+    with pytest.raises(ValueError, match="motion must be a lpperf.animation.pipeline.Motion, got NoneType"):
         animator.driving_keypoints(None)
     with pytest.raises(ValueError, match=r"batch_size must be at most 64"):
         list(animator.animate([sample.portrait()], batch_size=65))

@@ -1,4 +1,4 @@
-"""lpperf.bench on the CPU: the rows (waterfall from a recipe's steps, peers), the speedups over the first
+"""lpperf.reports.bench on the CPU: the rows (waterfall from a recipe's steps, peers), the speedups over the first
 row and the peer row, the table of typed results, the report, and one real run on small networks."""
 
 import json
@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from lpperf import bench, history, recipes, steps, timing
-from lpperf.engine import Engine
+from lpperf.measure import timing
+from lpperf.optimize import recipes, steps
+from lpperf.reports import bench, history
+from lpperf.optimize.engine import Engine
 from test_frame import small_networks
 
 # Exactly two samples: the time cap only guards against a hang (a loaded 2-core machine took 7 s a frame).

@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lpperf import bench, charts, cli, history, memory, profile, timing, weights
+from lpperf import cli
+from lpperf.measure import memory, timing
+from lpperf.models import weights
+from lpperf.reports import bench, charts, history, profile
+from lpperf.util import files
 
 # Exactly two samples: the time cap only guards against a hang (a loaded 2-core machine took 7 s a frame).
 RULE = timing.StoppingRule(min_repeats=2, min_seconds=0.0, max_rel_iqr=1.0, max_repeats=2, max_seconds=300.0)
@@ -236,7 +240,7 @@ def test_a_report_json_that_cannot_be_written_names_its_path(tmp_path, monkeypat
 
     monkeypatch.setattr(Path, "write_text", full)
     with pytest.raises(OSError, match=f"cannot write {tmp_path / 'report.json'} \\(No space left on device\\)"):
-        cli.write_json({"a": 1}, tmp_path / "report.json")
+        files.write_json({"a": 1}, tmp_path / "report.json")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -524,14 +528,14 @@ def test_a_folder_without_write_permission_is_named_before_anything_loads(option
     """As root a chmod'ed folder stays writable, so the refusal is simulated where lpperf probes the folder."""
     locked = tmp_path / "locked"
     locked.mkdir()
-    real_atomic_path = cli.video.atomic_path
+    real_atomic_path = files.atomic_path
 
     def refuse_in_locked(destination):
         if Path(destination).parent == locked:
             raise PermissionError(errno.EACCES, "Permission denied", str(destination))
         return real_atomic_path(destination)
 
-    monkeypatch.setattr(cli.video, "atomic_path", refuse_in_locked)
+    monkeypatch.setattr(files, "atomic_path", refuse_in_locked)
     out = tmp_path / "r" if option == "--history" else locked
     history = locked if option == "--history" else tmp_path / "h"
     assert cli.main(["bench", "--device", "cpu", "--out", str(out), "--history", str(history)]) == 2

@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from lpperf import bench, charts, cli, history, memory, parity, sample, timing, video, weights
+from lpperf import cli
+from lpperf.animation import video
+from lpperf.measure import memory, parity, timing
+from lpperf.models import sample, weights
+from lpperf.reports import bench, charts, history
 from test_frame import small_networks
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -313,7 +317,7 @@ def test_usage_error_is_one_line(capsys):
 # ------------------------------------------------------------------------------------- compare, history
 
 def pytest_benchmark_run(path: Path, card: str, medians: dict, when: str) -> Path:
-    """A minimal pytest-benchmark JSON file (the fields lpperf.history reads)."""
+    """A minimal pytest-benchmark JSON file (the fields lpperf.reports.history reads)."""
     def stats(median):
         return {"min": median, "max": median, "mean": median, "stddev": 0.0, "median": median, "iqr": 0.0,
                 "rounds": 5, "iterations": 1}

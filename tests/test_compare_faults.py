@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from lpperf import bench, charts, cli, history, trends
+from lpperf import cli
+from lpperf.reports import bench, charts, history, trends
 
 CARD = "NVIDIA H100 80GB HBM3"
 
 
 def pytest_benchmark_data(medians: dict, card=CARD, when="2026-11-28T08:00:00") -> dict:
-    """A run in pytest-benchmark's saved format (the fields lpperf.history reads)."""
+    """A run in pytest-benchmark's saved format (the fields lpperf.reports.history reads)."""
     def stats(median):
         return {"min": median, "max": median, "mean": median, "stddev": 0.0, "median": median, "iqr": 0.0,
                 "rounds": 5, "iterations": 1}

@@ -11,8 +11,8 @@ import types
 import pytest
 import torch
 
-from lpperf import environment
-from lpperf.environment import environment_info
+from lpperf.measure import environment
+from lpperf.measure.environment import environment_info
 
 
 @pytest.fixture

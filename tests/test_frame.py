@@ -1,11 +1,15 @@
-"""lpperf.frame on the CPU: the sample driving frames, the parity frame loop, the reference, each stage
+"""lpperf.measure.frame on the CPU: the sample driving frames, the parity frame loop, the reference, each stage
 alone (calls, outputs, times) and the FLOPs of a frame, on networks smaller than lpperf.models.TINY."""
 
 import pytest
 import torch
 from torch import nn
 
-from lpperf import frame, models, pipeline, recipes, roofline, sample
+from lpperf import models
+from lpperf.animation import pipeline
+from lpperf.measure import frame, roofline
+from lpperf.models import sample
+from lpperf.optimize import recipes
 
 # Smaller than TINY (a shallower volume, narrower W and G): a frame costs ~0.3 s on 2 cores.
 SMALL = {

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lpperf import frame, multigpu, weights
+from lpperf.measure import frame
+from lpperf.models import weights
+from lpperf.util.cores import core_shares, describe_cores
 from lpperf.gate import controller, report, stats
 from lpperf.gate.workers import GateError, Worker
 
@@ -193,7 +195,7 @@ def test_lanes_on_two_cards_keep_their_workers_on_their_own_cores(tmp_path):
     cores = {lane["card"]: lane["cores"] for lane in result.setup.values()}
     assert set(cores) == {"gpu 0", "gpu 1"} and None not in cores.values() and cores["gpu 0"] != cores["gpu 1"]
     recipe_on = {"0": "fast", "1": "fp32-eager"}
-    seen = {(role, gpu): multigpu.describe_cores(json.loads(
+    seen = {(role, gpu): describe_cores(json.loads(
                 (tmp_path / "logs" / f"{role}-{recipe_on[gpu]}-gpu{gpu}.log").read_text().split("cores ")[1].split()[0]))
             for role in ("base", "head") for gpu in ("0", "1")}
     for gpu in ("0", "1"):
@@ -345,7 +347,7 @@ def test_a_real_a_a_gate_runs_both_workers_end_to_end_on_the_cpu(tmp_path):
 def test_only_uncompiled_frames_are_captured_as_cuda_graphs(field, compiled):
     """On a card an uncompiled (launch-bound) frame is timed as a graph replay; a compiled one runs as is.
     What counts is what runs: the engine says so itself (a compile that fell back to eager clears it)."""
-    from lpperf import recipes
+    from lpperf.optimize import recipes
     from lpperf.gate import worker
 
     animator = frame.sample_animator(recipes.build("fp32-eager", weights.tiny_networks(), "cpu"))
@@ -368,7 +370,7 @@ def test_a_metric_that_cannot_be_captured_is_named_in_the_error():
     from lpperf.gate import worker
 
     with pytest.raises(RuntimeError, match="frame fp32-eager b1: could not capture it as a CUDA graph"):
-        worker._captured(lambda: None, "cpu", "frame fp32-eager b1")  # no CUDA here: the capture itself fails
+        worker._captured(lambda: None, "cpu", "frame fp32-eager b1", str(Path(__file__).resolve().parents[1]))  # no CUDA: the capture fails
 
 
 def test_the_real_worker_names_the_metric_whose_measurement_failed():

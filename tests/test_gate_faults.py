@@ -19,6 +19,7 @@ import pytest
 from lpperf import cli
 from lpperf.gate import command, controller, report
 from lpperf.gate.workers import GateError
+from lpperf.util.exits import Exit
 from test_gate import run_fake
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +114,7 @@ def test_help_still_exits_0_and_ctrl_c_in_bench_keeps_its_message(monkeypatch, c
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "cmd_bench", interrupted)
-    assert cli.main(["bench", "--device", "cpu"]) == cli.EXIT_INTERRUPTED
+    assert cli.main(["bench", "--device", "cpu"]) == Exit.INTERRUPTED
     assert "interrupted (Ctrl-C)" in capsys.readouterr().err
 
 

@@ -10,7 +10,9 @@ CPU it reads the values back on purpose; on a GPU it is a device assertion insid
 import pytest
 import torch
 
-from lpperf import frame, recipes, steps, weights
+from lpperf.measure import frame
+from lpperf.models import weights
+from lpperf.optimize import recipes, steps
 
 
 @pytest.mark.parametrize("recipe", ["fast", "fastest", "fastest-batched"])

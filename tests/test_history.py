@@ -1,4 +1,4 @@
-"""lpperf.history: reading runs, keeping cards apart, comparing runs (pure functions, hand-made inputs)."""
+"""lpperf.reports.history: reading runs, keeping cards apart, comparing runs (pure functions, hand-made inputs)."""
 
 import json
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 from pytest_benchmark.storage.file import FileStorage
 
-from lpperf import history
-from lpperf.history import HistoryError, RunFormat, Verdict
+from lpperf.reports import history
+from lpperf.reports.history import HistoryError, RunFormat, Verdict
 
 MACHINE = "Linux-CPython-3.11-64bit"
 H100 = "NVIDIA H100 80GB HBM3"

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lpperf import kernels, models, recipes, rewrites, steps, weights
+from lpperf import models
+from lpperf.models import weights
+from lpperf.optimize import kernels, recipes, rewrites, steps
 
 EXACT = 1e-12
 
@@ -114,7 +116,7 @@ def test_flop_count_is_the_convolution_s():
 
 INTERPRETED = textwrap.dedent("""
     import torch
-    from lpperf import kernels
+    from lpperf.optimize import kernels
     generator = torch.Generator().manual_seed(0)
     for batch, cin, cout, height, width, kernel, bias in [(2, 48, 80, 9, 7, (3, 3), True), (1, 16, 16, 5, 6, (1, 1), False),
                                                           (1, 48, 32, 6, 5, (3, 5), True), (1, 64, 64, 5, 6, (3, 3), True)]:

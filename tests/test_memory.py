@@ -14,8 +14,8 @@ import types
 import pytest
 import torch
 
-from lpperf import memory
-from lpperf.memory import (
+from lpperf.measure import memory
+from lpperf.measure.memory import (
     METHOD_DEVICE_DELTA,
     METHOD_PROCESS,
     NvmlUnavailable,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lpperf.parity import (
+from lpperf.measure.parity import (
     ParityError,
     ParityReport,
     Tolerance,

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpperf import pipeline, sample
-from lpperf.pipeline import Animator, Motion
+from lpperf.animation import pipeline
+from lpperf.models import sample
+from lpperf.animation.pipeline import Animator, Motion
 
 K = 21  # LivePortrait's keypoint count
 

@@ -1,4 +1,4 @@
-"""The suite's pytest plugin (lpperf/pytest_plugin.py) and lpperf.multigpu, tested on CPU.
+"""The suite's pytest plugin (lpperf/suite/plugin.py) and lpperf.suite.multigpu, tested on CPU.
 
 Plugin tests run pytest inside pytest (pytester) on a throw-away project holding the real
 conftest.py and pytest.ini (the plugin itself comes from the installed package). Benchmarks there use a fake clock that advances a fixed step per
@@ -16,8 +16,10 @@ import pytest
 import torch
 from pytest_benchmark.utils import get_machine_id
 
-from lpperf import history, multigpu, pytest_plugin
-from lpperf.environment import cpu_model
+from lpperf.reports import history
+from lpperf.suite import multigpu, plugin as pytest_plugin
+from lpperf.util.cores import core_shares, describe_cores
+from lpperf.measure.environment import cpu_model
 
 pytest_plugins = ["pytester"]
 
@@ -139,7 +141,7 @@ def test_the_space_form_of_a_folder_option_parses_outside_the_repository(suite, 
     weights = tmp_path / "outside" / "checkpoints"
     weights.mkdir(parents=True)
     add_test(suite, THRESHOLDS_TEST)
-    suite.runpytest("-p", "lpperf.pytest_plugin", "--lpperf-weights", str(weights)).assert_outcomes(passed=1)
+    suite.runpytest("-p", "lpperf.suite.plugin", "--lpperf-weights", str(weights)).assert_outcomes(passed=1)
     assert dumped_settings(suite)["weights_dir"] == str(weights)
 
 
@@ -395,7 +397,7 @@ def test_a_corrupt_baseline_is_a_clear_usage_error(suite, content, problem):
     assert "Traceback" not in text
 
 
-# --- lpperf.multigpu --------------------------------------------------------------------------------
+# --- lpperf.suite.multigpu --------------------------------------------------------------------------------
 
 FAKE_PYTEST = """
 import json, os, sys
@@ -447,19 +449,19 @@ def test_multigpu_keeps_each_worker_on_its_own_cores(tmp_path, fake_pytest, pin_
     everything = sorted(os.sched_getaffinity(0))
     if pin_cores:
         assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == everything
-        assert [result.cores for result in results] == [multigpu.describe_cores(cores) for cores in seen]
+        assert [result.cores for result in results] == [describe_cores(cores) for cores in seen]
     else:
         assert seen == [everything, everything] and [result.cores for result in results] == [None, None]
 
 
 def test_core_shares_split_the_cores_evenly_and_refuse_too_few():
-    shares = multigpu.core_shares(1)
+    shares = core_shares(1)
     if shares is None:
         pytest.skip("no CPU affinity on this platform")
     assert shares == [sorted(os.sched_getaffinity(0))]
-    assert multigpu.core_shares(len(shares[0]) + 1) is None
-    assert multigpu.describe_cores([4, 5, 6]) == "4-6" and multigpu.describe_cores([1, 3]) == "1,3"
-    assert multigpu.describe_cores([2]) == "2" and multigpu.describe_cores(None) is None
+    assert core_shares(len(shares[0]) + 1) is None
+    assert describe_cores([4, 5, 6]) == "4-6" and describe_cores([1, 3]) == "1,3"
+    assert describe_cores([2]) == "2" and describe_cores(None) is None
 
 
 MULTIGPU_SUITE_TEST = """
@@ -523,8 +525,8 @@ def test_multigpu_refuses_a_card_twice(tmp_path, fake_pytest):
 
 
 def test_the_suite_s_parity_defaults_are_the_fp16_tolerance():
-    """One set of fp16 parity limits: the plugin's defaults are lpperf.parity's fp16 tolerance."""
-    from lpperf import parity
+    """One set of fp16 parity limits: the plugin's defaults are lpperf.measure.parity's fp16 tolerance."""
+    from lpperf.measure import parity
 
     defaults = {spec.name: spec.default for spec in pytest_plugin._OPTIONS}
     fp16 = parity.Tolerance.for_precision("fp16")

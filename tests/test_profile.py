@@ -8,8 +8,12 @@ import dataclasses
 import pytest
 import torch
 
-from lpperf import cli, frame, profile, recipes, timing, weights
-from lpperf.engine import HEAVY_NETS
+from lpperf import cli
+from lpperf.measure import frame, timing
+from lpperf.models import weights
+from lpperf.optimize import recipes
+from lpperf.reports import profile
+from lpperf.optimize.engine import HEAVY_NETS
 from lpperf.models import DECODER_NET, MOTION_NET, WARP_NET
 from test_frame import small_networks
 

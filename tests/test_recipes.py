@@ -7,8 +7,12 @@ import warnings
 import pytest
 import torch
 
-from lpperf import engine as engine_module
-from lpperf import frame, models, pipeline, recipes, rewrites, sample, steps as R
+from lpperf.optimize import engine as engine_module
+from lpperf import models
+from lpperf.animation import pipeline
+from lpperf.measure import frame
+from lpperf.models import sample
+from lpperf.optimize import recipes, rewrites, steps as R
 
 FRAMES = 2
 
@@ -121,7 +125,7 @@ def test_half_and_channels_last_reach_the_rewritten_layers(tiny_nets, monkeypatc
     decoder = engine.nets["spade_generator"]
     assert decoder.residual_dtype == torch.float32
     new_layers = [module for net in engine.nets.values() for module in net.modules()
-                  if type(module).__module__ == "lpperf.rewrites"]
+                  if type(module).__module__ == "lpperf.optimize.rewrites"]
     parameters = [p for module in new_layers for p in module.parameters()]
     assert len(new_layers) > 10 and parameters
     assert all(p.dtype == torch.float16 for p in parameters)

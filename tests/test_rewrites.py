@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lpperf import models, recipes, rewrites, roofline, steps
+from lpperf import models
+from lpperf.measure import roofline
+from lpperf.optimize import recipes, rewrites, steps
 from lpperf.models.blocks import ResBlock3d
 
 EXACT = 1e-6

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from lpperf.roofline import (
+from lpperf.measure.roofline import (
     DEFAULT_MARGIN,
     ImpossibleTimingError,
     PeakCache,
@@ -19,7 +19,8 @@ from lpperf.roofline import (
     matmul_flops,
     measure_peak,
 )
-from lpperf.timing import CudaUnavailableError, StoppingRule, time_callable
+from lpperf.measure.timing import StoppingRule, time_callable
+from lpperf.util.devices import CudaUnavailableError
 
 FAST_RULE = StoppingRule(min_repeats=5, min_seconds=0.0, max_rel_iqr=1.0, max_repeats=20, max_seconds=5.0)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lpperf import sample
+from lpperf.models import sample
 
 # Checksums of the shipped data and of the generated frames. The frames use
 # IEEE basic arithmetic only, so these hold bit-for-bit on every machine.

@@ -1,9 +1,9 @@
-"""lpperf.trends: creep against a pinned run and the best of the last runs, and change points."""
+"""lpperf.reports.trends: creep against a pinned run and the best of the last runs, and change points."""
 
 import numpy as np
 import pytest
 
-from lpperf import history, trends
+from lpperf.reports import history, trends
 
 
 # --- creep and change points ------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lpperf import validation
+from lpperf.util import validation
 
 
 def images(*shape, fill=0.5, dtype=torch.float32):

@@ -1,4 +1,4 @@
-"""lpperf.weights: strict official-checkpoint loading (and each of its errors), the save/load round
+"""lpperf.models.weights: strict official-checkpoint loading (and each of its errors), the save/load round
 trip, and the trained-like properties of the synthetic weights on the sample portrait."""
 
 import math
@@ -8,11 +8,14 @@ import torch
 from filelock import FileLock
 
 import lpperf.models as models
-import lpperf.weights as weights
+import lpperf.models.weights as weights
 from lpperf.models.blocks import coordinate_grid
-from lpperf.sample import driving_frames, portrait
+from lpperf.models.sample import driving_frames, portrait
 
 OFFICIAL_FILENAMES = [*weights.OFFICIAL_FILES.values(), weights.RETARGETING_FILE]
+# One xdist worker runs this file (conftest.py: loadgroup distribution), so the official-size networks are built
+# once while the other workers run the rest of the suite.
+pytestmark = pytest.mark.xdist_group("official-size-networks")
 
 @pytest.fixture(scope="session")
 def saved_dir(tmp_path_factory, worker_id):

@@ -6,7 +6,7 @@ workers, both sides the same code; some with a real, calibrated slowdown injecte
 Runs are spread over the cards (one run per card at a time, each pinned with CUDA_VISIBLE_DEVICES).
 Every run reads the same synthetic seed-0 weights, written once as official checkpoints (pass
 `--weights DIR` after `--` for others). Each card's runs are kept on their own share of the CPU
-cores (lpperf.multigpu.core_shares): a compile for one card must not slow the launches of a
+cores (lpperf.suite.multigpu.core_shares): a compile for one card must not slow the launches of a
 launch-bound (eager) frame measured on the other. Nothing else should run on the host meanwhile.
 Prints, per injected slowdown, how many runs ended regressed / same / undecided and their wall
 times, and writes DIR/study.json; every run's gate.json and worker logs stay in DIR/run-NN/.
@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from lpperf import multigpu
+from lpperf.suite import multigpu
 
 
 def main() -> int:
@@ -111,7 +111,7 @@ def synthetic_checkpoints(folder: Path) -> Path:
     """Synthetic seed-0 weights written once as official checkpoints: every worker of every run then
     reads the same files (seconds) instead of generating them again (20-30 s per run on the GPU host)."""
     if not folder.is_dir():
-        from lpperf import weights
+        from lpperf.models import weights
 
         weights.save_official(weights.synthetic(0, "cpu"), folder)
     return folder

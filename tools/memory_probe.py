@@ -14,7 +14,10 @@ import json
 import torch
 from torch import nn
 
-from lpperf import bench, frame, memory, recipes, weights
+from lpperf.measure import frame, memory
+from lpperf.models import weights
+from lpperf.optimize import recipes
+from lpperf.reports import bench
 
 MIB = 2**20
 

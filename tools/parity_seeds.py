@@ -3,7 +3,7 @@
     python tools/parity_seeds.py --recipes fast fastest --seeds 0 1 [--frames 4] [--device cuda]
 
 Prints PSNR, the largest 8-bit difference and NaN/Inf per recipe and seed; exits 1 if any row
-misses its precision's tolerance (lpperf.parity.Tolerance).
+misses its precision's tolerance (lpperf.measure.parity.Tolerance).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import argparse
 
 import torch
 
-from lpperf import frame, memory, parity, recipes, weights
+from lpperf.measure import frame, memory, parity
+from lpperf.models import weights
+from lpperf.optimize import recipes
 
 
 def main() -> int:

@@ -15,7 +15,9 @@ PROCESS_START = time.perf_counter()
 
 import torch  # noqa: E402  (timed: importing torch is part of a start)
 
-from lpperf import frame, recipes, weights  # noqa: E402
+from lpperf.measure import frame
+from lpperf.models import weights
+from lpperf.optimize import recipes  # noqa: E402
 
 
 def main() -> int:

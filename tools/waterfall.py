@@ -14,8 +14,11 @@ from pathlib import Path
 
 import torch
 
-from lpperf import bench, environment, frame, profile, recipes, weights
-from lpperf import steps as registry
+from lpperf.measure import environment, frame
+from lpperf.models import weights
+from lpperf.optimize import recipes
+from lpperf.reports import bench, profile
+from lpperf.optimize import steps as registry
 
 
 def variant_rows(recipe: str) -> list[bench.Row]:

@@ -27,10 +27,11 @@ from pathlib import Path
 
 from lpperf.gate import controller, report
 from lpperf.gate.workers import GateError, run_to_the_end
-from lpperf.video import atomic_path
+from lpperf.util.devices import device_name
+from lpperf.util.exits import Exit
+from lpperf.util.files import write_json
 
-EXIT_PASS, EXIT_REGRESSED, EXIT_ERROR, EXIT_UNDECIDED = 0, 1, 2, 3
-DEFAULT_MAX_ROUNDS = 48
+_DEFAULTS = controller.GateConfig()  # the gate's defaults are GateConfig's, stated once
 
 
 def add_parser(commands) -> None:
@@ -53,18 +54,20 @@ def add_parser(commands) -> None:
                       help=f"batch sizes of the gated frames, 1 to {controller.MAX_BATCH} (default: %(default)s)")
     gate.add_argument("--no-stages", action="store_true", help="skip the per-stage metrics (no attribution)")
     gate.add_argument("--gate-stages", action="store_true", help="gate the stages too, not only whole frames")
-    gate.add_argument("--threshold", type=_number(float, 0, 1, open_ends=True), default=0.03,
-                      help="regression threshold, a fraction in (0, 1) (default 0.03 = 3%%)")
-    gate.add_argument("--alpha", type=_number(float, 0, 0.5, open_ends=True), default=0.01,
-                      help="family-wise error per side, in (0, 0.5) (default 0.01)")
-    gate.add_argument("--rounds", type=_number(int, controller.MIN_ROUNDS, controller.MAX_ROUNDS), default=16,
-                      help=f"ABBA rounds per look, {controller.MIN_ROUNDS} to {controller.MAX_ROUNDS} (default 16)")
+    gate.add_argument("--threshold", type=_number(float, 0, 1, open_ends=True), default=_DEFAULTS.threshold,
+                      help="regression threshold, a fraction in (0, 1) (default %(default)s)")
+    gate.add_argument("--alpha", type=_number(float, 0, 0.5, open_ends=True), default=_DEFAULTS.alpha,
+                      help="family-wise error per side, in (0, 0.5) (default %(default)s)")
+    gate.add_argument("--rounds", type=_number(int, controller.MIN_ROUNDS, controller.MAX_ROUNDS),
+                      default=_DEFAULTS.rounds,
+                      help=f"ABBA rounds per look, {controller.MIN_ROUNDS} to {controller.MAX_ROUNDS} "
+                           "(default %(default)s)")
     gate.add_argument("--max-rounds", type=_number(int, controller.MIN_ROUNDS, controller.MAX_ROUNDS),
                       help=f"stop adding rounds here, at most {controller.MAX_ROUNDS} (default "
-                           f"{DEFAULT_MAX_ROUNDS}, or --rounds if larger)")
+                           f"{_DEFAULTS.max_rounds}, or --rounds if larger)")
     gate.add_argument("--undecided", choices=("fail", "pass"),
                       help="exit code when still undecided at --max-rounds: fail = 3 (default), pass = 0")
-    gate.add_argument("--device", default="auto", type=_device,
+    gate.add_argument("--device", default="auto", type=device_name,
                       help="auto, cuda, cuda:N or cpu (the CPU runs are for testing the gate)")
     gate.add_argument("--gpus", help="comma-separated cards to shard the metrics over (default: the first card)")
     gate.add_argument("--weights", metavar="DIR", help="official checkpoints (default: synthetic weights)")
@@ -98,12 +101,6 @@ def _number(kind, low: float, high: float, open_ends: bool | tuple[bool, bool] =
             raise argparse.ArgumentTypeError(f"must be {what} in {span}, got {text!r}")
         return value
     return parse
-
-
-def _device(text: str) -> str:
-    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
-        return text
-    raise argparse.ArgumentTypeError(f"unsupported device {text!r}; the gate runs on auto, cuda, cuda:N or cpu")
 
 
 def cmd_gate(args) -> int:
@@ -146,11 +143,11 @@ def _gate(args) -> int:
         noise = report.calibration(result)
         record["calibration"] = report.calibration_record(noise)
         print(report.format_calibration(noise, result))
-        _write_json(record, record_path)
+        write_json(record, record_path)
         print(f"\ncalibration: {record_path} (gate wall time {result.wall_s:.0f} s)")
-        return EXIT_PASS
+        return Exit.PASS
     print(report.format_table(result))
-    _write_json(record, record_path)
+    write_json(record, record_path)
     print(f"\ngate: {report.verdict_word(result)} in {result.wall_s:.0f} s; record: {record_path}")
     return result.exit_code
 
@@ -168,7 +165,7 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
                                 f"drop {option}")
     if args.gate_stages and args.no_stages:
         raise GateError("--gate-stages gates the stages that --no-stages skips; give one of them")
-    max_rounds = args.max_rounds or max(DEFAULT_MAX_ROUNDS, args.rounds)
+    max_rounds = args.max_rounds or max(_DEFAULTS.max_rounds, args.rounds)
     if max_rounds < args.rounds:
         raise GateError(f"--max-rounds {max_rounds} is below --rounds {args.rounds}; give --max-rounds >= --rounds")
     config = controller.GateConfig(threshold=args.threshold, alpha=args.alpha, rounds=args.rounds,
@@ -188,7 +185,7 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
 
 
 def _check_recipes(names) -> None:
-    from lpperf import recipes
+    from lpperf.optimize import recipes
 
     for name in names:
         try:
@@ -205,7 +202,7 @@ def _gpus(device: str, listed: str | None) -> list[str | None]:
     if device.startswith("cuda:") and listed:
         raise GateError(f"--device {device} names one card and --gpus names cards; give --device cuda --gpus LIST, "
                         "or --device cuda:N alone")
-    from lpperf.multigpu import visible_gpus
+    from lpperf.util.devices import visible_gpus
 
     visible = visible_gpus()
     if not visible:
@@ -354,11 +351,6 @@ def _unsafe(refused: tarfile.FilterError) -> str:
     if isinstance(refused, (tarfile.AbsolutePathError, tarfile.OutsideDestinationError)):
         return "a path outside the tree"
     return str(refused)
-
-
-def _write_json(data: dict, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def _clock():

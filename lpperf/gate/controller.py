@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lpperf import multigpu
+from lpperf.measure import STAGES
+from lpperf.util import cores
+from lpperf.util.exits import Exit
 from lpperf.gate import stats
 from lpperf.gate.workers import GateError, Worker, run_to_the_end, stop_all, worker_command
 
@@ -39,8 +41,6 @@ DEFAULT_BATCHES = (1, 4)
 MAX_BATCH = 64
 MIN_ROUNDS = 4  # fewer give no interval worth a look
 MAX_ROUNDS = 1000  # a bound that catches a typo (an extra zero) before hours of measuring
-STAGES = ("F", "M", "S", "W", "G")
-FRAME_STAGES = ("M", "S", "W", "G")  # F runs once per source: never part of a frame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,12 +149,12 @@ class GateResult:
         return [result for result in self.gated if result.verdict is stats.Verdict.UNDECIDED]
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> Exit:
         if self.regressed:
-            return 1
+            return Exit.REGRESSED
         if self.undecided and self.config.undecided_fails:
-            return 3
-        return 0
+            return Exit.UNDECIDED
+        return Exit.PASS
 
 
 WorkerFactory = Callable[[Side, str, str, Path, str], Worker]
@@ -268,9 +268,9 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
     groups = shard(metrics, len(gpus))
     # Lanes measure at the same time: each keeps its workers on its own CPU cores, so one lane's host
     # work cannot slow another's launches.
-    shares = (multigpu.core_shares(len(groups)) if len(groups) > 1 else None) or [None] * len(groups)
+    shares = (cores.core_shares(len(groups)) if len(groups) > 1 else None) or [None] * len(groups)
     try:
-        for gpu, lane_metrics, cores in zip(gpus, groups, shares):
+        for gpu, lane_metrics, lane_cores in zip(gpus, groups, shares):
             lane = Lane(gpu, lane_metrics)
             lanes.append(lane)
             for recipe in lane.recipes:
@@ -278,8 +278,8 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
                 for role, side in (("base", base), ("head", head)):
                     lane.pairs[recipe][role] = start(side, role, gpu, log_dir, recipe)
             for worker in lane.workers():
-                multigpu.pin(worker.pid, cores)
-            lane.setup["cores"] = multigpu.describe_cores(cores)
+                cores.pin(worker.pid, lane_cores)
+            lane.setup["cores"] = cores.describe_cores(lane_cores)
         progress(f"loading both sides on {sum(len(lane.pairs) for lane in lanes)} worker pair(s), one per recipe")
         _in_parallel([lambda w=w, lane=lane: _load(w, lane, config) for lane in lanes for w in lane.workers()], stop)
         for lane in lanes:

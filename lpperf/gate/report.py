@@ -9,8 +9,9 @@ import math
 import numpy as np
 
 from lpperf.gate import stats
-from lpperf.gate.controller import FRAME_STAGES, GateResult, MetricResult
-from lpperf.timing import decode_clock_reasons
+from lpperf.gate.controller import GateResult, MetricResult
+from lpperf.measure import FRAME_STAGES
+from lpperf.measure.timing import decode_clock_reasons
 
 # Clock-event reasons that mean the card slowed itself down (idle and application-clock bits do not).
 SLOWDOWN_REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",

@@ -96,7 +96,8 @@ class Side:
         import torch
 
         import lpperf
-        from lpperf import weights as weights_module
+
+        weights_module = _side_module(self.tree, "models.weights", "weights")
 
         package = os.path.dirname(os.path.abspath(lpperf.__file__))
         if os.path.commonpath([package, self.tree]) != self.tree:
@@ -117,7 +118,8 @@ class Side:
                 "load_s": time.perf_counter() - start}
 
     def prepare(self, metrics: list[dict], inject_slowdown: float) -> dict:
-        from lpperf import frame, recipes
+        frame = _side_module(self.tree, "measure.frame", "frame")
+        recipes = _side_module(self.tree, "optimize.recipes", "recipes")
 
         animators, warm_ms, compile_s, timed_as = {}, {}, {}, {}
         for metric in metrics:
@@ -138,7 +140,7 @@ class Side:
                 call = _bound_step(animator, driving)
                 replay = self.device.type == "cuda" and not _compiled(animator)
             if replay:
-                call = _captured(call, self.device, metric["name"])
+                call = _captured(call, self.device, metric["name"], self.tree)
             timed_as[metric["name"]] = "cuda graph replay" if replay else "back-to-back calls"
             self.calls[metric["name"]] = call
             warm_ms[metric["name"]] = self._warm_ms(call)
@@ -233,12 +235,32 @@ def _nvml_handle(torch, device):
         return None
 
 
+def _side_module(tree: str, *names: str):
+    """The side's lpperf module, under the first of `names` (below lpperf) that the side's tree holds: a
+    base from before the package was split into layer folders keeps its modules at the top. A module
+    found outside the tree (an installed lpperf answering for one the side lacks) does not count."""
+    import importlib
+
+    for name in names:
+        full = f"lpperf.{name}"
+        try:
+            module = importlib.import_module(full)
+        except ModuleNotFoundError as error:
+            if error.name not in (full, f"lpperf.{name.split('.')[0]}"):
+                raise  # the module exists but something it imports is missing: a real failure
+            continue
+        if os.path.commonpath([os.path.abspath(module.__file__), tree]) == tree:
+            return module
+        del sys.modules[full]
+    raise ModuleNotFoundError(f"the side's lpperf in {tree} has none of {', '.join('lpperf.' + n for n in names)}")
+
+
 def _bound_step(animator, driving):
     return lambda: animator.step(driving)
 
 
-def _captured(call, device, name: str):
-    from lpperf import timing
+def _captured(call, device, name: str, tree: str):
+    timing = _side_module(tree, "measure.timing", "timing")
 
     try:
         return timing.graph_replay(call, device)

@@ -72,7 +72,7 @@ def build(name: str, **overrides) -> nn.Module:
 
     A dict-valued override (dense_motion_params) is merged into the default
     dict, so only the changed entries need naming. Weights are PyTorch's
-    default initialisation (see lpperf.weights for loading or synthesising
+    default initialisation (see lpperf.models.weights for loading or synthesising
     real ones). Returned in eval mode, float32, on the CPU.
     """
     _check_name(name)

@@ -19,7 +19,8 @@ import time
 import pytest
 import torch
 
-from lpperf import frame, memory, parity, recipes, rewrites, roofline, steps, timing
+from lpperf.measure import frame, memory, parity, roofline, timing
+from lpperf.optimize import recipes, rewrites, steps
 
 pytestmark = pytest.mark.gpu
 
@@ -233,7 +234,7 @@ def test_triton_conv_matches_a_float64_convolution(cuda_device, cin, cout, kerne
     """The Triton implicit-GEMM kernel in fp16 on the card, eager and inside torch.compile (as the recipes
     run it), against the float64 convolution: G's shapes (up_1's conv_0, the batched gamma/beta, a
     shortcut) and an odd one (a 3x5 kernel, partial tiles)."""
-    from lpperf import kernels
+    from lpperf.optimize import kernels
     if not kernels.triton_available():
         pytest.skip("Triton is not installed with this torch")
     generator = torch.Generator().manual_seed(0)

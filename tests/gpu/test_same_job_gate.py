@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lpperf.gate import command, controller, report
-from lpperf.multigpu import visible_gpus
+from lpperf.util.devices import visible_gpus
 
 pytestmark = pytest.mark.gpu
 

@@ -7,13 +7,13 @@ Two explicit clocks, chosen by the device type, never by what happens to be inst
   events are recorded on ``torch.cuda.current_stream(device)`` around the call, and
   the elapsed time is read after ``end.synchronize()``. The callable's GPU work must
   be on that stream (or joined to it). Asking for CUDA timing where CUDA is absent
-  raises :class:`CudaUnavailableError`.
+  raises :class:`lpperf.util.devices.CudaUnavailableError`.
 * ``cpu``: ``time.perf_counter`` around the call and nothing else (no torch.cuda
   call in the timed region); the callable must be synchronous. If CUDA gets
   initialised during the first call, the callable is using the GPU and a
   ``ValueError`` says to time it on a CUDA device instead. (If CUDA was already
   initialised before, that cannot be detected; the roofline guard in
-  ``lpperf.roofline`` is the second line of defence.)
+  ``lpperf.measure.roofline`` is the second line of defence.)
 
 The first call (where ``torch.compile``, cuDNN autotuning and lazy init happen) and the
 warm-up calls are timed apart (host wall time, synchronised) and never enter the
@@ -24,7 +24,7 @@ pytest-benchmark: its default clock is a host clock, which times only the *launc
 asynchronous GPU work. Never hand it an unsynchronised GPU callable. Two supported
 ways, both documented below: :class:`SynchronizedTarget` for ``benchmark.pedantic``
 (synchronises in ``setup`` before the timer starts and inside the target before the
-timer stops), or ``--benchmark-timer lpperf.timing.synchronized_perf_counter``. Both
+timer stops), or ``--benchmark-timer lpperf.measure.timing.synchronized_perf_counter``. Both
 measure host wall time including launch overhead; :func:`time_callable` is the CUDA
 event measurement, and its ``to_dict()`` can go into ``benchmark.extra_info``.
 """
@@ -39,7 +39,8 @@ from typing import Any
 
 import torch
 
-from lpperf.memory import NvmlUnavailable, nvml_device_handle, nvml_session
+from lpperf.measure.memory import NvmlUnavailable, nvml_device_handle, nvml_session
+from lpperf.util.devices import resolve_device
 
 CLOCK_CUDA_EVENT = "cuda_event"
 CLOCK_HOST = "host_perf_counter"
@@ -58,10 +59,6 @@ CLOCK_REASON_BITS: tuple[tuple[int, str], ...] = (
     (0x200, "board_limit"),
     (0x400, "reliability"),
 )
-
-
-class CudaUnavailableError(RuntimeError):
-    """CUDA timing was asked for where CUDA cannot be used."""
 
 
 # ---------------------------------------------------------------------------------
@@ -233,25 +230,6 @@ def _try_read_clocks(cuda_index: int) -> tuple[ClockReading | None, str]:
 # devices
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """The explicit timing branch: 'cpu' or a usable CUDA device; anything else is an error."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise ValueError(f"timing supports 'cpu' and 'cuda[:N]' devices, got {device}")
-    if not torch.cuda.is_available():
-        raise CudaUnavailableError(
-            f"CUDA event timing was requested for {device}, but torch.cuda.is_available() is False "
-            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}). Run on a GPU machine "
-            "or time on device='cpu' with a synchronous callable."
-        )
-    index = torch.cuda.current_device() if device.index is None else device.index
-    if index >= torch.cuda.device_count():
-        raise CudaUnavailableError(f"{device} requested but only {torch.cuda.device_count()} CUDA devices are visible")
-    return torch.device("cuda", index)
-
-
 def _synchronize_initialized_cuda() -> None:
     """Wait for all GPU work if this process ever touched CUDA (guard for host timing)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -381,7 +359,7 @@ def time_callable(
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0 calls, got {warmup}")
     rule = StoppingRule() if rule is None else rule
-    device = resolve_device(device)
+    device = resolve_device(device, option="device")
     is_cuda = device.type == "cuda"
     if flush_l2 and not is_cuda:
         raise ValueError("flush_l2 needs a CUDA device; CPU caches are not flushed by lpperf")
@@ -444,7 +422,7 @@ def graph_replay(fn: Callable[[], object], device: str | torch.device, *, warmup
     data-dependent control flow). Warm-up runs first on a side stream, so cuDNN autotuning and
     lazy initialisation stay out of the graph.
     """
-    device = resolve_device(device)
+    device = resolve_device(device, option="device")
     if device.type != "cuda":
         raise ValueError(f"CUDA graphs need a CUDA device, got {device}; time the eager call on the CPU instead")
     side = torch.cuda.Stream(device)
@@ -480,7 +458,7 @@ def _clear_cublas_workspaces() -> None:
 def synchronized_perf_counter() -> float:
     """A pytest-benchmark timer that waits for the GPU before reading the host clock.
 
-    Use with ``--benchmark-timer lpperf.timing.synchronized_perf_counter``. pytest-benchmark
+    Use with ``--benchmark-timer lpperf.measure.timing.synchronized_perf_counter``. pytest-benchmark
     reads the timer before and after the target, so both ends are synchronised.
     """
     _synchronize_initialized_cuda()
@@ -504,7 +482,7 @@ class SynchronizedTarget:
 
     def __init__(self, fn: Callable[[], object], device: str | torch.device, *, flush_l2: bool = False):
         self.fn = fn
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, option="device")
         if flush_l2 and self.device.type != "cuda":
             raise ValueError("flush_l2 needs a CUDA device; CPU caches are not flushed by lpperf")
         self._flusher = L2Flusher(self.device) if flush_l2 else None

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import lpperf
-from lpperf.memory import NvmlUnavailable, nvml_session
+from lpperf.measure.memory import NvmlUnavailable, nvml_session
 
 
 def cpu_model() -> str:

@@ -95,7 +95,7 @@ def check_unit_range_async(values: torch.Tensor, name: str) -> torch.Tensor:
         return check_unit_range(values, name)
     in_range = ((values >= 0) & (values <= 1)).all()  # NaN fails both comparisons
     torch._assert_async(in_range, f"{name}: values must be finite and within [0, 1] (NaN, Inf or 0-255 "
-                                  "input?); check frames with lpperf.validation.check_unit_range first")
+                                  "input?); check frames with lpperf.util.validation.check_unit_range first")
     return values
 
 

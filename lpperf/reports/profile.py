@@ -36,13 +36,16 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from lpperf import frame, recipes, roofline, timing
-from lpperf.charts import plain_number, shorten_middle
-from lpperf.engine import HEAVY_NETS, OptimizedAnimator
-from lpperf.kernels import TritonConv2d
+from lpperf.measure import frame, roofline, timing
+from lpperf.optimize import recipes
+from lpperf.reports.charts import plain_number, shorten_middle
+from lpperf.optimize.engine import HEAVY_NETS, OptimizedAnimator
+from lpperf.optimize.kernels import TritonConv2d
 from lpperf.models import DECODER_NET, FEATURE_NET, MOTION_NET, WARP_NET
-from lpperf.rewrites import LAYER_TYPES
-from lpperf.validation import check_positive_int
+from lpperf.optimize.rewrites import LAYER_TYPES
+from lpperf.util.arguments import at_least
+from lpperf.util.devices import DEVICES, device_name, resolve_device
+from lpperf.util.validation import check_positive_int
 
 TIMED_TYPES = (nn.Conv2d, nn.Conv3d, nn.Linear, TritonConv2d) + LAYER_TYPES
 LAYER_RULE = timing.StoppingRule(min_repeats=10, min_seconds=0.02, max_rel_iqr=0.05, max_repeats=200, max_seconds=1.0)
@@ -196,7 +199,7 @@ def frame_split(animator: OptimizedAnimator, driving: torch.Tensor, device: str 
     """The frame, its GPU busy time and M, W, G each alone, measured on the animator as its recipe runs
     it; with probe_inputs, M, W, G alone on standard normal inputs of the same shapes too."""
     check_positive_int(profiled_frames, "profiled_frames")
-    device = timing.resolve_device(device)
+    device = resolve_device(device, option="device")
     frame_ms = timing.time_callable(lambda: animator.step(driving), device, warmup=warmup, rule=rule).median_ms
     inputs = network_inputs(animator, driving)
     calls, form = _network_calls(animator, inputs, device)
@@ -357,14 +360,13 @@ def format_split(split: FrameSplit) -> str:
 
 
 def add_parser(commands) -> None:
-    from lpperf.bench import MAX_BATCH
-    from lpperf.cli import DEVICES, _at_least, _device_name  # here: lpperf.cli imports this module
+    from lpperf.reports.bench import MAX_BATCH
 
     parser = commands.add_parser("profile", help="per-layer time, FLOPs and FLOP/s of a recipe's frame")
     parser.add_argument("--recipe", default="fastest", help="recipe to profile (default %(default)s)")
-    parser.add_argument("--batch", type=_at_least(1, most=MAX_BATCH), default=1, metavar="N",
+    parser.add_argument("--batch", type=at_least(1, most=MAX_BATCH), default=1, metavar="N",
                         help=f"driving frames per step (default 1, at most {MAX_BATCH}, as lpperf bench)")
-    parser.add_argument("--top", type=_at_least(1), default=25, metavar="N", help="rows to print (default 25)")
+    parser.add_argument("--top", type=at_least(1), default=25, metavar="N", help="rows to print (default 25)")
     parser.add_argument("--kernels", action="store_true", help="also torch.profiler's kernel table of the frame")
     parser.add_argument("--split", action="store_true", help="also the frame's split: GPU busy and idle time, "
                         "M, W, G each alone (the official speed script's way) and the time outside them")
@@ -372,14 +374,13 @@ def add_parser(commands) -> None:
                         "standard normal inputs, as the official speed script times them")
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer table (then give --split "
                         "or --kernels: something must be measured)")
-    parser.add_argument("--device", default="auto", type=_device_name, help=DEVICES)
+    parser.add_argument("--device", default="auto", type=device_name, help=DEVICES)
     parser.add_argument("--weights", metavar="DIR", help="official checkpoints (default: synthetic weights)")
     parser.set_defaults(handler=cmd_profile)
 
 
 def cmd_profile(args) -> int:
-    from lpperf import weights
-    from lpperf.cli import resolve_device
+    from lpperf.models import weights
 
     recipes.lookup(args.recipe)  # an unknown name fails here, before anything loads
     if args.probe_inputs and not args.split:

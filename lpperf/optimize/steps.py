@@ -1,4 +1,4 @@
-"""Inference optimizations: each one a registered step that edits an Engine (lpperf.engine: its private
+"""Inference optimizations: each one a registered step that edits an Engine (lpperf.optimize.engine: its private
 copy of the networks plus how the per-frame step runs). A step says what it is; the registry answers:
 
     @register("+ fold BatchNorm into convs")
@@ -9,7 +9,7 @@ copy of the networks plus how the per-frame step runs). A step says what it is; 
     lookup("half")                           # a ValueError naming the known steps otherwise
 
 A step that cannot apply on this machine (no CUDA, an unsupported layer, already rewritten) raises
-StepNotApplicable with the reason; lpperf.recipes.build records it and carries on. What an engine ends
+StepNotApplicable with the reason; lpperf.optimize.recipes.build records it and carries on. What an engine ends
 up doing (compiled or not, in which precision) is read from the engine, never from step names.
 """
 
@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
-from lpperf import kernels, rewrites
-from lpperf.engine import HEAVY_NETS, MEMORY_FORMATS, Engine, SourceCachedWarp, StepNotApplicable
+from lpperf.optimize import kernels, rewrites
+from lpperf.optimize.engine import HEAVY_NETS, MEMORY_FORMATS, Engine, SourceCachedWarp, StepNotApplicable
 from lpperf.models import DECODER_NET, FEATURE_NET, WARP_NET, SPADEDecoder
-from lpperf.validation import IMAGE_SIZE
+from lpperf.util.validation import IMAGE_SIZE
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -58,7 +58,7 @@ class Step:
     def __eq__(self, other: object) -> bool:
         if isinstance(other, str):
             raise TypeError(f"step {self.name!r} compared with the string {other!r}: compare steps "
-                            f"(lpperf.steps.lookup({other!r})) or names (step.name)")
+                            f"(lpperf.optimize.steps.lookup({other!r})) or names (step.name)")
         return self is other
 
     __hash__ = object.__hash__
@@ -285,7 +285,7 @@ def phase_split_upsampled_convs(engine: Engine) -> None:
 @register("+ G's last block on a Triton kernel")
 def triton_decoder_convs(engine: Engine) -> None:
     """The residual block of G's 256 x 256 stage (up_1: conv_0, conv_1 and the shortcut conv_s, 64
-    outputs each at the official sizes) as lpperf.kernels.TritonConv2d: an implicit-GEMM Triton kernel
+    outputs each at the official sizes) as lpperf.optimize.kernels.TritonConv2d: an implicit-GEMM Triton kernel
     on the card in half precision, F.conv2d elsewhere. Only those: alone at batch 1 on an H200 (torch
     2.11) the kernel beat cuDNN on them (-13, -23 and -26 %) and lost on the stage's SPADE gamma/beta
     convolutions (+9 and +16 %), and at batch 16 it lost on all. In the compiled frame its kernels cost

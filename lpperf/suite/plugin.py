@@ -4,8 +4,10 @@ Registered with a `pytest11` entry point (as pytest-benchmark is), so it loads b
 is parsed; the repository's conftest.py loads it too when lpperf is not installed. In other projects
 it stays out of the way: the per-card history, the report header and the card detection switch on
 only where `lpperf_history` is set (this repository's pytest.ini sets it) or a test asks for the GPU.
-torch, pytest-benchmark and other lpperf modules are imported inside hooks and fixtures, never at
-import time. docs/GPU_SUITE.md explains how the pieces fit together.
+Everywhere it adds its options, the `gpu` marker and the skipping of GPU tests where there is no GPU.
+torch, pytest-benchmark and lpperf's other modules are imported inside hooks and fixtures, never at
+import time (only lpperf.measure.tolerances, which needs no torch, for the parity defaults).
+docs/GPU_SUITE.md explains how the pieces fit together.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from lpperf.measure.tolerances import Tolerance
+
 SYNTHETIC_SEED = 0
 # pytest-benchmark's default --benchmark-storage; any other value was chosen by the user and is kept.
 _PYTEST_BENCHMARK_DEFAULT_STORAGE = "file://./.benchmarks"
+# The suite's parity defaults are the fp16 tolerance, the precision of the gated recipes.
+_FP16 = Tolerance.for_precision("fp16")
 
 
 @dataclass(frozen=True)
@@ -130,8 +136,10 @@ _OPTIONS = (
                 "official-style peer (.half() + torch.compile reduce-overhead per network), same session", "2.0"),
     _OptionSpec("memory-budget-mib", "MIB", _positive_int, "most GPU memory (NVML, this process) a test may use",
                 "4096"),
-    _OptionSpec("min-psnr", "DB", _positive_float, "least PSNR of optimized output against the fp32 reference", "40"),
-    _OptionSpec("max-level-diff", "LEVELS", _level_diff, "largest per-pixel difference in 8-bit levels", "12"),
+    _OptionSpec("min-psnr", "DB", _positive_float, "least PSNR of optimized output against the fp32 reference",
+                f"{_FP16.min_psnr_db:g}"),
+    _OptionSpec("max-level-diff", "LEVELS", _level_diff, "largest per-pixel difference in 8-bit levels",
+                str(_FP16.max_level_diff)),
     _OptionSpec("inject-slowdown", "FRACTION", _fraction, "TEST ONLY: the gated frame benchmarks spin the GPU for "
                 "this fraction of each frame after it (checks that the history gate catches a known slowdown)", "0"),
     _OptionSpec("gate-base", "REF", _optional_text, "run tests/gpu/test_gate.py: the working tree against this "
@@ -145,12 +153,12 @@ _INFO = pytest.StashKey[dict]()
 
 
 def _detect_card() -> CardInfo:
-    """The current CUDA device. Kept small and private so lpperf.environment can replace it."""
+    """The current CUDA device. Kept small and private so lpperf.measure.environment can replace it."""
     try:
         import torch
     except (ImportError, OSError) as error:
         return CardInfo("cpu", False, f"no CUDA GPU: torch is not importable ({error})", None, None, None)
-    from lpperf.environment import cpu_model, nvml_info
+    from lpperf.measure.environment import cpu_model, nvml_info
 
     if not torch.cuda.is_available():
         reason = f"no CUDA GPU: torch.cuda.is_available() is False (torch {torch.__version__})"
@@ -218,7 +226,7 @@ def _check_baseline(config: pytest.Config, storage_dir: Path, card: CardInfo) ->
     """
     from pytest_benchmark.utils import get_machine_id
 
-    from lpperf import history
+    from lpperf.reports import history
 
     option = config.option
     if not storage_dir.resolve().is_relative_to(Path.cwd().resolve()):
@@ -252,7 +260,7 @@ def _check_baseline(config: pytest.Config, storage_dir: Path, card: CardInfo) ->
 
 
 def _prepare_benchmark_history(config: pytest.Config, settings: _Settings, card: CardInfo) -> None:
-    from lpperf import history
+    from lpperf.reports import history
 
     option = config.option
     if option.benchmark_storage == _PYTEST_BENCHMARK_DEFAULT_STORAGE:
@@ -338,6 +346,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    if not _enabled(config):
+        return
     card = _card(config)
     machine_info.update(
         card=card.name,
@@ -367,6 +377,8 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config):
     # pytest-benchmark signals a failed --benchmark-compare-fail gate by raising out of pytest
     # (a traceback, exit 1). Turn that into an ordinary failed run with one clear line.
+    if not _enabled(config):
+        return (yield)
     info = config.stash.get(_INFO, {})
     if info:
         terminalreporter.section("lpperf informational results (not gated)")
@@ -424,9 +436,9 @@ def lpperf_sync_clock() -> Callable[[], float]:
 
 
 def _synchronized_clock() -> Callable[[], float]:
-    """lpperf.timing's synchronising perf_counter, imported only when a benchmark needs it, so
+    """lpperf.measure.timing's synchronising perf_counter, imported only when a benchmark needs it, so
     collection never depends on lpperf."""
-    from lpperf.timing import synchronized_perf_counter
+    from lpperf.measure.timing import synchronized_perf_counter
 
     return synchronized_perf_counter
 
@@ -444,8 +456,8 @@ def cuda_device(lpperf_card: CardInfo):
 @pytest.fixture(scope="session")
 def lpperf_nets(cuda_device, lpperf_weights_dir: Path | None):
     """The networks on the card: official checkpoints with --lpperf-weights, else synthetic weights."""
-    import lpperf.weights  # here, not at module level: collection must not depend on it
+    import lpperf.models.weights  # here, not at module level: collection must not depend on it
 
     if lpperf_weights_dir is None:
-        return lpperf.weights.synthetic(SYNTHETIC_SEED, cuda_device)
-    return lpperf.weights.load_official(lpperf_weights_dir, cuda_device)
+        return lpperf.models.weights.synthetic(SYNTHETIC_SEED, cuda_device)
+    return lpperf.models.weights.load_official(lpperf_weights_dir, cuda_device)

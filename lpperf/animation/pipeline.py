@@ -10,7 +10,7 @@ Conventions (as the official LivePortrait code):
 
 The Animator runs the source-only work (F, M, R_s, x_s) once per source;
 each driving batch then costs M + keypoint math + S + W + G in `step`
-(written once, in `run_stages`; lpperf.frame runs and times the stages alone).
+(written once, in `run_stages`; lpperf.measure.frame runs and times the stages alone).
 
 Not implemented (no landmark detector or convex hull here): the official
 "expression-friendly" driving option (motion multiplier from keypoint hull
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpperf.models import DECODER_NET, EYE_NET, FEATURE_NET, LIP_NET, MOTION_NET, STITCHING_NET, WARP_NET
-from lpperf.validation import (check_bool, check_feature_volume, check_finite_number, check_floating,
+from lpperf.util.validation import (check_bool, check_feature_volume, check_finite_number, check_floating,
                                check_fraction, check_images, check_keypoints, check_positive_int, check_ratio,
                                check_same_placement, check_tensor, check_unit_range_async)
 
@@ -381,7 +381,7 @@ class Animator:
                           lip_ratio: torch.Tensor | None = None) -> torch.Tensor:
         """The keypoints x_d (BxKx3) that W warps the source to, from the driving frames' motion."""
         if not isinstance(motion, Motion):
-            raise ValueError(f"motion must be a lpperf.pipeline.Motion, got {type(motion).__name__}")
+            raise ValueError(f"motion must be a lpperf.animation.pipeline.Motion, got {type(motion).__name__}")
         source = self._require_source()
         batch = motion.canonical.shape[0]
         if self.relative_motion:

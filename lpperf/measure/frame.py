@@ -1,7 +1,7 @@
 """What one animated frame is made of, for everything that measures frames: lpperf bench, the GPU
 suite and the `lpperf gate` worker.
 
-A frame is one per-frame step of lpperf.pipeline.Animator (written there once, in run_stages): M,
+A frame is one per-frame step of lpperf.animation.pipeline.Animator (written there once, in run_stages): M,
 keypoint math + S, W, G; F runs once per source. This module runs that step on the sample data and
 takes it apart:
 
@@ -24,11 +24,13 @@ from collections.abc import Callable
 
 import torch
 
-from lpperf import pipeline, recipes, roofline, sample, timing
-from lpperf.engine import Engine, OptimizedAnimator
-from lpperf.validation import check_positive_int
+from lpperf.animation import pipeline
+from lpperf.measure import STAGES, roofline, timing
+from lpperf.models import sample
+from lpperf.optimize import recipes
+from lpperf.optimize.engine import Engine, OptimizedAnimator
+from lpperf.util.validation import check_positive_int
 
-STAGES = ("F", "M", "S", "W", "G")  # F runs once per source; M, S, W and G once per frame
 STAGE_OUTPUT_NAMES = ("f_s", "keypoints", "deformation", "warped")  # the stages' outputs compared for parity
 PARITY_FRAMES = 4  # driving frames compared with the float32 reference
 STAGE_RULE = timing.StoppingRule(min_repeats=10, min_seconds=0.05, max_rel_iqr=0.05, max_repeats=100,

@@ -6,7 +6,7 @@ resized: LivePortrait's networks take 256x256 crops, and a frame of another size
 
 Outputs are written under a temporary name in the destination folder and renamed only once
 complete, so an interrupted or failed run never leaves a file that looks finished; inside
-`termination_as_interrupt()` SIGTERM and SIGHUP count as an interruption too. An output is never
+`lpperf.util.files.termination_as_interrupt()` SIGTERM and SIGHUP count as an interruption too. An output is never
 one of the inputs (check_not_an_input).
 """
 
@@ -16,9 +16,6 @@ import contextlib
 import math
 import numbers
 import os
-import signal
-import tempfile
-import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -26,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lpperf.validation import IMAGE_SIZE, check_path, check_tensor
+from lpperf.util.files import atomic_path
+from lpperf.util.validation import IMAGE_SIZE, check_path, check_tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_FPS = 25
@@ -191,62 +189,6 @@ class DrivingSource:
             except av.FFmpegError as error:
                 raise ValueError(f"cannot decode driving video {self.path} ({error}); the file may be "
                                  "truncated or damaged") from None
-
-
-@contextlib.contextmanager
-def atomic_path(destination: str | Path) -> Iterator[Path]:
-    """A temporary path beside `destination`, renamed to it when the block succeeds, removed otherwise
-    (including on Ctrl-C)."""
-    destination = Path(destination)
-    folder = destination.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output folder {folder} does not exist; create it or choose another output path")
-    try:
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{destination.name}.", suffix=".partial")
-    except OSError as error:
-        raise OSError(f"cannot write into {folder} ({error.strerror or error}); choose a writable output "
-                      "location") from None
-    os.close(handle)
-    temporary = Path(temporary)
-    try:
-        yield temporary
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it owner-only; give it a normal file's mode
-        os.replace(temporary, destination)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised like Ctrl-C so that the same clean-up runs."""
-
-
-@contextlib.contextmanager
-def termination_as_interrupt() -> Iterator[None]:
-    """Inside the block SIGTERM and SIGHUP raise Terminated (a KeyboardInterrupt), so atomic_path removes
-    its temporary file as on Ctrl-C instead of the process dying with it left behind. The previous
-    handlers come back afterwards. Python runs signal handlers in the main thread only: elsewhere
-    this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(number, frame):
-        raise Terminated(f"terminated by {signal.Signals(number).name}")
-
-    numbers = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-    previous = {number: signal.signal(number, interrupt) for number in numbers}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def _same_file(first: Path, second: Path) -> bool:

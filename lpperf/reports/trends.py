@@ -8,7 +8,7 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from lpperf.history import UNSETTLED_MARK, UNSETTLED_NOTE, HistoryError, Run, card_slug, median_ratio
+from lpperf.reports.history import UNSETTLED_MARK, UNSETTLED_NOTE, HistoryError, Run, card_slug, median_ratio
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Run the GPU suite on every visible card at once: one pytest process per card, none shared.
 
-    python -m lpperf.multigpu [--out DIR] [--gpus 0,1,...] [--history DIR] [--] PYTEST_ARGS...
+    python -m lpperf.suite.multigpu [--out DIR] [--gpus 0,1,...] [--history DIR] [--] PYTEST_ARGS...
 
-e.g. ``python -m lpperf.multigpu -- -m gpu --benchmark-compare --benchmark-compare-fail=median:10%``.
+e.g. ``python -m lpperf.suite.multigpu -- -m gpu --benchmark-compare --benchmark-compare-fail=median:10%``.
 
 Why processes and not pytest-xdist: pytest-benchmark disables itself under xdist, and a card must
 never be shared by two workers (timings would interfere). Worker ``i`` sees only card ``i``
@@ -30,6 +30,9 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lpperf.util.cores import core_shares, describe_cores, pin
+from lpperf.util.devices import visible_gpus
+
 PYTEST = (sys.executable, "-m", "pytest")
 # Set per worker by this module; passing them as well would make workers share files.
 _RESERVED_PYTEST_OPTIONS = ("--benchmark-json", "--benchmark-storage", "--lpperf-history", "--junitxml", "--junit-xml")
@@ -50,28 +53,18 @@ class WorkerResult:
     cores: str | None = None  # the CPU cores the worker was kept on (None: not pinned)
 
 
-def visible_gpus() -> list[str]:
-    """The cards a worker can be given: CUDA_VISIBLE_DEVICES entries if set, else every CUDA device."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [entry.strip() for entry in listed.split(",") if entry.strip()]
-    import torch
-
-    return [str(index) for index in range(torch.cuda.device_count())]
-
-
 def check_pytest_args(pytest_args: Sequence[str]) -> None:
     """Refuse options that would make workers share files or turn benchmarking off."""
     for arg in pytest_args:
         name = arg.split("=", 1)[0]
         if name in _RESERVED_PYTEST_OPTIONS:
             raise ValueError(
-                f"{name} is set per worker by lpperf.multigpu (each card gets its own under OUT/gpu<i>/); "
+                f"{name} is set per worker by lpperf.suite.multigpu (each card gets its own under OUT/gpu<i>/); "
                 "remove it from the pytest arguments (multigpu's --history picks the history copied to each worker)."
             )
         if name in _XDIST_OPTIONS or (arg.startswith("-n") and not arg.startswith("--")):
             raise ValueError(
-                f"{arg!r}: pytest-xdist turns pytest-benchmark off; lpperf.multigpu already runs one process per card."
+                f"{arg!r}: pytest-xdist turns pytest-benchmark off; lpperf.suite.multigpu already runs one process per card."
             )
 
 
@@ -94,41 +87,6 @@ def worker_environment(gpu: str, worker_count: int, cores: Sequence[int] | None 
     threads = len(cores) if cores else max(1, (os.cpu_count() or 1) // worker_count)
     environment.setdefault("OMP_NUM_THREADS", str(threads))
     return environment
-
-
-def core_shares(count: int) -> list[list[int]] | None:
-    """This process's CPU cores in `count` disjoint, contiguous shares, one per card's worker; None where
-    affinity cannot be set (not Linux) or there are fewer cores than workers.
-
-    Why: a compile in one card's process (inductor uses every core it may) slows the kernel launches of
-    a launch-bound measurement in another card's process on the same host. Measured on two H200s
-    sharing a host (torch 2.11, 2026-11-29): an eager frame's per-round spread went to +-20 %, and an
-    A/A comparison of one card's CUDA-graph frame moved 11.5 %, while the other card compiled."""
-    if not hasattr(os, "sched_getaffinity") or count < 1:
-        return None
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < count:
-        return None
-    return [cores[index * len(cores) // count:(index + 1) * len(cores) // count] for index in range(count)]
-
-
-def pin(pid: int, cores: Sequence[int] | None) -> None:
-    """Keep process `pid` (and the processes and threads it starts afterwards) on `cores`."""
-    if not cores:
-        return
-    try:
-        os.sched_setaffinity(pid, cores)
-    except ProcessLookupError:
-        pass  # it has already exited: its exit code and log say why, where it is waited for
-
-
-def describe_cores(cores: Sequence[int] | None) -> str | None:
-    if not cores:
-        return None
-    if len(cores) == 1:
-        return str(cores[0])
-    contiguous = list(cores) == list(range(cores[0], cores[-1] + 1))
-    return f"{cores[0]}-{cores[-1]}" if contiguous else ",".join(map(str, cores))
 
 
 def run_workers(
@@ -194,7 +152,7 @@ def format_summary(results: Sequence[WorkerResult]) -> str:
 
 def main(argv: Sequence[str] | None = None, launcher: Sequence[str] = PYTEST) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lpperf.multigpu",
+        prog="python -m lpperf.suite.multigpu",
         description="Run pytest on every visible GPU at once, one process per card. "
         "Arguments after `--` (or not recognised here) go to every pytest worker.",
         allow_abbrev=False,

@@ -1,4 +1,4 @@
-"""Recipes: named lists of optimization steps (lpperf.steps), and build(), which applies one to a
+"""Recipes: named lists of optimization steps (lpperf.optimize.steps), and build(), which applies one to a
 private copy of the networks:
 
     engine = recipes.build("fast", nets, device="cuda")
@@ -21,9 +21,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lpperf import steps
-from lpperf.engine import Engine, StepNotApplicable
-from lpperf.steps import Step
+from lpperf.optimize import steps
+from lpperf.optimize.engine import Engine, StepNotApplicable
+from lpperf.optimize.steps import Step
 
 log = logging.getLogger(__name__)
 
@@ -116,4 +116,4 @@ def _resolve(recipe: str | Recipe | Sequence[Step]) -> tuple[Step, ...]:
         return recipe.steps
     if isinstance(recipe, Sequence) and all(isinstance(step, Step) for step in recipe):
         return tuple(recipe)
-    raise TypeError(f"recipe must be a recipe name, a Recipe or a sequence of lpperf.steps.Step, got {recipe!r}")
+    raise TypeError(f"recipe must be a recipe name, a Recipe or a sequence of lpperf.optimize.steps.Step, got {recipe!r}")

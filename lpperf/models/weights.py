@@ -21,7 +21,7 @@ from torch import nn
 
 from lpperf import models
 from lpperf.models import DECODER_NET, EYE_NET, FEATURE_NET, LIP_NET, MOTION_NET, STITCHING_NET, WARP_NET
-from lpperf.validation import check_int, check_path
+from lpperf.util.validation import check_int, check_path
 
 # Network -> official file (plain state dicts).
 OFFICIAL_FILES = {
@@ -373,7 +373,7 @@ def _init_retargeting(net: models.RetargetingMLP, generator: torch.Generator) ->
 
 def _calibration_images(images: torch.Tensor | None) -> torch.Tensor:
     if images is None:
-        from lpperf.sample import portrait  # lazily: only synthetic weights need the sample data
+        from lpperf.models.sample import portrait  # lazily: only synthetic weights need the sample data
         images = portrait()
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1:] != (3, 256, 256):
         raise ValueError("calibration images must be a tensor (N, 3, 256, 256) in [0, 1] (the networks' input "
@@ -460,7 +460,7 @@ def synthetic(seed: int = 0, device: torch.device | str = "cpu",
     - variance-preserving initialisation, residual branches damped;
     - spectral-norm u, v at their converged values (sigma is the true spectral norm);
     - BatchNorm running statistics measured on `calibration_images`
-      (N x 3 x 256 x 256 in [0, 1]; default lpperf.sample.portrait()): F's on
+      (N x 3 x 256 x 256 in [0, 1]; default lpperf.models.sample.portrait()): F's on
       all N, W's on the first image under a small head roll;
     - motion heads predicting keypoints within about [-0.6, 0.6], scale ~1.6,
       small expression and translation, near-frontal head poses;
@@ -533,5 +533,5 @@ def load_networks(weights: str | Path | None, device: str | torch.device, seed: 
     if torch.device(device).type == "cpu":
         return Networks(tiny_networks(seed), "TINY networks (lpperf.models.TINY: ~1/35 of the official FLOPs), "
                         "synthetic weights (seeded default init)", reduced=True, official_weights=False)
-    return Networks(synthetic(seed, device="cpu"), f"synthetic weights (lpperf.weights.synthetic, seed {seed}), "
+    return Networks(synthetic(seed, device="cpu"), f"synthetic weights (lpperf.models.weights.synthetic, seed {seed}), "
                     "official sizes", reduced=False, official_weights=False)

@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lpperf.history import Run
-from lpperf.trends import change_points
-from lpperf.video import atomic_path
+from lpperf.reports.history import Run
+from lpperf.reports.trends import change_points
+from lpperf.util.files import atomic_path
 
 if TYPE_CHECKING:
-    from lpperf.bench import RowResult
+    from lpperf.reports.bench import RowResult
 
 
 def unavailable_reason() -> str:
@@ -148,7 +148,7 @@ MEMORY_TITLE = "GPU memory: process peak through NVML (CUDA context and workspac
 
 
 def bench_charts(results: Sequence[RowResult], out_dir: Path, title: str) -> tuple[list[Path], dict[str, str]]:
-    """Charts of bench results (lpperf.bench.RowResult): latency, per-stage time, speedup, memory, parity
+    """Charts of bench results (lpperf.reports.bench.RowResult): latency, per-stage time, speedup, memory, parity
     (BENCH_CHARTS, each NAME.png).
 
     Returns (written PNG paths, {chart: why it was skipped}; {"all": why} without matplotlib). Rows that
@@ -261,7 +261,7 @@ def _run_label(run: Run) -> str:
 
 def trend_chart(name: str, series: Mapping[str, Sequence[tuple[str, float]]], path: Path, subtitle: str = "") -> Path:
     """One benchmark's median over runs, one line per card: series = {card: [(run label, seconds)]}; a
-    dashed line marks each change point of a card's series (lpperf.trends.change_points). `subtitle` says
+    dashed line marks each change point of a card's series (lpperf.reports.trends.change_points). `subtitle` says
     what ran (what_ran)."""
     figure = _figure(9, 4.5)
     axes = figure.add_subplot()

@@ -20,9 +20,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from lpperf.validation import check_int
+from lpperf.util.validation import check_int
 
-PORTRAIT_FILE = Path(__file__).resolve().parent / "data" / "portrait.npz"
+PORTRAIT_FILE = Path(__file__).resolve().parents[1] / "data" / "portrait.npz"
 PORTRAIT_SIZE = 256
 MAX_CLIP_FRAMES = 256  # driving_clip() holds frames in memory; stream longer videos
 FRAMES_PER_SECOND = 25  # the rate the motion below is designed for

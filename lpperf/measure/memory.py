@@ -17,7 +17,7 @@ a spike shorter than the interval can be missed; torch's own
 caching allocator and are reported next to it.
 
 This module also holds the small NVML plumbing (session, device handle) that
-``lpperf.timing`` and ``lpperf.environment`` reuse, so the "NVML missing" path is
+``lpperf.measure.timing`` and ``lpperf.measure.environment`` reuse, so the "NVML missing" path is
 written once, and :func:`release_cached_memory`, which everything that measures one
 configuration after another calls in between.
 """

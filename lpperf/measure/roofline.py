@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lpperf.timing import StoppingRule, resolve_device, time_callable
+from lpperf.measure.timing import StoppingRule, time_callable
+from lpperf.util.devices import resolve_device
 
 DEFAULT_MARGIN = 1.05  # 5 %: the measured peak itself carries a few per cent of noise
 
@@ -199,6 +200,6 @@ def check(
             f"above the device's measured peak of {peak_tflops:.1f} TFLOP/s (margin x{margin}). "
             "This is a measurement error, not a speed-up: most likely host timing without "
             "synchronising the GPU (asynchronous kernels not waited for) or a cold first call "
-            "used as the baseline. Time with CUDA events after warm-up (lpperf.timing.time_callable)."
+            "used as the baseline. Time with CUDA events after warm-up (lpperf.measure.timing.time_callable)."
         )
     return implied

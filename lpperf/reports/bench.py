@@ -1,7 +1,7 @@
 """The recipe waterfall: each row adds one optimization; speed, memory and parity side by side.
 
 Every row is measured in the same process on the same card, on the sample portrait and driving
-sequence, against the float32 reference (TF32 off) on the same weights (lpperf.frame):
+sequence, against the float32 reference (TF32 off) on the same weights (lpperf.measure.frame):
 
     rows = bench.waterfall_rows("fastest") + bench.peer_rows()
     results = bench.run(rows, nets, device="cuda", config=bench.BenchConfig(batch=1))
@@ -13,7 +13,7 @@ not settle is marked, and so is every speedup computed from its time), frames/s,
 row and over the peer row (BenchConfig.peer), achieved TFLOP/s (checked against the card's measured
 peak: a faster-than-physics number raises), NVML process memory and torch's peak, parity (PSNR,
 largest 8-bit difference, NaN/Inf count), compile time (kept apart) and the time of each stage run
-alone (as lpperf.frame.time_stages measures it, with whether it settled).
+alone (as lpperf.measure.frame.time_stages measures it, with whether it settled).
 
 `lpperf bench` writes a report folder with report_folder(): report.json and the charts replace the
 previous report's files as a set, or, if writing fails, the previous report stays as it was.
@@ -36,10 +36,12 @@ from typing import Any
 
 import torch
 
-from lpperf import charts, frame, history, memory, parity, recipes, roofline, timing
-from lpperf.engine import OptimizedAnimator
-from lpperf.steps import Step
-from lpperf.validation import check_positive_int
+from lpperf.measure import frame, memory, parity, roofline, timing
+from lpperf.optimize import recipes
+from lpperf.reports import charts, history
+from lpperf.optimize.engine import OptimizedAnimator
+from lpperf.optimize.steps import Step
+from lpperf.util.validation import check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +148,7 @@ class RowResult:
     parity_failures: list[str]
     stage_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # batch 1, see stage_clock
     stage_converged: dict[str, bool] = dataclasses.field(default_factory=dict)  # per stage of stage_ms
-    stage_clock: str = ""  # what stage_ms measures (lpperf.frame.stage_clock)
+    stage_clock: str = ""  # what stage_ms measures (lpperf.measure.frame.stage_clock)
     # build, parity frames and the first step at the timed shape: compile, cuDNN's algorithm search
     startup_memory: memory.MemoryReport | None = None
     speedup: float | None = None  # over the first row of the run
@@ -225,7 +227,7 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
 
 def _time_stages(animator: OptimizedAnimator, driving: torch.Tensor, device: torch.device,
                  config: BenchConfig) -> dict[str, timing.TimingResult]:
-    """Each stage run alone, measured as lpperf.frame.time_stages measures it, keeping the whole timing:
+    """Each stage run alone, measured as lpperf.measure.frame.time_stages measures it, keeping the whole timing:
     whether a stage's samples settled is shown beside its time."""
     return {stage: timing.time_callable(timing.graph_replay(call, device) if device.type == "cuda" else call, device,
                                         warmup=config.warmup, rule=config.stage_rule)
@@ -426,7 +428,7 @@ def _report_error(folder: Path, error: OSError) -> OSError:
 
 
 def report(results: Sequence[RowResult], environment: dict, config: dict, weights: str) -> dict:
-    """The JSON report: a run lpperf.history reads (its `benchmarks`, one per measured row and batch)
+    """The JSON report: a run lpperf.reports.history reads (its `benchmarks`, one per measured row and batch)
     plus every row in full. NaN and infinity become null."""
     benchmarks = []
     for result in results:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
-from lpperf.rewrites import _replace_children
+from lpperf.optimize.rewrites import _replace_children
 
 GPU_DTYPES = (torch.float16, torch.bfloat16)
 

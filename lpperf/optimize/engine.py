@@ -1,7 +1,7 @@
 """What a recipe builds: an Engine (its own copy of the networks plus how the per-frame step runs),
 the float32 Boundary around half-precision networks, W with its source terms cached, and the
 OptimizedAnimator whose step runs under the engine's settings (compiled, with an eager fallback).
-The steps that edit an Engine, and the recipes, are in lpperf.recipes."""
+The steps that edit an Engine, and the recipes, are in lpperf.optimize.recipes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from lpperf import pipeline
+from lpperf.animation import pipeline
 from lpperf.models import DECODER_NET, FEATURE_NET, MOTION_NET, WARP_NET
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class Engine:
     compile_nets_mode: str | None = None
     compile_step_mode: str | None = None
     inductor_freezing: bool = False
-    applied: list = dataclasses.field(default_factory=list)  # the lpperf.steps.Step objects that took effect
+    applied: list = dataclasses.field(default_factory=list)  # the lpperf.optimize.steps.Step objects that took effect
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # step name -> why it did not apply
     compile_seconds: float | None = None
 
@@ -59,7 +59,7 @@ class Engine:
 
     @property
     def precision(self) -> str:
-        """The parity tolerance class (lpperf.parity.Tolerance.for_precision) of what the engine computes:
+        """The parity tolerance class (lpperf.measure.parity.Tolerance.for_precision) of what the engine computes:
         read from what runs, so a recipe whose half-precision steps were skipped on the CPU is float32."""
         dtype = self.autocast_dtype or self.weight_dtype
         if dtype == torch.float16:

@@ -1,0 +1,1 @@
+"""lpperf's pytest plugin (the GPU suite's options, fixtures, per-card history) and the multi-GPU runner."""
