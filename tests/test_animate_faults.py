@@ -480,7 +480,7 @@ def test_none_into_the_animator_names_the_argument(animator):
     with pytest.raises(ValueError, match="frames must be an iterable of frame tensors, got NoneType"):
         list(animator.animate(None))
     with pytest.raises(ValueError, match="driving keypoints must be a torch.Tensor, got NoneType"):
-        animator.render(None)
+        animator.warp(None)
     with pytest.raises(ValueError, match="motion must be a lpperf.animation.pipeline.Motion, got NoneType"):
         animator.driving_keypoints(None)
     with pytest.raises(ValueError, match=r"batch_size must be at most 64"):

@@ -22,7 +22,7 @@ def result(name: str, ms: float, recipe: str = "", converged: bool = True, error
     measured = timing.TimingResult(
         device="cpu", clock=timing.CLOCK_HOST, stats=timing.TimingStats.from_samples(samples), samples_s=samples,
         converged=converged, stop_reason="test", first_call_s=0.0, warmup_s=0.0, warmup_calls=0,
-        measurement_wall_s=0.0, l2_flush_bytes=0, rule=RULE, clocks_before=None, clocks_after=None,
+        measurement_wall_s=0.0, rule=RULE, clocks_before=None, clocks_after=None,
         clocks_unavailable_reason="test")
     return bench.RowResult(
         name=name, recipe=recipe, batch=1, precision="fp16", applied=[], skipped={},

@@ -65,7 +65,7 @@ def row_result(name: str, ms: float, converged: bool = True, recipe: str = "", s
     measured = timing.TimingResult(
         device="cpu", clock=timing.CLOCK_HOST, stats=timing.TimingStats.from_samples(samples), samples_s=samples,
         converged=converged, stop_reason="test", first_call_s=0.0, warmup_s=0.0, warmup_calls=0,
-        measurement_wall_s=0.0, l2_flush_bytes=0, rule=RULE, clocks_before=None, clocks_after=None,
+        measurement_wall_s=0.0, rule=RULE, clocks_before=None, clocks_after=None,
         clocks_unavailable_reason="test")
     measured_memory = None if memory_mib is None else memory.MemoryReport(
         method=memory.METHOD_PROCESS, device_index=0, process_peak_bytes=int(memory_mib * 2**20), samples=3,

@@ -142,7 +142,7 @@ def fake_timing(ms: float, batch: int, converged: bool = True) -> timing.TimingR
     return timing.TimingResult(
         device="cpu", clock=timing.CLOCK_HOST, stats=timing.TimingStats.from_samples(samples), samples_s=samples,
         converged=converged, stop_reason="converged" if converged else "cap", first_call_s=0.1, warmup_s=0.0,
-        warmup_calls=0, measurement_wall_s=0.1, l2_flush_bytes=0, rule=timing.StoppingRule(), clocks_before=None,
+        warmup_calls=0, measurement_wall_s=0.1, rule=timing.StoppingRule(), clocks_before=None,
         clocks_after=None, clocks_unavailable_reason="test")
 
 

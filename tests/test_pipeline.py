@@ -370,7 +370,7 @@ def test_first_frame_as_reference_keeps_the_source_pose(frames):
     x_d = animator.driving_keypoints(pipeline.motion_from_extractor(animator.nets["motion_extractor"](frames[:1])))
     assert torch.allclose(x_d, animator.source.keypoints, atol=1e-6)
     # and the rendered frame is the source re-rendered without motion
-    assert torch.allclose(animator.step(frames[:1]), animator.render(animator.source.keypoints), atol=1e-5)
+    assert torch.allclose(animator.step(frames[:1]), animator.decode(animator.warp(animator.source.keypoints)["out"]), atol=1e-5)
 
 
 def test_step_matches_the_math_done_by_hand(frames):
@@ -452,12 +452,12 @@ def test_reference_is_the_first_frame_until_reset(frames):
     animator = Animator(stand_in_nets(), stitching=False)
     animator.set_source(sample.portrait())
     first = list(animator.animate(frames[2:4]))  # reference = frames[2]
-    assert torch.allclose(first[0], animator.render(animator.source.keypoints), atol=1e-5)
+    assert torch.allclose(first[0], animator.decode(animator.warp(animator.source.keypoints)["out"]), atol=1e-5)
     again = list(animator.animate(frames[3:4]))  # reference kept: frames[3] is not re-rendered as the source
     assert torch.allclose(again[0], first[1], atol=1e-6)
     animator.reset_reference()
     fresh = list(animator.animate(frames[3:4]))  # now frames[3] is the reference
-    assert torch.allclose(fresh[0], animator.render(animator.source.keypoints), atol=1e-5)
+    assert torch.allclose(fresh[0], animator.decode(animator.warp(animator.source.keypoints)["out"]), atol=1e-5)
     assert not torch.allclose(fresh[0], first[1])
 
 
@@ -589,7 +589,7 @@ def test_bad_driving_input(frames):
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         list(animator.animate(frames, batch_size=0))
     with pytest.raises(ValueError, match=r"driving keypoints must hold 21 keypoints"):
-        animator.render(torch.zeros(1, 20, 3))
+        animator.warp(torch.zeros(1, 20, 3))
 
 
 def test_step_refuses_nan_inf_and_8_bit_input(frames):

@@ -409,10 +409,6 @@ class Animator:
             driving_kp = stitch(self.nets[STITCHING_NET], source_kp, base) if self.stitching else base
         return apply_driving_multiplier(source_kp, driving_kp, self.driving_multiplier)
 
-    def render(self, driving_kp: torch.Tensor) -> torch.Tensor:
-        """W then G: the source feature warped from x_s to `driving_kp` (BxKx3), decoded to Bx3x512x512."""
-        return self.decode(self.warp(driving_kp)["out"])
-
     def _ratio(self, ratio, name: str, *, width: int, batch: int) -> torch.Tensor:
         check_ratio(ratio, name, width=width, batch=batch)
         device = self._require_source().keypoints.device

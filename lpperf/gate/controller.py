@@ -12,7 +12,7 @@ metric is undecided it adds the same number of rounds again, up to `max_rounds`.
 Each recipe's metrics get their own pair of workers (base, head): a compiled recipe's CUDA-graph
 trees and the CUDA graphs captured by hand to time the eager recipes' frames and stages must not
 share a process (sharing one, a hand-captured graph's replay hit an illegal memory access on an
-H200, torch 2.11, 2026-11-30; in a process of their own the same graphs replayed cleanly).
+H200, torch 2.11; in a process of their own the same graphs replayed cleanly).
 With several cards (`lanes`), metrics are sharded by recipe: each card gets the workers of its
 recipes and compares base and head on that card only; no number is ever compared across cards.
 """

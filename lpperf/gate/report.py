@@ -65,7 +65,7 @@ def attribution(result: GateResult) -> list[str]:
     """For each regressed frame: the per-frame stages (M, S, W, G; F runs once per source) of that
     recipe that surely got slower and account for at least MIN_SHARE of the frame's added time,
     largest first. The share floor keeps small steady offsets between two worker processes (measured
-    A/A on an H200, torch 2.11, 2026-11-29: up to 5 % of a 0.04 ms stage) from being named as the cause."""
+    A/A on an H200, torch 2.11: up to 5 % of a 0.04 ms stage) from being named as the cause."""
     lines = []
     for frame in result.regressed:
         if frame.metric.stage is not None:

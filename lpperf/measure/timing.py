@@ -21,12 +21,11 @@ steady-state statistics. Sampling continues until a :class:`StoppingRule` is
 satisfied or one of its caps is hit; the result records which.
 
 pytest-benchmark: its default clock is a host clock, which times only the *launch* of
-asynchronous GPU work. Never hand it an unsynchronised GPU callable. Two supported
-ways, both documented below: :class:`SynchronizedTarget` for ``benchmark.pedantic``
-(synchronises in ``setup`` before the timer starts and inside the target before the
-timer stops), or ``--benchmark-timer lpperf.measure.timing.synchronized_perf_counter``. Both
-measure host wall time including launch overhead; :func:`time_callable` is the CUDA
-event measurement, and its ``to_dict()`` can go into ``benchmark.extra_info``.
+asynchronous GPU work. Never hand it an unsynchronised GPU callable. The supported
+way: ``--benchmark-timer lpperf.measure.timing.synchronized_perf_counter`` (the lpperf plugin sets it
+for every benchmark of the suite), which synchronises before each reading: host wall time with launch
+overhead included. :func:`time_callable` is the CUDA event measurement, and its ``to_dict()`` can go
+into ``benchmark.extra_info``.
 """
 
 from __future__ import annotations
@@ -130,7 +129,7 @@ class StoppingRule:
     Converged: at least ``min_repeats`` samples, at least ``min_seconds`` of measured
     (summed sample) time, and IQR/median at most ``max_rel_iqr``.
     Capped (not converged): ``max_repeats`` samples or ``max_seconds`` of wall time in
-    the sampling loop (flushes and synchronisation included: the cap is a budget).
+    the sampling loop (synchronisation included: the cap is a budget).
     """
 
     min_repeats: int = 10
@@ -242,29 +241,6 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def l2_flush_bytes(l2_cache_bytes: int) -> int:
-    """Size of the buffer written to evict L2: twice the cache, so no line survives."""
-    if l2_cache_bytes <= 0:
-        raise ValueError(f"L2 cache size must be > 0 bytes, got {l2_cache_bytes}")
-    return 2 * l2_cache_bytes
-
-
-class L2Flusher:
-    """Evicts the L2 cache of a CUDA device by writing a buffer larger than it."""
-
-    def __init__(self, device: torch.device):
-        if device.type != "cuda":
-            raise ValueError(
-                f"L2 flushing is for CUDA devices (size from the device properties), got {device}"
-            )
-        l2 = torch.cuda.get_device_properties(device).L2_cache_size
-        self.nbytes = l2_flush_bytes(l2)
-        self._buffer = torch.empty(self.nbytes, dtype=torch.uint8, device=device)
-
-    def flush(self) -> None:
-        self._buffer.fill_(1)
-
-
 # ---------------------------------------------------------------------------------
 # measuring
 
@@ -283,7 +259,6 @@ class TimingResult:
     warmup_s: float
     warmup_calls: int
     measurement_wall_s: float
-    l2_flush_bytes: int
     rule: StoppingRule
     clocks_before: ClockReading | None
     clocks_after: ClockReading | None
@@ -305,7 +280,6 @@ class TimingResult:
             "warmup_s": self.warmup_s,
             "warmup_calls": self.warmup_calls,
             "measurement_wall_s": self.measurement_wall_s,
-            "l2_flush_bytes": self.l2_flush_bytes,
             "rule": dataclasses.asdict(self.rule),
             "clocks_before": None if self.clocks_before is None else self.clocks_before.to_dict(),
             "clocks_after": None if self.clocks_after is None else self.clocks_after.to_dict(),
@@ -346,24 +320,19 @@ def time_callable(
     *,
     warmup: int = 3,
     rule: StoppingRule | None = None,
-    flush_l2: bool = False,
 ) -> TimingResult:
     """Time ``fn()`` (no arguments; bind them with a lambda or functools.partial).
 
     One first call and ``warmup`` further calls run untimed-by-statistics (their host
-    times are recorded), then samples are taken until ``rule`` says stop. With
-    ``flush_l2`` (CUDA only) the L2 cache is evicted before each sample, outside the
-    timed region. Clocks are read through NVML right before the first and right
-    after the last sample; if NVML is unusable the reason is recorded instead.
+    times are recorded), then samples are taken until ``rule`` says stop. Clocks are
+    read through NVML right before the first and right after the last sample; if NVML
+    is unusable the reason is recorded instead.
     """
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0 calls, got {warmup}")
     rule = StoppingRule() if rule is None else rule
     device = resolve_device(device, option="device")
     is_cuda = device.type == "cuda"
-    if flush_l2 and not is_cuda:
-        raise ValueError("flush_l2 needs a CUDA device; CPU caches are not flushed by lpperf")
-    flusher = L2Flusher(device) if flush_l2 else None
 
     cuda_was_initialized = torch.cuda.is_initialized()
     first_call_s = _host_call_s(fn, device)
@@ -382,8 +351,6 @@ def time_callable(
     samples: list[float] = []
     loop_start = time.perf_counter()
     while True:
-        if flusher is not None:
-            flusher.flush()
         samples.append(_cuda_sample_s(fn, device) if is_cuda else _host_sample_s(fn))
         stop, converged, reason = rule.decide(samples, time.perf_counter() - loop_start)
         if stop:
@@ -406,7 +373,6 @@ def time_callable(
         warmup_s=warmup_s,
         warmup_calls=warmup,
         measurement_wall_s=measurement_wall_s,
-        l2_flush_bytes=0 if flusher is None else flusher.nbytes,
         rule=rule,
         clocks_before=clocks_before,
         clocks_after=clocks_after,
@@ -435,7 +401,7 @@ def graph_replay(fn: Callable[[], object], device: str | torch.device, *, warmup
     # cuBLAS keeps one workspace per stream, allocated on first use and freed whenever anything clears
     # the workspaces (torch.compile's CUDA-graph trees do, on every recording). A graph whose matmuls
     # captured a workspace allocated outside it then writes into freed memory: an illegal memory access
-    # on an H200 (torch 2.11, 2026-11-30) once a compiled recipe shared the process. Cleared before the
+    # on an H200 (torch 2.11) once a compiled recipe shared the process. Cleared before the
     # capture, the workspace is allocated inside the graph's private pool and lives with the graph;
     # cleared after, eager work never shares it. (The CUDA-graph trees do the same around their recordings.)
     _clear_cublas_workspaces()
@@ -463,36 +429,3 @@ def synchronized_perf_counter() -> float:
     """
     _synchronize_initialized_cuda()
     return time.perf_counter()
-
-
-class SynchronizedTarget:
-    """Adapter that makes a callable safe to time with ``benchmark.pedantic``.
-
-    ``setup`` (run by pytest-benchmark before each round, outside its timer)
-    optionally flushes L2 and synchronises the device; calling the target runs
-    ``fn`` and synchronises again before returning, so the host timer sees the
-    finished GPU work::
-
-        target = SynchronizedTarget(step, "cuda:0")
-        benchmark.pedantic(target, setup=target.setup, rounds=30, warmup_rounds=3, iterations=1)
-
-    ``iterations`` must stay 1: pytest-benchmark does not allow a setup with more.
-    The time reported is host wall time per call, launch overhead included.
-    """
-
-    def __init__(self, fn: Callable[[], object], device: str | torch.device, *, flush_l2: bool = False):
-        self.fn = fn
-        self.device = resolve_device(device, option="device")
-        if flush_l2 and self.device.type != "cuda":
-            raise ValueError("flush_l2 needs a CUDA device; CPU caches are not flushed by lpperf")
-        self._flusher = L2Flusher(self.device) if flush_l2 else None
-
-    def setup(self) -> None:
-        if self._flusher is not None:
-            self._flusher.flush()
-        _synchronize(self.device)
-
-    def __call__(self) -> object:
-        result = self.fn()
-        _synchronize(self.device)
-        return result

@@ -32,8 +32,8 @@ def triton_available() -> bool:
 
 
 # Tile shapes the autotuner chooses from per layer shape: (BLOCK_M pixels, BLOCK_N outputs, BLOCK_K
-# input channels, warps, pipeline stages). The winners of a 57-tile sweep on an H200 (torch 2.11,
-# 2026-11-30) over G's 256x256-stage shapes at batch 1 and 16: the best tile of every shape is here.
+# input channels, warps, pipeline stages). The winners of a 57-tile sweep on an H200 (torch 2.11)
+# over G's 256x256-stage shapes at batch 1 and 16: the best tile of every shape is here.
 TILES = ((256, 64, 32, 8, 3), (256, 64, 32, 8, 4), (128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (256, 128, 32, 8, 3),
          (128, 256, 32, 8, 3), (128, 256, 32, 8, 4), (128, 256, 64, 8, 3))
 
@@ -48,7 +48,7 @@ def _kernels():
     # EVEN_K / EVEN_N drop the channel and output masks when the tile divides the layer (every layer of
     # G's last block): a mask that varies along the contiguous dimension can keep Triton from vectorising
     # the loads and stores. (Not resolvable alone on the card: in the frame the kernels already cost what
-    # cuDNN's did; H200, torch 2.11, 2026-11-30.)
+    # cuDNN's did; H200, torch 2.11.)
     @triton.heuristics({"EVEN_K": lambda args: args["CIN"] % args["BLOCK_K"] == 0,
                         "EVEN_N": lambda args: args["COUT"] % args["BLOCK_N"] == 0})
     @triton.jit
@@ -67,7 +67,7 @@ def _kernels():
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         # Taps unrolled outside, channel blocks inside: each tap's addresses and border mask are computed
         # once, not per channel block (6-31 % faster than one flat loop over both, same tiles; H200, torch
-        # 2.11, 2026-11-30).
+        # 2.11).
         for tap in tl.static_range(KH * KW):
             source_row = row + tap // KW - KH // 2
             source_column = column + tap % KW - KW // 2
@@ -184,7 +184,7 @@ class TritonConv2d(nn.Module):
                 and fits_int32_offsets(x.shape, self.out_channels)):
             # Channels-last here, in the traced graph, so that torch.compile writes the producer's output in
             # that layout; left to the op, it was an extra copy of each input (4 copy kernels, 0.24 ms of a
-            # 4.9 ms frame at batch 1 on an H200, torch 2.11, 2026-11-30).
+            # 4.9 ms frame at batch 1 on an H200, torch 2.11).
             return conv2d_same(x.contiguous(memory_format=torch.channels_last), self.weight_taps, self.bias,
                                self.kernel_size[1])
         return F.conv2d(x, self.conv_weight(), self.bias, padding=self.padding)

@@ -135,10 +135,6 @@ class Comparison:
     only_in_baseline: tuple[str, ...]
     only_in_current: tuple[str, ...]
 
-    @property
-    def regressions(self) -> tuple[Delta, ...]:
-        return tuple(delta for delta in self.deltas if delta.verdict is Verdict.SLOWER)
-
     def missing_names(self) -> str:
         """The benchmarks of one run only, for a one-line message: 'only in A (2): x, y; only in B (1): z'."""
         sides = (("A", self.only_in_baseline), ("B", self.only_in_current))
