@@ -23,7 +23,7 @@ import torch
 from lpperf import cli, models
 from lpperf.animation import pipeline, video
 from lpperf.models import sample, weights
-from test_frame import small_networks
+from helpers import small_networks
 
 pytest.importorskip("av", reason="animate needs the video extra (PyAV)")
 Image = pytest.importorskip("PIL.Image", reason="animate needs the video extra (Pillow)")
@@ -156,7 +156,7 @@ SLOW_WRITER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from test_frame import small_networks
+from helpers import small_networks
 from lpperf import cli
 from lpperf.animation import video
 from lpperf.models import weights

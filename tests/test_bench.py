@@ -11,25 +11,8 @@ from lpperf.measure import timing
 from lpperf.optimize import recipes, steps
 from lpperf.reports import bench, history
 from lpperf.optimize.engine import Engine
-from test_frame import small_networks
+from helpers import TWO_SAMPLES, row_result, small_networks
 
-# Exactly two samples: the time cap only guards against a hang (a loaded 2-core machine took 7 s a frame).
-RULE = timing.StoppingRule(min_repeats=2, min_seconds=0.0, max_rel_iqr=1.0, max_repeats=2, max_seconds=300.0)
-
-
-def result(name: str, ms: float, recipe: str = "", converged: bool = True, error: str = "") -> bench.RowResult:
-    samples = [ms / 1e3] * 3
-    measured = timing.TimingResult(
-        device="cpu", clock=timing.CLOCK_HOST, stats=timing.TimingStats.from_samples(samples), samples_s=samples,
-        converged=converged, stop_reason="test", first_call_s=0.0, warmup_s=0.0, warmup_calls=0,
-        measurement_wall_s=0.0, rule=RULE, clocks_before=None, clocks_after=None,
-        clocks_unavailable_reason="test")
-    return bench.RowResult(
-        name=name, recipe=recipe, batch=1, precision="fp16", applied=[], skipped={},
-        timing=None if error else measured, ms_per_frame=math.nan if error else ms,
-        p90_ms_per_frame=math.nan if error else ms, frames_per_second=math.nan if error else 1e3 / ms,
-        converged=converged, tflops=None, compile_seconds=None, memory=None, memory_unavailable="no NVML",
-        parity=None, parity_failures=[], error=error)
 
 
 # ---- rows
@@ -97,8 +80,8 @@ def test_config_is_checked():
 # ---- speedups and the table
 
 def test_speedups_over_the_first_row_and_the_peer_row():
-    results = [result("fp32 eager", 20.0), result("peer", 10.0, recipe="official-default"),
-               result("fast", 5.0, recipe="fast"), result("broken", 1.0, error="out of GPU memory")]
+    results = [row_result("fp32 eager", 20.0), row_result("peer", 10.0, recipe="official-default"),
+               row_result("fast", 5.0, recipe="fast"), row_result("broken", 1.0, error="out of GPU memory")]
     bench._set_speedups(results, peer="official-default")
     assert [r.speedup for r in results] == [1.0, 2.0, 4.0, None]
     assert [r.speedup_vs_peer for r in results] == [0.5, 1.0, 2.0, None]
@@ -109,13 +92,13 @@ def test_speedups_over_the_first_row_and_the_peer_row():
     assert lines[0] == "batch 1 on a test card" and lines[1].split()[:6] == [
         "recipe", "ms/frame", "p90", "frames/s", "speedup", "vs"]
     fast = next(line for line in lines if line.startswith("fast"))
-    assert fast.split()[1:6] == ["5.00", "5.00", "200.0", "4.00x", "-"]
+    assert fast.split()[1:6] == ["5.00", "6.00", "200.0", "4.00x", "-"]  # p90: row_result takes it as 1.2 x the median
     assert next(line for line in lines if line.startswith("broken")).split()[1:3] == ["-", "-"]
     assert "vs peer: speedup over the official-reduce-overhead row (not in this run: '-')" in table
 
 
 def test_table_marks_unconverged_rows():
-    results = [result("fp32 eager", 20.0), result("fast", 9.0, recipe="fast", converged=False)]
+    results = [row_result("fp32 eager", 20.0), row_result("fast", 9.0, recipe="fast", converged=False)]
     bench._set_speedups(results, peer="fast")
     table = bench.format_table(results, peer="fast")
     fast = next(line for line in table.splitlines() if line.startswith("fast"))
@@ -126,7 +109,7 @@ def test_table_marks_unconverged_rows():
 # ---- the report
 
 def test_report_is_a_history_run_with_every_row():
-    results = [result("fp32 eager", 20.0), result("broken", 1.0, error="out of GPU memory")]
+    results = [row_result("fp32 eager", 20.0), row_result("broken", 1.0, error="out of GPU memory")]
     bench._set_speedups(results, peer="official-default")
     data = bench.report(results, {"device": "cpu", "device_name": "Test CPU", "torch_version": "2.x"},
                         {"batches": [1]}, weights="TINY networks")
@@ -143,7 +126,7 @@ def test_report_is_a_history_run_with_every_row():
 
 def test_run_on_small_networks_on_the_cpu(monkeypatch):
     rows = [bench.recipe_row("fp32-eager"), bench.recipe_row("reference")]
-    config = bench.BenchConfig(warmup=0, rule=RULE, parity_frames=1, stages=False, peer="reference")
+    config = bench.BenchConfig(warmup=0, rule=TWO_SAMPLES, parity_frames=1, stages=False, peer="reference")
     messages = []
     results = bench.run(rows, small_networks(), "cpu", config, progress=messages.append)
     assert messages == ["counting FLOPs per frame", "computing the float32 reference frames (TF32 off)",
@@ -164,7 +147,7 @@ def test_a_row_out_of_gpu_memory_is_reported_and_the_others_still_run(monkeypatc
     def measure_row(row, *args):
         if row.recipe == "fast":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
-        return result(row.name, 10.0, recipe=row.recipe)
+        return row_result(row.name, 10.0, recipe=row.recipe)
 
     monkeypatch.setattr(bench, "measure_row", measure_row)
     results = bench.run([bench.recipe_row("fp32-eager"), bench.recipe_row("fast"), bench.recipe_row("reference")],

@@ -21,8 +21,8 @@ from lpperf.models import weights
 from lpperf.reports import bench, charts, history, profile
 from lpperf.util import files
 
-# Exactly two samples: the time cap only guards against a hang (a loaded 2-core machine took 7 s a frame).
-RULE = timing.StoppingRule(min_repeats=2, min_seconds=0.0, max_rel_iqr=1.0, max_repeats=2, max_seconds=300.0)
+from helpers import TWO_SAMPLES, row_result, small_networks
+
 LONG_TITLE = ("AMD EPYC, torch 2.13.0+cpu, TINY networks (lpperf.models.TINY: ~1/35 of the official FLOPs), "
               "synthetic weights (seeded default init)")
 
@@ -57,26 +57,6 @@ def drawn(monkeypatch):
     figures = []
     monkeypatch.setattr(charts, "_save", lambda figure, path: figures.append(figure) or path)
     return figures
-
-
-def row_result(name: str, ms: float, converged: bool = True, recipe: str = "", stage_ms: dict | None = None,
-               stage_converged: dict | None = None, memory_mib: float | None = None) -> bench.RowResult:
-    samples = [ms / 1e3] * 3
-    measured = timing.TimingResult(
-        device="cpu", clock=timing.CLOCK_HOST, stats=timing.TimingStats.from_samples(samples), samples_s=samples,
-        converged=converged, stop_reason="test", first_call_s=0.0, warmup_s=0.0, warmup_calls=0,
-        measurement_wall_s=0.0, rule=RULE, clocks_before=None, clocks_after=None,
-        clocks_unavailable_reason="test")
-    measured_memory = None if memory_mib is None else memory.MemoryReport(
-        method=memory.METHOD_PROCESS, device_index=0, process_peak_bytes=int(memory_mib * 2**20), samples=3,
-        sample_interval_s=0.005, baseline_device_used_bytes=0, device_total_bytes=2**35,
-        torch_max_allocated_bytes=None, torch_max_reserved_bytes=int(memory_mib * 0.9 * 2**20), context_bytes=None)
-    return bench.RowResult(
-        name=name, recipe=recipe or name, batch=1, precision="fp32", applied=[], skipped={}, timing=measured,
-        ms_per_frame=ms, p90_ms_per_frame=ms * 1.2, frames_per_second=1e3 / ms, converged=converged, tflops=None,
-        compile_seconds=None, memory=measured_memory, memory_unavailable="" if memory_mib else "no NVML (test)",
-        parity=None, parity_failures=[], stage_ms=stage_ms or {}, stage_converged=stage_converged or {},
-        stage_clock="host time of each stage run alone (eager call)" if stage_ms else "")
 
 
 def error_line(capsys) -> str:
@@ -129,9 +109,7 @@ def test_the_stage_chart_marks_stages_that_did_not_settle(tmp_path, drawn):
 
 
 def test_measured_rows_record_whether_each_stage_settled():
-    from test_frame import small_networks
-
-    config = bench.BenchConfig(warmup=0, rule=RULE, parity_frames=1, stage_rule=RULE)
+    config = bench.BenchConfig(warmup=0, rule=TWO_SAMPLES, parity_frames=1, stage_rule=TWO_SAMPLES)
     [result] = bench.run([bench.recipe_row("fp32-eager")], small_networks(), "cpu", config, progress=lambda _: None)
     assert set(result.stage_converged) == set(result.stage_ms) == {"F", "M", "S", "W", "G"}
     assert all(isinstance(settled, bool) for settled in result.stage_converged.values())
@@ -488,9 +466,7 @@ def test_start_up_and_steady_state_memory_are_tracked_apart(monkeypatch):
     monkeypatch.setattr(bench, "_time_stages", lambda *args: {})
     cpu = torch.device("cpu")
     monkeypatch.setattr(bench, "_track_memory", lambda stack, device: (stack.enter_context(fake_track(device)), ""))
-    config = bench.BenchConfig(batch=2, warmup=0, parity_frames=1, rule=RULE, stages=False)
-    from test_frame import small_networks
-
+    config = bench.BenchConfig(batch=2, warmup=0, parity_frames=1, rule=TWO_SAMPLES, stages=False)
     result = bench.measure_row(bench.recipe_row("fp32-eager"), small_networks(), cpu, config, None, None, None)
     assert events == ["start 0", "stop 0", "start 1", "timed", "stop 1"]
     assert (result.startup_memory, result.memory) == ("report 0", "report 1")

@@ -17,7 +17,7 @@ from lpperf.animation import video
 from lpperf.measure import memory, parity, timing
 from lpperf.models import sample, weights
 from lpperf.reports import bench, charts, history
-from test_frame import small_networks
+from helpers import small_networks
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -220,9 +220,9 @@ def test_the_gate_counts_unsettled_times_and_marks_them(tmp_path, capsys):
 
 
 def test_a_report_written_by_lpperf_bench_keeps_the_settling_of_its_rows():
-    from test_bench import result
+    from helpers import row_result
 
-    results = [result("fp32 eager", 20.0, converged=False), result("fast", 9.0, recipe="fast")]
+    results = [row_result("fp32 eager", 20.0, converged=False), row_result("fast", 9.0, recipe="fast")]
     data = bench.report(results, {"device": "cpu", "device_name": "Test CPU", "torch_version": "2.x"},
                         {"batches": [1]}, weights="TINY networks")
     run = history.parse_run(json.loads(json.dumps(data, allow_nan=False)), "report.json")

@@ -11,22 +11,7 @@ from lpperf.measure import frame, roofline
 from lpperf.models import sample
 from lpperf.optimize import recipes
 
-# Smaller than TINY (a shallower volume, narrower W and G): a frame costs ~0.3 s on 2 cores.
-SMALL = {
-    models.FEATURE_NET: dict(block_expansion=8, max_features=8, reshape_channel=4, reshape_depth=2, num_resblocks=1),
-    models.MOTION_NET: dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
-    models.WARP_NET: dict(block_expansion=4, max_features=8, reshape_channel=4,
-                          dense_motion_params=dict(block_expansion=4, max_features=8, num_blocks=1, compress=1,
-                                                   reshape_depth=2)),
-    models.DECODER_NET: dict(block_expansion=4, max_features=16, out_channels=4, spade_hidden=4),
-}
-
-
-def small_networks() -> dict:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return {name: models.build(name, **SMALL.get(name, {})) for name in models.NAMES}
-
+from helpers import small_networks
 
 @pytest.fixture(scope="module")
 def nets():

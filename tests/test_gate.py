@@ -20,7 +20,8 @@ from lpperf.util.cores import core_shares, describe_cores
 from lpperf.gate import controller, report, stats
 from lpperf.gate.workers import GateError, Worker
 
-FAKE = Path(__file__).with_name("fake_gate_worker.py")
+from helpers import FAKE_WORKER, fake_starter, run_fake
+
 FRAME = "frame fast b1"
 
 
@@ -94,23 +95,6 @@ def test_smallest_detectable_grows_with_noise_and_shrinks_with_rounds():
 
 
 # ---------------------------------------------------------------------------------- the fake worker
-
-def fake_starter(spec: dict, env: dict | None = None):
-    def start(side, role, gpu, log_dir, recipe):
-        variables = dict(os.environ, LPPERF_FAKE_WORKER=json.dumps(spec), **(env or {}))
-        return Worker(f"{role} {recipe} ({side.label})", [sys.executable, str(FAKE), role], variables,
-                      log_dir / (f"{role}-{recipe}.log" if gpu is None else f"{role}-{recipe}-gpu{gpu}.log"))
-    return start
-
-
-def run_fake(tmp_path, spec, metrics=None, **config):
-    side = controller.Side("fake", tmp_path)
-    metrics = metrics or controller.default_metrics(("fast",), (1,))
-    config.setdefault("rounds", 12)
-    config.setdefault("max_rounds", 36)
-    return controller.run_gate(side, side, metrics, controller.GateConfig(**config), [None], tmp_path / "logs",
-                               start=fake_starter(spec))
-
 
 def test_a_a_passes(tmp_path):
     result = run_fake(tmp_path, {"noise": 0.01, "ms": {FRAME: 6.0}})

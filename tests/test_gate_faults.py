@@ -20,7 +20,7 @@ from lpperf import cli
 from lpperf.gate import command, controller, report
 from lpperf.gate.workers import GateError
 from lpperf.util.exits import Exit
-from test_gate import run_fake
+from helpers import run_fake
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = Path(__file__).with_name("fake_gate_worker.py")

@@ -15,7 +15,7 @@ from lpperf.optimize import recipes
 from lpperf.reports import profile
 from lpperf.optimize.engine import HEAVY_NETS
 from lpperf.models import DECODER_NET, MOTION_NET, WARP_NET
-from test_frame import small_networks
+from helpers import small_networks
 
 # Two samples per measurement: the split's plumbing is under test, not its numbers.
 TWO_SAMPLES = timing.StoppingRule(min_repeats=2, min_seconds=0.0, max_rel_iqr=1e9, max_repeats=2, max_seconds=60.0)
