@@ -108,7 +108,8 @@ THRESHOLDS_TEST = """
 import dataclasses, json
 
 def test_dump(lpperf_thresholds, lpperf_weights_dir):
-    values = dataclasses.asdict(lpperf_thresholds)
+    values = {field.name: getattr(lpperf_thresholds, field.name).bound
+              for field in dataclasses.fields(lpperf_thresholds)}
     values["weights_dir"] = None if lpperf_weights_dir is None else str(lpperf_weights_dir)
     with open("settings.json", "w") as file:
         json.dump(values, file)
@@ -532,3 +533,16 @@ def test_the_suite_s_parity_defaults_are_the_fp16_tolerance():
     fp16 = parity.Tolerance.for_precision("fp16")
     assert float(defaults["min-psnr"]) == fp16.min_psnr_db
     assert int(defaults["max-level-diff"]) == fp16.max_level_diff
+
+
+def test_a_limit_checks_its_side_refuses_nan_and_says_where_it_was_set():
+    least = pytest_plugin.Limit("PSNR against the fp32 reference", 40.0, "dB", True, "--lpperf-min-psnr on the command line")
+    most = pytest_plugin.Limit("GPU memory", 4096, "MiB", False, "the default of --lpperf-memory-budget-mib")
+    least.check(40.0, "fastest")
+    most.check(4096, "fastest")
+    assert not least.holds(float("nan")) and not most.holds(float("nan"))
+    with pytest.raises(AssertionError, match=r"^fastest: PSNR against the fp32 reference 39.5 dB, below the least "
+                                             r"allowed 40 dB \(--lpperf-min-psnr on the command line\); seed 1$"):
+        least.check(39.5, "fastest", "seed 1")
+    with pytest.raises(AssertionError, match=r"GPU memory 5000 MiB, above the most allowed 4096 MiB"):
+        most.check(5000, "fastest")

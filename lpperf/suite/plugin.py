@@ -28,13 +28,36 @@ _FP16 = Tolerance.for_precision("fp16")
 
 
 @dataclass(frozen=True)
+class Limit:
+    """One pass/fail limit, parsed once from its option: what it bounds, from which side, and where it was
+    set. A test hands it the measured value; the comparison and the message are written here only."""
+
+    what: str  # e.g. "PSNR against the fp32 reference"
+    bound: float
+    unit: str
+    at_least: bool  # the value must be >= bound (else <= bound)
+    origin: str  # where the bound came from, for the message
+
+    def holds(self, value: float) -> bool:
+        """Whether `value` is within the limit (NaN never is)."""
+        return value >= self.bound if self.at_least else value <= self.bound
+
+    def check(self, value: float, subject: str, detail: str = "") -> None:
+        """Fail the calling test, in one message naming `subject`, where `value` is outside the limit."""
+        if not self.holds(value):
+            side = "below the least" if self.at_least else "above the most"
+            raise AssertionError(f"{subject}: {self.what} {value:g} {self.unit}, {side} allowed {self.bound:g} "
+                                 f"{self.unit} ({self.origin})" + (f"; {detail}" if detail else ""))
+
+
+@dataclass(frozen=True)
 class LpperfThresholds:
     """Pass/fail limits of the GPU suite (from pytest.ini, overridden on the command line)."""
 
-    min_speedup: float  # optimized recipe over fp32 eager, both measured in the same session
-    memory_budget_mib: int  # NVML-measured GPU memory of the test process
-    min_psnr_db: float  # optimized output against the fp32 reference
-    max_level_diff: int  # largest per-pixel difference, in 8-bit levels
+    min_speedup: Limit  # optimized recipe over the whole-step peer, both measured in the same session
+    memory_budget_mib: Limit  # NVML-measured GPU memory of the test process
+    min_psnr_db: Limit  # optimized output against the fp32 reference
+    max_level_diff: Limit  # largest per-pixel difference, in 8-bit levels
 
 
 @dataclass(frozen=True)
@@ -55,7 +78,7 @@ class _Settings:
     history_dir: Path | None  # None: lpperf leaves pytest-benchmark's storage alone
     thresholds: LpperfThresholds
     inject_slowdown: float  # test-only: extra GPU work after each gated frame, as a fraction of it
-    gate_base: str | None  # git ref (or folder) for tests/gpu/test_gate.py's same-job A/B
+    gate_base: str | None  # git ref (or folder) for tests/gpu/test_same_job_gate.py's A/B
 
 
 def _optional_dir(text: str) -> Path | None:
@@ -105,6 +128,12 @@ class _OptionSpec:
     parse: Callable[[str], object]
     help: str
     default: str = ""  # what an unset flag and ini key mean; "" is "off" for the folders
+    field: str = ""  # the _Settings or LpperfThresholds field it sets (default: the name, "-" as "_")
+    limit: tuple[str, str, bool] | None = None  # a threshold: (what it bounds, unit, at least?)
+
+    @property
+    def key(self) -> str:
+        return self.field or self.name.replace("-", "_")
 
     @property
     def flag(self) -> str:
@@ -124,6 +153,7 @@ _OPTIONS = (
         "DIR",
         _optional_dir,
         "folder of official LivePortrait checkpoints; when set, every test runs on them instead of synthetic weights",
+        field="weights_dir",
     ),
     _OptionSpec(
         "history",
@@ -131,18 +161,21 @@ _OPTIONS = (
         _optional_folder,
         "root of the per-card benchmark history: pytest-benchmark stores runs in DIR/<card-slug> "
         "unless --benchmark-storage is given (unset: pytest-benchmark's own storage, no lpperf header)",
+        field="history_dir",
     ),
-    _OptionSpec("min-speedup", "X", _positive_float, "least speedup of the optimized recipe over the strongest "
-                "official-style peer (.half() + torch.compile reduce-overhead per network), same session", "2.0"),
+    _OptionSpec("min-speedup", "X", _positive_float, "least speedup of the optimized recipe over the whole-step "
+                "peer official-reduce-overhead (.half() + torch.compile reduce-overhead per network), same session",
+                "2.0", limit=("speedup over official-reduce-overhead", "x", True)),
     _OptionSpec("memory-budget-mib", "MIB", _positive_int, "most GPU memory (NVML, this process) a test may use",
-                "4096"),
+                "4096", limit=("GPU memory (NVML, this process)", "MiB", False)),
     _OptionSpec("min-psnr", "DB", _positive_float, "least PSNR of optimized output against the fp32 reference",
-                f"{_FP16.min_psnr_db:g}"),
+                f"{_FP16.min_psnr_db:g}", field="min_psnr_db", limit=("PSNR against the fp32 reference", "dB", True)),
     _OptionSpec("max-level-diff", "LEVELS", _level_diff, "largest per-pixel difference in 8-bit levels",
-                str(_FP16.max_level_diff)),
+                str(_FP16.max_level_diff), limit=("largest difference from the fp32 reference", "8-bit levels",
+                                                  False)),
     _OptionSpec("inject-slowdown", "FRACTION", _fraction, "TEST ONLY: the gated frame benchmarks spin the GPU for "
                 "this fraction of each frame after it (checks that the history gate catches a known slowdown)", "0"),
-    _OptionSpec("gate-base", "REF", _optional_text, "run tests/gpu/test_gate.py: the working tree against this "
+    _OptionSpec("gate-base", "REF", _optional_text, "run tests/gpu/test_same_job_gate.py: the working tree against this "
                 "git ref (or lpperf folder) with lpperf gate, in this job"),
 )
 
@@ -170,7 +203,7 @@ def _detect_card() -> CardInfo:
 
 
 def _resolve_settings(config: pytest.Config) -> _Settings:
-    values = {}
+    settings, limits = {}, {}
     for spec in _OPTIONS:
         from_command_line = config.getoption(spec.ini)
         if from_command_line is not None:
@@ -180,21 +213,15 @@ def _resolve_settings(config: pytest.Config) -> _Settings:
         if not text:
             text, origin = spec.default, f"the default of {spec.flag}"
         try:
-            values[spec.name] = spec.parse(text)
+            value = spec.parse(text)
         except ValueError as error:
             raise pytest.UsageError(f"{origin}: {error}.") from None
-    return _Settings(
-        weights_dir=values["weights"],
-        history_dir=values["history"],
-        thresholds=LpperfThresholds(
-            min_speedup=values["min-speedup"],
-            memory_budget_mib=values["memory-budget-mib"],
-            min_psnr_db=values["min-psnr"],
-            max_level_diff=values["max-level-diff"],
-        ),
-        inject_slowdown=values["inject-slowdown"],
-        gate_base=values["gate-base"],
-    )
+        if spec.limit is None:
+            settings[spec.key] = value
+        else:
+            what, unit, at_least = spec.limit
+            limits[spec.key] = Limit(what, value, unit, at_least, origin)
+    return _Settings(thresholds=LpperfThresholds(**limits), **settings)
 
 
 def _weights_label(settings: _Settings) -> str:
