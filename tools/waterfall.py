@@ -55,6 +55,8 @@ def main() -> int:
                         help="row sets (waterfall, peers, variants) and/or recipe names")
     parser.add_argument("--recipe", default="fast", help="the recipe of the waterfall and variants rows")
     parser.add_argument("--profile", metavar="RECIPE", help="also write a kernel profile of RECIPE's step")
+    parser.add_argument("--eager-only", action="store_true", help="leave out the rows that compile (minutes each)")
+    parser.add_argument("--no-stages", action="store_true", help="do not time each stage alone per row")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not torch.cuda.is_available():
@@ -68,9 +70,11 @@ def main() -> int:
         sets = {"waterfall": lambda: bench.waterfall_rows(args.recipe), "peers": bench.peer_rows,
                 "variants": lambda: variant_rows(args.recipe)}
         rows += sets[name]() if name in sets else [bench.recipe_row(name)]
+    if args.eager_only:
+        rows = [row for row in rows if not any(step.compile_scope for step in row.steps)]
     report = {"environment": environment.environment_info("cuda"), "runs": []}
     for batch in args.batch:
-        config = bench.BenchConfig(batch=batch)
+        config = bench.BenchConfig(batch=batch, stages=not args.no_stages)
         results = bench.run(rows, nets, "cuda", config, progress=print)
         print("\n" + bench.format_table(results, f"batch {batch}", peer=config.peer), flush=True)
         report["runs"].append({"batch": batch, "rows": [r.to_dict() for r in results]})
