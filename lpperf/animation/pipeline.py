@@ -16,6 +16,9 @@ Not implemented (no landmark detector or convex hull here): the official
 "expression-friendly" driving option (motion multiplier from keypoint hull
 areas), animation regions other than "all", and computing eye/lip ratios
 from landmarks; ratios are passed in by the caller instead.
+
+Over 400 lines as one module: the official keypoint math is one chain of formulas, kept beside the
+conventions it relies on and the Animator that runs it.
 """
 
 import math

@@ -26,6 +26,9 @@ way: ``--benchmark-timer lpperf.measure.timing.synchronized_perf_counter`` (the 
 for every benchmark of the suite), which synchronises before each reading: host wall time with launch
 overhead included. :func:`time_callable` is the CUDA event measurement, and its ``to_dict()`` can go
 into ``benchmark.extra_info``.
+
+Over 400 lines as one module: both clocks, the stopping rule and CUDA-graph replay must agree with each
+other, and everything that times (bench, the suite, the gate's worker) uses them together.
 """
 
 from __future__ import annotations

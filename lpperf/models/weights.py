@@ -7,6 +7,9 @@
 
 Every function returns / takes a dict name -> nn.Module keyed by lpperf.models.NAMES,
 networks in eval mode.
+
+Over 400 lines as one module: the strict loader, the saver and the synthetic builder share the
+checkpoint layout and its checks.
 """
 
 import contextlib

@@ -16,6 +16,9 @@ returns the new decoder, which replaces the whole network):
   depth taps' spectra.
 - occlusion_as_taps: a k x k convolution as a 1x1 convolution to one map per tap, then the maps
   shifted by their tap offsets and summed (a fixed one-hot k x k convolution).
+
+Over 400 lines as one module: each rewrite is a layer class with its exactness argument, and they share
+the tap and channel helpers.
 """
 
 from __future__ import annotations

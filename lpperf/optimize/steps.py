@@ -11,6 +11,8 @@ copy of the networks plus how the per-frame step runs). A step says what it is; 
 A step that cannot apply on this machine (no CUDA, an unsupported layer, already rewritten) raises
 StepNotApplicable with the reason; lpperf.optimize.recipes.build records it and carries on. What an engine ends
 up doing (compiled or not, in which precision) is read from the engine, never from step names.
+
+Over 400 lines on purpose: every step sits beside the registry that describes it (each is ~10 lines).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ alone (as lpperf.measure.frame.time_stages measures it, with whether it settled)
 
 `lpperf bench` writes a report folder with report_folder(): report.json and the charts replace the
 previous report's files as a set, or, if writing fails, the previous report stays as it was.
+
+Over 400 lines as one module: rows, their measurement, the table and the report folder all describe one
+RowResult.
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ faster than any other time.
 Everything here is pure (no pytest, no torch) so the ``lpperf compare`` / ``lpperf history`` commands
 and the pytest plugin share it. Bad files raise ``HistoryError`` with one paragraph naming the file,
 what is wrong and what to do.
+
+Over 400 lines as one module: both run formats are read into one Run, which comparing works on alone.
 """
 
 from __future__ import annotations

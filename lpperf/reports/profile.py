@@ -26,6 +26,9 @@ drawn as the official speed script draws them (standard normal: random images, f
 keypoints, most of whose sampling grid then lies outside the volume), so the two ways of timing a
 network can be told apart. (What a recipe caches per source, such as W's source terms, is not an
 argument and is kept.)
+
+Over 400 lines as one module: the command, the per-layer table, the frame split and the kernel table
+share their inputs and the recipe's context handling.
 """
 
 from __future__ import annotations

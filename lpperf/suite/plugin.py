@@ -8,6 +8,9 @@ Everywhere it adds its options, the `gpu` marker and the skipping of GPU tests w
 torch, pytest-benchmark and lpperf's other modules are imported inside hooks and fixtures, never at
 import time (only lpperf.measure.tolerances, which needs no torch, for the parity defaults).
 docs/GPU_SUITE.md explains how the pieces fit together.
+
+Over 400 lines as one module: pytest loads a plugin by its module name (the pytest11 entry point), and
+its options, hooks and fixtures share one settings object.
 """
 
 from __future__ import annotations
