@@ -21,3 +21,23 @@ def generator():
     import torch
 
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def small_nets(monkeypatch):
+    """Commands that run on the CPU get tests/helpers.py's small networks instead of the TINY ones."""
+    from helpers import small_networks
+    from lpperf.models import weights
+
+    monkeypatch.setattr(weights, "tiny_networks", lambda seed=0: small_networks())
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fails the test if a command gets as far as loading networks (arguments must be checked first)."""
+    from lpperf.models import weights
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("networks were loaded before the arguments were checked")
+
+    monkeypatch.setattr(weights, "load_networks", refuse)

@@ -37,20 +37,6 @@ def in_tmp_path(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def small_nets(monkeypatch):
-    monkeypatch.setattr(weights, "tiny_networks", lambda seed=0: small_networks())
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Fails the test if a command gets as far as loading networks."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("networks were loaded before the arguments were checked")
-
-    monkeypatch.setattr(weights, "load_networks", refuse)
-
-
-@pytest.fixture
 def media(tmp_path):
     """A 256x256 source PNG, a 2-frame driving MP4 and the same frames as a folder of PNGs."""
     frames = [video.frame_to_array(frame) for frame in sample.driving_frames(2)]

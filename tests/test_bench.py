@@ -2,12 +2,10 @@
 row and the peer row, the table of typed results, the report, and one real run on small networks."""
 
 import json
-import math
 
 import pytest
 import torch
 
-from lpperf.measure import timing
 from lpperf.optimize import recipes, steps
 from lpperf.reports import bench, history
 from lpperf.optimize.engine import Engine

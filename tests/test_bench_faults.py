@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lpperf import cli
-from lpperf.measure import memory, timing
+from lpperf.measure import timing
 from lpperf.models import weights
 from lpperf.reports import bench, charts, history, profile
 from lpperf.util import files
@@ -31,14 +31,6 @@ LONG_TITLE = ("AMD EPYC, torch 2.13.0+cpu, TINY networks (lpperf.models.TINY: ~1
 def in_tmp_path(tmp_path, monkeypatch):
     """Every command runs in a fresh folder: `lpperf bench` saves into ./.benchmarks by default."""
     monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("networks were loaded before the arguments were checked")
-
-    monkeypatch.setattr(weights, "load_networks", refuse)
 
 
 @pytest.fixture

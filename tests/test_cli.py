@@ -28,20 +28,6 @@ def in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture
-def small_nets(monkeypatch):
-    monkeypatch.setattr(weights, "tiny_networks", lambda seed=0: small_networks())
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Fails the test if a command gets as far as loading networks."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("networks were loaded before the arguments were checked")
-
-    monkeypatch.setattr(weights, "load_networks", refuse)
-
-
 def png_size(path: Path) -> tuple[int, int]:
     """(width, height) from a PNG's IHDR chunk; fails unless the file starts like a PNG."""
     data = path.read_bytes()

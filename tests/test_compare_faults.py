@@ -180,8 +180,8 @@ def test_comparing_runs_takes_linear_time():
 def test_reading_a_run_takes_linear_time():
     count = 4000
     report = bench_report_data({f"row {index}": (1.0, True) for index in range(count)})
-    for bench, row in zip(report["benchmarks"], report["rows"]):
-        bench["name"], row["name"] = CountedName(bench["name"]), CountedName(row["name"])
+    for benchmark, row in zip(report["benchmarks"], report["rows"]):
+        benchmark["name"], row["name"] = CountedName(benchmark["name"]), CountedName(row["name"])
     CountedName.comparisons = 0
     run = history.parse_run(report, "report.json")
     assert len(run.results) == count

@@ -7,7 +7,7 @@ from torch import nn
 
 from lpperf import models
 from lpperf.animation import pipeline
-from lpperf.measure import frame, roofline
+from lpperf.measure import STAGES, frame, roofline
 from lpperf.models import sample
 from lpperf.optimize import recipes
 
@@ -24,7 +24,7 @@ def animator(nets):
 
 
 def test_stage_names():
-    assert frame.STAGES == ("F", "M", "S", "W", "G")
+    assert STAGES == ("F", "M", "S", "W", "G")
     assert frame.STAGE_OUTPUT_NAMES == ("f_s", "keypoints", "deformation", "warped")
     assert frame.PARITY_FRAMES == 4
 
@@ -81,7 +81,7 @@ def test_stage_calls_run_each_stage_alone_eagerly(nets):
     for name in (models.MOTION_NET, models.WARP_NET, models.DECODER_NET):
         animator.nets[name] = CompiledStandIn(animator.nets[name])  # as compile_nets leaves them
     calls = frame.stage_calls(animator, driving)
-    assert tuple(calls) == frame.STAGES
+    assert tuple(calls) == STAGES
     assert torch.equal(calls["F"](), animator.source.feature)
     assert torch.equal(calls["M"]().keypoints(), values.motion.keypoints())
     assert torch.equal(calls["S"](), values.keypoints)
@@ -114,7 +114,7 @@ def test_time_stages_on_the_cpu_times_each_stage_alone(animator):
     rule = frame.STAGE_RULE.__class__(min_repeats=2, min_seconds=0.0, max_rel_iqr=1.0, max_repeats=2,
                                       max_seconds=5.0)
     stage_ms = frame.time_stages(animator, frame.driving_batch(1, offset=1), "cpu", warmup=0, rule=rule)
-    assert tuple(stage_ms) == frame.STAGES and all(ms > 0 for ms in stage_ms.values())
+    assert tuple(stage_ms) == STAGES and all(ms > 0 for ms in stage_ms.values())
     assert frame.stage_clock("cpu").startswith("host time") and "CUDA-graph" in frame.stage_clock("cuda")
 
 

@@ -16,11 +16,11 @@ import pytest
 
 from lpperf.measure import frame
 from lpperf.models import weights
-from lpperf.util.cores import core_shares, describe_cores
+from lpperf.util.cores import describe_cores
 from lpperf.gate import controller, report, stats
-from lpperf.gate.workers import GateError, Worker
+from lpperf.gate.workers import GateError
 
-from helpers import FAKE_WORKER, fake_starter, run_fake
+from helpers import fake_starter, run_fake
 
 FRAME = "frame fast b1"
 

@@ -138,8 +138,8 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
-@pytest.mark.parametrize("signal_number, named", [(signal.SIGTERM, "SIGTERM"), (signal.SIGHUP, "SIGHUP"),
-                                                  (signal.SIGINT, "Ctrl-C")])
+@pytest.mark.parametrize("signal_number, named", [(signal.SIGTERM, "terminated by SIGTERM"),
+                                                  (signal.SIGHUP, "terminated by SIGHUP"), (signal.SIGINT, "Ctrl-C")])
 def test_a_signal_stops_every_worker_and_removes_the_scratch_folder(tmp_path, signal_number, named):
     scratch_root = tmp_path / "tmp"
     scratch_root.mkdir()

@@ -10,18 +10,13 @@ Refs are exported with `git archive` into a scratch folder (nothing in the check
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
-import json
 import math
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -29,7 +24,7 @@ from lpperf.gate import controller, report
 from lpperf.gate.workers import GateError, run_to_the_end
 from lpperf.util.devices import device_name
 from lpperf.util.exits import Exit
-from lpperf.util.files import write_json
+from lpperf.util.files import termination_as_interrupt, write_json
 
 _DEFAULTS = controller.GateConfig()  # the gate's defaults are GateConfig's, stated once
 
@@ -107,7 +102,7 @@ def cmd_gate(args) -> int:
     """Run the gate. Everything that prevents a verdict is a GateError (exit 2, one line): a bad argument
     or ref, a worker that failed, an interruption (Ctrl-C, SIGTERM, SIGHUP) or any unexpected exception;
     exit 1 means regressed only."""
-    with _interruptions_raise():
+    with termination_as_interrupt(ctrl_c=True, once=True):
         try:
             return _gate(args)
         except GateError:
@@ -235,29 +230,6 @@ def _prepare_out(out: Path, record_path: Path) -> None:
     except OSError as error:
         raise GateError(f"--out {out}: cannot write there ({error.strerror or error}); choose a writable folder") \
             from None
-
-
-@contextlib.contextmanager
-def _interruptions_raise():
-    """Ctrl-C, SIGTERM and SIGHUP raise KeyboardInterrupt naming the signal, the first time only: later
-    ones are ignored, so stopping the workers and removing the scratch folder run to the end."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may handle signals; its caller handles them
-        return
-    received = []
-
-    def interrupt(number, frame):
-        if not received:
-            received.append(number)
-            raise KeyboardInterrupt("Ctrl-C" if number == signal.SIGINT else signal.Signals(number).name)
-
-    numbers = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-    previous = {number: signal.signal(number, interrupt) for number in numbers}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def _git(repo: Path, *args: str, binary: bool = False, check: bool = True):

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from lpperf.animation import pipeline
-from lpperf.measure import STAGES, roofline, timing
+from lpperf.measure import roofline, timing
 from lpperf.models import sample
 from lpperf.optimize import recipes
 from lpperf.optimize.engine import Engine, OptimizedAnimator

@@ -15,7 +15,6 @@ checkpoint layout and its checks.
 import contextlib
 import dataclasses
 import math
-import pickle
 from pathlib import Path
 
 import torch

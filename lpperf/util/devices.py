@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Sequence
 
 DEVICES = "auto, cpu, cuda or cuda:N"
 

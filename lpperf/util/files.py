@@ -61,23 +61,30 @@ def write_json(data: dict, path: str | Path) -> Path:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised like Ctrl-C so that the same clean-up runs."""
+    """A signal (SIGTERM, SIGHUP, or Ctrl-C where asked) raised like Ctrl-C so that the same clean-up runs."""
 
 
 @contextlib.contextmanager
-def termination_as_interrupt() -> Iterator[None]:
-    """Inside the block SIGTERM and SIGHUP raise Terminated (a KeyboardInterrupt), so atomic_path removes
-    its temporary file as on Ctrl-C instead of the process dying with it left behind. The previous
-    handlers come back afterwards. Python runs signal handlers in the main thread only: elsewhere
-    this does nothing."""
+def termination_as_interrupt(*, ctrl_c: bool = False, once: bool = False) -> Iterator[None]:
+    """Inside the block SIGTERM and SIGHUP (with `ctrl_c`, SIGINT too) raise Terminated (a
+    KeyboardInterrupt naming the signal), so atomic_path removes its temporary file and every other
+    clean-up runs as on Ctrl-C, instead of the process dying with things left behind. With `once`, only
+    the first signal raises and later ones are ignored, so a clean-up that the first started (stopping
+    worker processes) runs to the end. The previous handlers come back afterwards. Python runs signal
+    handlers in the main thread only: elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    received = []
 
     def interrupt(number, frame):
-        raise Terminated(f"terminated by {signal.Signals(number).name}")
+        if once and received:
+            return
+        received.append(number)
+        raise Terminated("Ctrl-C" if number == signal.SIGINT else f"terminated by {signal.Signals(number).name}")
 
-    numbers = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    numbers = ([signal.SIGINT] if ctrl_c else []) + [signal.SIGTERM] + (
+        [signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {number: signal.signal(number, interrupt) for number in numbers}
     try:
         yield

@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from lpperf.measure import FRAME_STAGES, frame, memory, parity, roofline, timing
+from lpperf.measure import FRAME_STAGES, STAGES, frame, memory, parity, roofline, timing
 from lpperf.optimize import recipes, rewrites, steps
 
 pytestmark = pytest.mark.gpu
@@ -154,7 +154,7 @@ def test_stages_informational(gpu_session, lpperf_info, flops_per_frame, peak, r
     """Each stage alone, as GPU time; together the per-frame stages (M, S, W, G) do a frame's work, so
     their sum can no more beat the card's peak than the frame can."""
     stage_ms = frame.time_stages(gpu_session.animator(recipe), gpu_session.driving, gpu_session.device)
-    assert set(stage_ms) == set(frame.STAGES) and all(ms > 0 for ms in stage_ms.values()), stage_ms
+    assert set(stage_ms) == set(STAGES) and all(ms > 0 for ms in stage_ms.values()), stage_ms
     per_frame_s = sum(stage_ms[stage] for stage in FRAME_STAGES) / 1e3
     roofline.check(flops_per_frame, per_frame_s, peak, label=f"{recipe}'s stages M + S + W + G")
     lpperf_info[f"stages {recipe}"] = ", ".join(f"{stage} {ms:.3f} ms" for stage, ms in stage_ms.items()) + \
