@@ -631,10 +631,9 @@ def test_run_stages_is_the_step_stage_by_stage(frames):
 
 @pytest.fixture(scope="module")
 def tiny_nets():
-    from lpperf import models
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return {name: models.build(name, **models.TINY.get(name, {})) for name in models.NAMES}
+    from lpperf.models import weights
+
+    return weights.tiny_networks(seed=0)
 
 
 def test_real_networks_reference_frame_reproduces_the_source_keypoints(tiny_nets):

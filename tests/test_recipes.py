@@ -11,7 +11,7 @@ from lpperf.optimize import engine as engine_module
 from lpperf import models
 from lpperf.animation import pipeline
 from lpperf.measure import frame
-from lpperf.models import sample
+from lpperf.models import sample, weights
 from lpperf.optimize import recipes, rewrites, steps as R
 
 FRAMES = 2
@@ -19,11 +19,7 @@ FRAMES = 2
 
 @pytest.fixture(scope="module")
 def tiny_nets():
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    nets = {name: models.build(name, **models.TINY.get(name, {})) for name in models.NAMES}
-    torch.random.set_rng_state(generator_state)
-    return nets
+    return weights.tiny_networks(seed=0)
 
 
 @pytest.fixture(scope="module")
