@@ -41,3 +41,14 @@ def no_loading(monkeypatch):
         raise AssertionError("networks were loaded before the arguments were checked")
 
     monkeypatch.setattr(weights, "load_networks", refuse)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every chart figure drawn, kept instead of written as PNG files."""
+    pytest.importorskip("matplotlib")
+    from lpperf.reports import charts
+
+    figures = []
+    monkeypatch.setattr(charts, "_save", lambda figure, path: figures.append(figure) or path)
+    return figures

@@ -80,3 +80,25 @@ def run_fake(tmp_path, spec, metrics=None, **config):
     config.setdefault("max_rounds", 36)
     return controller.run_gate(side, side, metrics, controller.GateConfig(**config), [None], tmp_path / "logs",
                                start=fake_starter(spec))
+
+
+def write_media(folder: Path, count: int) -> dict[str, Path]:
+    """In `folder`: the sample portrait as source.png, `count` sample driving frames as driving.mp4 and as
+    frames/000.png ... (needs the video extra)."""
+    from PIL import Image
+
+    from lpperf.animation import video
+    from lpperf.models import sample
+
+    frames = [video.frame_to_array(frame) for frame in sample.driving_frames(count)]
+    source = folder / "source.png"
+    Image.fromarray(video.frame_to_array(sample.portrait())).save(source)
+    frame_folder = folder / "frames"
+    frame_folder.mkdir()
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(frame_folder / f"{index:03d}.png")
+    driving = folder / "driving.mp4"
+    with video.VideoWriter(driving, 25) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return {"source": source, "driving": driving, "folder": frame_folder}

@@ -23,7 +23,7 @@ import torch
 from lpperf import cli, models
 from lpperf.animation import pipeline, video
 from lpperf.models import sample, weights
-from helpers import small_networks
+from helpers import small_networks, write_media
 
 pytest.importorskip("av", reason="animate needs the video extra (PyAV)")
 Image = pytest.importorskip("PIL.Image", reason="animate needs the video extra (Pillow)")
@@ -39,18 +39,7 @@ def in_tmp_path(tmp_path, monkeypatch):
 @pytest.fixture
 def media(tmp_path):
     """A 256x256 source PNG, a 2-frame driving MP4 and the same frames as a folder of PNGs."""
-    frames = [video.frame_to_array(frame) for frame in sample.driving_frames(2)]
-    source = tmp_path / "source.png"
-    Image.fromarray(video.frame_to_array(sample.portrait())).save(source)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for index, frame in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"{index:03d}.png")
-    driving = tmp_path / "driving.mp4"
-    with video.VideoWriter(driving, 25) as writer:
-        for frame in frames:
-            writer.write(frame)
-    return {"source": source, "driving": driving, "folder": folder}
+    return write_media(tmp_path, 2)
 
 
 def animate_args(media, tmp_path, **changes) -> list[str]:

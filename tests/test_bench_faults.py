@@ -42,15 +42,6 @@ def fake_bench(monkeypatch):
         row_result(row.name, 10.0 * (index + 1), stage_ms={"M": 1.0}) for index, row in enumerate(rows)])
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """Every chart figure drawn, instead of PNG files."""
-    pytest.importorskip("matplotlib")
-    figures = []
-    monkeypatch.setattr(charts, "_save", lambda figure, path: figures.append(figure) or path)
-    return figures
-
-
 def error_line(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -455,7 +446,6 @@ def test_start_up_and_steady_state_memory_are_tracked_apart(monkeypatch):
         return real_time_callable(*args, **kwargs)
 
     monkeypatch.setattr(timing, "time_callable", recording_time_callable)
-    monkeypatch.setattr(bench, "_time_stages", lambda *args: {})
     cpu = torch.device("cpu")
     monkeypatch.setattr(bench, "_track_memory", lambda stack, device: (stack.enter_context(fake_track(device)), ""))
     config = bench.BenchConfig(batch=2, warmup=0, parity_frames=1, rule=TWO_SAMPLES, stages=False)

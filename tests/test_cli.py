@@ -17,7 +17,7 @@ from lpperf.animation import video
 from lpperf.measure import memory, parity, timing
 from lpperf.models import sample, weights
 from lpperf.reports import bench, charts, history
-from helpers import small_networks
+from helpers import small_networks, write_media
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -180,15 +180,6 @@ def test_bench_charts_draw_memory_and_parity(tmp_path):
     assert "latency_per_stage.png" in {p.name for p in written} and not skipped
     for path in written:
         png_size(path)
-
-
-@pytest.fixture
-def drawn(monkeypatch):
-    """The title, labels and hatching of every chart drawn, instead of PNG files."""
-    pytest.importorskip("matplotlib")
-    figures = []
-    monkeypatch.setattr(charts, "_save", lambda figure, path: figures.append(figure) or path)
-    return figures
 
 
 def chart_texts(figure) -> str:
@@ -438,19 +429,7 @@ def media(tmp_path_factory):
     """A 256x256 source PNG, a 3-frame driving MP4 and the same frames as a folder of PNGs (made once)."""
     av = pytest.importorskip("av", reason="animate needs the video extra (PyAV)")
     Image = pytest.importorskip("PIL.Image", reason="animate needs the video extra (Pillow)")
-    tmp_path = tmp_path_factory.mktemp("media")
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    frames = [video.frame_to_array(frame) for frame in sample.driving_frames(3)]
-    source = tmp_path / "source.png"
-    Image.fromarray(video.frame_to_array(sample.portrait())).save(source)
-    for index, frame in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"{index:03d}.png")
-    driving = tmp_path / "driving.mp4"
-    with video.VideoWriter(driving, 25) as writer:
-        for frame in frames:
-            writer.write(frame)
-    return {"source": source, "driving": driving, "folder": folder, "av": av, "Image": Image}
+    return {**write_media(tmp_path_factory.mktemp("media"), 3), "av": av, "Image": Image}
 
 
 def read_back(av, path: Path) -> tuple[int, tuple[int, int]]:

@@ -113,8 +113,9 @@ def test_stage_outputs(animator):
 def test_time_stages_on_the_cpu_times_each_stage_alone(animator):
     rule = frame.STAGE_RULE.__class__(min_repeats=2, min_seconds=0.0, max_rel_iqr=1.0, max_repeats=2,
                                       max_seconds=5.0)
-    stage_ms = frame.time_stages(animator, frame.driving_batch(1, offset=1), "cpu", warmup=0, rule=rule)
-    assert tuple(stage_ms) == STAGES and all(ms > 0 for ms in stage_ms.values())
+    stages = frame.time_stages(animator, frame.driving_batch(1, offset=1), "cpu", warmup=0, rule=rule)
+    assert tuple(stages) == STAGES and all(result.median_ms > 0 for result in stages.values())
+    assert all(result.stats.count == 2 for result in stages.values())
     assert frame.stage_clock("cpu").startswith("host time") and "CUDA-graph" in frame.stage_clock("cuda")
 
 

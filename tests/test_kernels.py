@@ -145,7 +145,7 @@ INTERPRETED = textwrap.dedent("""
 
 def _interpreter_runs_runtime_loops() -> bool:
     """Triton 3.5's interpreter turns runtime ints into 1-element arrays that NumPy 2 refuses to index
-    with; 3.9's runs the kernel (checked 2026-11-30). The card compiles it either way."""
+    with; 3.9's runs the kernel. The card compiles it either way."""
     from importlib.metadata import version
     return tuple(int(part) for part in version("triton").split(".")[:2]) >= (3, 9)
 

@@ -94,7 +94,7 @@ def test_guard_default_margin_and_error_type():
 
 
 def test_guard_rejects_the_seed_claim_with_a_clear_message():
-    # 1.25 TFLOP per frame in 0.6 ms against a ~790 TFLOP/s card (measured by the project on an H200, 2026-11-28)
+    # 1.25 TFLOP per frame in 0.6 ms against a ~790 TFLOP/s card (measured on an H200, torch 2.11)
     peak = PeakThroughput(device="cuda:0", dtype="bfloat16", size=8192, products_per_sample=4,
                           best_seconds=5.6e-3, tflops=790.0, clock="cuda_event")
     with pytest.raises(ImpossibleTimingError) as raised:
@@ -108,7 +108,7 @@ def test_guard_rejects_the_seed_claim_with_a_clear_message():
 
 
 def test_guard_accepts_the_measured_anchor():
-    # torch.compile reduce-overhead: 7.15 ms per frame on an H200 (measured by the project on an H200, 2026-11-28)
+    # torch.compile reduce-overhead: 7.15 ms per frame on an H200 (torch 2.11)
     assert check(1.25e12, 7.15e-3, 790.0) == pytest.approx(174.8, rel=1e-3)
 
 

@@ -8,7 +8,7 @@ takes it apart:
     animator = sample_animator(recipes.build("fast", nets, "cuda"))
     frames = run_frames(animator, PARITY_FRAMES)                # the parity frame loop
     reference = reference_frames(nets, "cuda", PARITY_FRAMES)   # float32, TF32 off
-    stage_ms = time_stages(animator, driving_batch(1), "cuda")  # each stage alone, GPU time
+    stages = time_stages(animator, driving_batch(1), "cuda")  # each stage alone, GPU time
     flops = flops_per_frame(nets)
 
 Each stage alone runs eagerly and uncompiled: a compiled step fuses work across stage boundaries, so its
@@ -101,15 +101,15 @@ def stage_outputs(animator: pipeline.Animator, driving: torch.Tensor) -> dict[st
 
 
 def time_stages(animator: pipeline.Animator, driving: torch.Tensor, device: str | torch.device, *,
-                warmup: int = 2, rule: timing.StoppingRule = STAGE_RULE) -> dict[str, float]:
-    """Median ms of each stage run alone (stage_calls). On CUDA each stage's kernels are captured once
+                warmup: int = 2, rule: timing.StoppingRule = STAGE_RULE) -> dict[str, timing.TimingResult]:
+    """The timing of each stage run alone (stage_calls): its median and whether it settled. On CUDA each stage's kernels are captured once
     as a CUDA graph and its replays timed with CUDA events: the GPU time of that stage alone, without
     launch overhead. On the CPU, host time of the eager call."""
     device = torch.device(device)
     times = {}
     for stage, call in stage_calls(animator, driving).items():
         run = timing.graph_replay(call, device) if device.type == "cuda" else call
-        times[stage] = timing.time_callable(run, device, warmup=warmup, rule=rule).median_ms
+        times[stage] = timing.time_callable(run, device, warmup=warmup, rule=rule)
     return times
 
 

@@ -42,7 +42,6 @@ import torch
 from lpperf.measure import frame, memory, parity, roofline, timing
 from lpperf.optimize import recipes
 from lpperf.reports import charts, history
-from lpperf.optimize.engine import OptimizedAnimator
 from lpperf.optimize.steps import Step
 from lpperf.util.validation import check_positive_int
 
@@ -204,7 +203,8 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
     with contextlib.ExitStack() as stack:
         tracker, _ = _track_memory(stack, device)
         result = timing.time_callable(lambda: animator.step(driving), device, warmup=config.warmup, rule=config.rule)
-    stages = _time_stages(animator, driving[:1], device, config) if config.stages else {}
+    stages = (frame.time_stages(animator, driving[:1], device, warmup=config.warmup, rule=config.stage_rule)
+              if config.stages else {})
 
     parity_report, failures = None, []
     if reference is not None:
@@ -226,15 +226,6 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
         stage_ms={stage: measured.median_ms for stage, measured in stages.items()},
         stage_converged={stage: measured.converged for stage, measured in stages.items()},
         stage_clock=frame.stage_clock(device) if stages else "")
-
-
-def _time_stages(animator: OptimizedAnimator, driving: torch.Tensor, device: torch.device,
-                 config: BenchConfig) -> dict[str, timing.TimingResult]:
-    """Each stage run alone, measured as lpperf.measure.frame.time_stages measures it, keeping the whole timing:
-    whether a stage's samples settled is shown beside its time."""
-    return {stage: timing.time_callable(timing.graph_replay(call, device) if device.type == "cuda" else call, device,
-                                        warmup=config.warmup, rule=config.stage_rule)
-            for stage, call in frame.stage_calls(animator, driving).items()}
 
 
 def _track_memory(stack: contextlib.ExitStack, device: torch.device) -> tuple[memory.MemoryTracker | None, str]:
