@@ -158,8 +158,7 @@ def cmd_bench(args) -> int:
         batch_results = bench.run(rows, networks.nets, device, config,
                                   progress=lambda message, b=config.batch: progress(f"batch {b}: {message}"))
         results += batch_results
-        print("\n" + bench.format_table(batch_results, f"batch {config.batch} on {device}: {networks.description}",
-                                        peer=config.peer))
+        print("\n" + bench.format_table(batch_results, f"batch {config.batch} on {device}: {networks.description}"))
         for result in batch_results:
             problems = [f"FAILED: {result.error}"] * bool(result.error)
             problems += [f"parity: {failure}" for failure in result.parity_failures]

@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
+from lpperf.measure import frame
 from lpperf.optimize import recipes, steps
 from lpperf.reports import bench, history
-from lpperf.optimize.engine import Engine
+from lpperf.optimize.engine import CONVOLUTIONAL_NETS, Engine
 from helpers import TWO_SAMPLES, row_result, small_networks
 
 
@@ -49,8 +50,12 @@ def test_default_rows_and_unknown_recipes():
     assert [row.recipe for row in bench.default_rows(cpu, ["fast", "fast"])] == ["fp32-eager", "fast"]
     assert [row.recipe for row in bench.default_rows(cpu, ["fast", "fp32-eager"])] == ["fast", "fp32-eager"]
     assert [row.name for row in bench.default_rows(cuda)] == [
-        row.name for row in bench.waterfall_rows() + bench.peer_rows()]
-    assert {row.recipe for row in bench.peer_rows()} == set(bench.PEER_LABELS)
+        row.name for row in bench.waterfall_rows() + bench.peer_rows() + bench.variant_rows()]
+    peers = bench.peer_rows()
+    assert all(row.peer for row in peers) and not any(row.peer for row in bench.waterfall_rows() + bench.variant_rows())
+    assert [row.recipe for row in peers if not row.modules] == list(bench.PEER_LABELS)
+    assert [(row.recipe, row.modules) for row in peers if row.modules] == [("official-reduce-overhead", ("M", "W", "G"))]
+    assert bench.recipe_row("official-default").peer and not bench.recipe_row("fastest").peer
     with pytest.raises(ValueError, match="unknown recipe 'warp-speed'; known recipes: fp32-eager, reference"):
         bench.default_rows(cpu, ["warp-speed"])
 
@@ -77,38 +82,51 @@ def test_config_is_checked():
 
 # ---- speedups and the table
 
-def test_speedups_over_the_first_row_and_the_peer_row():
-    results = [row_result("fp32 eager", 20.0), row_result("peer", 10.0, recipe="official-default"),
-               row_result("fast", 5.0, recipe="fast"), row_result("broken", 1.0, error="out of GPU memory")]
-    bench._set_speedups(results, peer="official-default")
-    assert [r.speedup for r in results] == [1.0, 2.0, 4.0, None]
-    assert [r.speedup_vs_peer for r in results] == [0.5, 1.0, 2.0, None]
-    bench._set_speedups(results, peer="official-reduce-overhead")  # not in this run
-    assert [r.speedup_vs_peer for r in results] == [None, None, None, None]
-    table = bench.format_table(results, title="batch 1 on a test card", peer="official-reduce-overhead")
+def test_speedups_over_the_first_row_and_the_strongest_peer():
+    whole_step = row_result("peer: whole step", 10.0, recipe="official-default", peer=True)
+    modules = row_result("peer: modules alone", 8.0, recipe="official-default", peer=True)
+    results = [row_result("fp32 eager", 20.0), whole_step, modules, row_result("fast", 5.0, recipe="fast"),
+               row_result("broken", 1.0, error="out of GPU memory")]
+    bench._set_speedups(results)
+    assert bench.strongest_peer(results) is modules  # the fastest peer measure, whichever recipe it times
+    assert [r.speedup for r in results] == [1.0, 2.0, 2.5, 4.0, None]
+    assert [r.speedup_vs_peer for r in results] == [0.4, 0.8, 1.0, 1.6, None]
+    table = bench.format_table(results, title="batch 1 on a test card")
     lines = table.splitlines()
     assert lines[0] == "batch 1 on a test card" and lines[1].split()[:6] == [
         "recipe", "ms/frame", "p90", "frames/s", "speedup", "vs"]
     fast = next(line for line in lines if line.startswith("fast"))
-    assert fast.split()[1:6] == ["5.00", "6.00", "200.0", "4.00x", "-"]  # p90: row_result takes it as 1.2 x the median
+    assert fast.split()[1:6] == ["5.00", "6.00", "200.0", "4.00x", "1.60x"]  # p90: row_result takes it as 1.2 x the median
     assert next(line for line in lines if line.startswith("broken")).split()[1:3] == ["-", "-"]
-    assert "vs peer: speedup over the official-reduce-overhead row (not in this run: '-')" in table
+    assert "vs peer: speedup over the strongest (fastest) peer measure of this run, 'peer: modules alone' (8.00 " \
+           "ms/frame)" in table
+
+
+def test_without_a_peer_the_peer_column_is_empty_and_says_why():
+    results = [row_result("fp32 eager", 20.0), row_result("fast", 5.0, recipe="fast"),
+               row_result("failed peer", 1.0, error="out of GPU memory", peer=True)]  # a failed peer is no measure
+    bench._set_speedups(results)
+    assert bench.strongest_peer(results) is None and [r.speedup_vs_peer for r in results] == [None, None, None]
+    table = bench.format_table(results)
+    assert next(line for line in table.splitlines() if line.startswith("fast")).split()[5] == "-"
+    assert "vs peer: '-', no peer row was measured in this run" in table
 
 
 def test_table_marks_unconverged_rows():
-    results = [row_result("fp32 eager", 20.0), row_result("fast", 9.0, recipe="fast", converged=False)]
-    bench._set_speedups(results, peer="fast")
-    table = bench.format_table(results, peer="fast")
+    results = [row_result("fp32 eager", 20.0), row_result("fast", 9.0, recipe="fast", converged=False, peer=True)]
+    bench._set_speedups(results)
+    table = bench.format_table(results)
     fast = next(line for line in table.splitlines() if line.startswith("fast"))
     assert fast.split()[1] == "9.00~" and fast.split()[4:6] == ["2.22x~", "1.00x~"]
-    assert "~ not converged" in table and "vs peer: speedup over the fast row\n" in table + "\n"
+    assert "~ not converged" in table and "vs peer: speedup over the strongest (fastest) peer measure of this " \
+                                          "run, 'fast' (9.00 ms/frame)" in table
 
 
 # ---- the report
 
 def test_report_is_a_history_run_with_every_row():
     results = [row_result("fp32 eager", 20.0), row_result("broken", 1.0, error="out of GPU memory")]
-    bench._set_speedups(results, peer="official-default")
+    bench._set_speedups(results)
     data = bench.report(results, {"device": "cpu", "device_name": "Test CPU", "torch_version": "2.x"},
                         {"batches": [1]}, weights="TINY networks")
     text = json.dumps(data, allow_nan=False)  # NaN became null
@@ -123,19 +141,44 @@ def test_report_is_a_history_run_with_every_row():
 # ---- a real run
 
 def test_run_on_small_networks_on_the_cpu(monkeypatch):
-    rows = [bench.recipe_row("fp32-eager"), bench.recipe_row("reference")]
-    config = bench.BenchConfig(warmup=0, rule=TWO_SAMPLES, parity_frames=1, stages=False, peer="reference")
+    modules = bench.Row("peer: modules alone", (), recipe="fp32-eager", peer=True, modules=("M", "W", "G"))
+    rows = [bench.recipe_row("fp32-eager"), bench.recipe_row("reference"), modules]
+    config = bench.BenchConfig(warmup=0, rule=TWO_SAMPLES, parity_frames=1, stages=False)
     messages = []
     results = bench.run(rows, small_networks(), "cpu", config, progress=messages.append)
     assert messages == ["counting FLOPs per frame", "computing the float32 reference frames (TF32 off)",
-                        "row: fp32-eager", "row: reference"]
-    eager, reference = results
+                        "row: fp32-eager", "row: reference", "row: peer: modules alone"]
+    eager, reference, alone = results
     assert (eager.precision, reference.precision) == ("fp32", "fp32")  # no TF32 on a CPU
     assert reference.parity.frame.max_level_diff == 0 and not reference.parity_failures
     assert eager.timing.stats.count == 2 and eager.ms_per_frame == pytest.approx(eager.timing.stats.median_s * 1e3)
-    assert eager.speedup == 1.0 and reference.speedup_vs_peer == 1.0
-    assert eager.speedup_vs_peer == pytest.approx(reference.ms_per_frame / eager.ms_per_frame)
+    assert eager.speedup == 1.0 and alone.speedup_vs_peer == 1.0 and bench.strongest_peer(results) is alone
+    assert eager.speedup_vs_peer == pytest.approx(alone.ms_per_frame / eager.ms_per_frame)
     assert eager.tflops > 0 and eager.memory is None and "CUDA devices only" in eager.memory_unavailable
+    # the modules row: M, W and G timed alone and summed; no frame, so no parity, no FLOP rate, no stages
+    assert list(alone.module_ms) == ["M", "W", "G"] and all(ms > 0 for ms in alone.module_ms.values())
+    assert alone.timing.stats.count == 2 and alone.ms_per_frame == pytest.approx(alone.timing.stats.median_s * 1e3)
+    assert alone.parity is None and alone.tflops is None and alone.stage_ms == {} and alone.compile_seconds > 0
+    assert not eager.module_ms
+
+
+def test_modules_alone_run_each_network_on_the_frames_own_inputs_in_its_dtype():
+    """The speed script's measure: the networks' outputs in their own dtype, keypoints cast too."""
+    nets = small_networks()
+    engine = recipes.build("fp32-eager", nets, "cpu")
+    engine.weight_dtype = torch.float64  # a dtype the CPU runs every layer in, standing in for fp16
+    for name in CONVOLUTIONAL_NETS:  # as the half step casts them; S stays float32
+        engine.nets[name].double()
+    driving = frame.driving_batch(2)
+    calls = frame.modules_alone(engine, driving)
+    assert list(calls) == ["M", "W", "G"]
+    warped = calls["W"]()
+    assert warped["out"].dtype == torch.float64 and warped["out"].shape[0] == 2
+    assert calls["G"]().dtype == torch.float64 and calls["G"]().shape == (2, 3, 512, 512)
+    expected = frame.sample_animator(recipes.build("fp32-eager", nets, "cpu")).run_stages(driving)
+    torch.testing.assert_close(warped["out"].float(), expected.warped["out"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="stages M, W, G; got \\['S'\\]"):
+        frame.modules_alone(engine, driving, ("S",))
 
 
 def test_a_row_out_of_gpu_memory_is_reported_and_the_others_still_run(monkeypatch):

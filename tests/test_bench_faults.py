@@ -59,11 +59,11 @@ def hidden_leftovers(folder: Path) -> list[str]:
 def test_a_speedup_over_an_unsettled_baseline_is_marked_unsettled():
     """CPU run: fast's 1.03x was shown settled although the fp32-eager time it divides did not settle."""
     results = [row_result("fp32-eager", 20.6, converged=False), row_result("fast", 20.0, recipe="fast"),
-               row_result("peer", 25.0, recipe="official-default")]
-    bench._set_speedups(results, peer="official-default")
+               row_result("peer", 25.0, recipe="official-default", peer=True)]
+    bench._set_speedups(results)
     assert [r.speedup_converged for r in results] == [False, False, False]
     assert [r.speedup_vs_peer_converged for r in results] == [False, True, True]
-    table = bench.format_table(results, peer="official-default")
+    table = bench.format_table(results)
     fast = next(line for line in table.splitlines() if line.startswith("fast"))
     assert fast.split()[1] == "20.00" and fast.split()[4:6] == ["1.03x~", "1.25x"]
     assert "treat that time and every ratio computed from it as noise" in table
@@ -71,7 +71,7 @@ def test_a_speedup_over_an_unsettled_baseline_is_marked_unsettled():
 
 def test_unsettled_speedups_are_hatched_and_marked_in_the_speedup_chart(tmp_path, drawn):
     results = [row_result("fp32-eager", 20.6, converged=False), row_result("fast", 20.0, recipe="fast")]
-    bench._set_speedups(results, peer="official-default")
+    bench._set_speedups(results)
     charts.bench_charts(results, tmp_path, "test card")
     speedup = next(figure for figure in drawn if "Speedup" in figure.axes[0].get_title())
     axes = speedup.axes[0]
@@ -354,7 +354,7 @@ def test_chart_text_fits_the_figure(tmp_path, drawn):
                           memory_mib=1964),
                row_result("+ G's SPADE modulations batched = a long recipe name", 9517.7, stage_ms={"F": 469.0},
                           memory_mib=67910)]
-    bench._set_speedups(results, peer="")
+    bench._set_speedups(results)
     charts.bench_charts(results, tmp_path, LONG_TITLE)
     assert len(drawn) == 4
     for figure in drawn:
@@ -366,7 +366,7 @@ def test_chart_text_fits_the_figure(tmp_path, drawn):
 
 def test_value_labels_sit_clear_of_the_p90_whiskers(tmp_path, drawn):
     results = [row_result("fp32-eager", 5220.0), row_result("fast", 1960.0)]
-    bench._set_speedups(results, peer="")
+    bench._set_speedups(results)
     charts.bench_charts(results, tmp_path, "test card")
     latency = next(figure for figure in drawn if "Latency" in figure.axes[0].get_title())
     renderer = rendered(latency)
@@ -439,13 +439,13 @@ def test_start_up_and_steady_state_memory_are_tracked_apart(monkeypatch):
         yield FakeTracker(phase)
         events.append(f"stop {phase}")
 
-    real_time_callable = timing.time_callable
+    real_time_parts = timing.time_parts
 
-    def recording_time_callable(*args, **kwargs):
+    def recording_time_parts(*args, **kwargs):
         events.append("timed")
-        return real_time_callable(*args, **kwargs)
+        return real_time_parts(*args, **kwargs)
 
-    monkeypatch.setattr(timing, "time_callable", recording_time_callable)
+    monkeypatch.setattr(timing, "time_parts", recording_time_parts)
     cpu = torch.device("cpu")
     monkeypatch.setattr(bench, "_track_memory", lambda stack, device: (stack.enter_context(fake_track(device)), ""))
     config = bench.BenchConfig(batch=2, warmup=0, parity_frames=1, rule=TWO_SAMPLES, stages=False)

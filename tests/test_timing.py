@@ -25,6 +25,7 @@ from lpperf.measure.timing import (
     read_clocks,
     synchronized_perf_counter,
     time_callable,
+    time_parts,
 )
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
@@ -190,6 +191,33 @@ def test_converges_on_a_steady_callable():
     result = time_callable(lambda: time.sleep(0.002), "cpu", warmup=0, rule=rule)
     assert result.converged, result.stop_reason
     assert sum(result.samples_s) >= 0.02 and result.stats.count >= 5
+
+
+def test_parts_are_each_timed_alone_and_a_sample_is_their_sum_in_one_round(monkeypatch):
+    """The official speed script's measure: M, W and G each between two synchronisations, added."""
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+    def part(*seconds):
+        durations = iter(seconds * 10)
+
+        def run():
+            clock[0] += next(durations)
+        return run
+
+    rule = StoppingRule(min_repeats=4, min_seconds=0.0, max_rel_iqr=1.0, max_repeats=4, max_seconds=100)
+    # first call and one warm-up call, then four rounds: W alternates, so a round's sum pairs the parts
+    result = time_parts({"M": part(0.001), "W": part(0.003, 0.005), "G": part(0.002)}, "cpu", warmup=1, rule=rule)
+    assert result.first_call_s == pytest.approx(0.006) and result.warmup_s == pytest.approx(0.008)
+    assert result.samples_s == pytest.approx([0.006, 0.008, 0.006, 0.008])
+    assert list(result.parts) == ["M", "W", "G"]
+    assert [stats.count for stats in result.parts.values()] == [4, 4, 4]
+    assert {name: stats.median_s for name, stats in result.parts.items()} == pytest.approx(
+        {"M": 0.001, "W": 0.004, "G": 0.002})
+    assert result.to_dict()["parts"]["W"]["max_ms"] == pytest.approx(5.0)
+    assert time_callable(part(0.001), "cpu", warmup=0, rule=rule).parts == {}  # one unnamed part: no breakdown
+    with pytest.raises(ValueError, match="at least one callable"):
+        time_parts({}, "cpu")
 
 
 def test_host_timing_refuses_a_callable_that_starts_cuda(monkeypatch):

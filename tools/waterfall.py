@@ -68,7 +68,7 @@ def main() -> int:
     rows = []
     for name in args.rows:
         sets = {"waterfall": lambda: bench.waterfall_rows(args.recipe), "peers": bench.peer_rows,
-                "variants": lambda: variant_rows(args.recipe)}
+                "variants": lambda: bench.variant_rows() + variant_rows(args.recipe)}
         rows += sets[name]() if name in sets else [bench.recipe_row(name)]
     if args.eager_only:
         rows = [row for row in rows if not any(step.compile_scope for step in row.steps)]
@@ -76,7 +76,7 @@ def main() -> int:
     for batch in args.batch:
         config = bench.BenchConfig(batch=batch, stages=not args.no_stages)
         results = bench.run(rows, nets, "cuda", config, progress=print)
-        print("\n" + bench.format_table(results, f"batch {batch}", peer=config.peer), flush=True)
+        print("\n" + bench.format_table(results, f"batch {batch}"), flush=True)
         report["runs"].append({"batch": batch, "rows": [r.to_dict() for r in results]})
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "waterfall.json").write_text(json.dumps(report, indent=1, default=str))

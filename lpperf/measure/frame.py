@@ -9,6 +9,7 @@ takes it apart:
     frames = run_frames(animator, PARITY_FRAMES)                # the parity frame loop
     reference = reference_frames(nets, "cuda", PARITY_FRAMES)   # float32, TF32 off
     stages = time_stages(animator, driving_batch(1), "cuda")  # each stage alone, GPU time
+    modules = modules_alone(recipes.build("official-reduce-overhead", nets, "cuda"), driving_batch(1))
     flops = flops_per_frame(nets)
 
 Each stage alone runs eagerly and uncompiled: a compiled step fuses work across stage boundaries, so its
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 from collections.abc import Callable
 
@@ -26,11 +28,15 @@ import torch
 
 from lpperf.animation import pipeline
 from lpperf.measure import roofline, timing
-from lpperf.models import sample
+from lpperf.models import DECODER_NET, MOTION_NET, WARP_NET, sample
 from lpperf.optimize import recipes
-from lpperf.optimize.engine import Engine, OptimizedAnimator
+from lpperf.optimize.engine import MEMORY_FORMATS, Engine, OptimizedAnimator
 from lpperf.util.validation import check_positive_int
 
+# The stages whose networks the official speed script times, each alone: the per-frame ones (its S,
+# retargeting MLPs, take microseconds and are left out, so the sum is the smallest this measure can be).
+PEER_MODULES = ("M", "W", "G")
+_MODULE_NETS = {"M": MOTION_NET, "W": WARP_NET, "G": DECODER_NET}
 STAGE_OUTPUT_NAMES = ("f_s", "keypoints", "deformation", "warped")  # the stages' outputs compared for parity
 PARITY_FRAMES = 4  # driving frames compared with the float32 reference
 STAGE_RULE = timing.StoppingRule(min_repeats=10, min_seconds=0.05, max_rel_iqr=0.05, max_repeats=100,
@@ -87,6 +93,62 @@ def stage_calls(animator: pipeline.Animator, driving: torch.Tensor) -> dict[str,
         "W": alone(eager.warp, values.keypoints),
         "G": alone(eager.decode, values.warped["out"]),
     }
+
+
+def modules_alone(engine: Engine, driving: torch.Tensor,
+                  stages: tuple[str, ...] = PEER_MODULES) -> dict[str, Callable[[], object]]:
+    """Zero-argument callables, by stage, running each stage's network alone on the frame's own inputs, as the
+    official speed script times its networks (it feeds random tensors): the engine's networks in their
+    own dtype and layout, each compiled as the engine compiles networks (Engine.compile_nets_mode), the
+    inputs cast to that dtype beforehand, keypoints included, and nothing between the calls: no keypoint
+    math, no stitching, no cast of the outputs back to float32. Summed (timing.time_parts) this is the
+    modules-only peer measure: the least a frame of those compiled networks can cost.
+
+    With a reduce-overhead compile each call starts a new CUDA-graph step, so the networks replay their
+    graphs without re-recording whatever order they are called in."""
+    # The frame's inputs from the same networks uncompiled (the same objects: a cached source term of W
+    # is prepared on the network the calls run), so nothing is compiled but the timed networks.
+    eager = sample_animator(dataclasses.replace(engine, compile_nets_mode=None, compile_step_mode=None))
+    driving = driving.to(engine.device)
+    with engine.context():
+        values = eager.run_stages(driving)
+    source, batch = eager.source, driving.shape[0]
+    arguments = {
+        "M": ((driving,), {}),
+        "W": ((source.feature.expand(batch, *source.feature.shape[1:]),),
+                   {"kp_driving": values.keypoints, "kp_source": source.keypoints.expand(batch, -1, -1)}),
+        "G": ((values.warped["out"],), {}),
+    }
+    unknown = [stage for stage in stages if stage not in arguments]
+    if unknown:
+        raise ValueError(f"modules_alone times the networks of stages {', '.join(arguments)}; got {unknown}")
+
+    def cast(value):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            return value
+        value = value.to(engine.weight_dtype)
+        if engine.channels_last and value.dim() in MEMORY_FORMATS:
+            value = value.contiguous(memory_format=MEMORY_FORMATS[value.dim()])
+        return value
+
+    new_graph_step = engine.compile_nets_mode == "reduce-overhead"
+
+    def alone(stage: str) -> Callable[[], object]:
+        net = engine.nets[_MODULE_NETS[stage]]
+        if engine.compile_nets_mode is not None:
+            net = torch.compile(net, mode=engine.compile_nets_mode)
+        args, kwargs = arguments[stage]
+        args = tuple(cast(value) for value in args)
+        kwargs = {key: cast(value) for key, value in kwargs.items()}
+
+        def call():
+            with engine.context():
+                if new_graph_step:
+                    torch.compiler.cudagraph_mark_step_begin()
+                return net(*args, **kwargs)
+        return call
+
+    return {stage: alone(stage) for stage in stages}
 
 
 def stage_outputs(animator: pipeline.Animator, driving: torch.Tensor) -> dict[str, torch.Tensor]:

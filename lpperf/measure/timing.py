@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -266,6 +266,8 @@ class TimingResult:
     clocks_before: ClockReading | None
     clocks_after: ClockReading | None
     clocks_unavailable_reason: str
+    # time_parts: each part's own samples (a sample of the whole is their sum in the same round)
+    parts: dict[str, TimingStats] = dataclasses.field(default_factory=dict)
 
     @property
     def median_ms(self) -> float:
@@ -287,11 +289,12 @@ class TimingResult:
             "clocks_before": None if self.clocks_before is None else self.clocks_before.to_dict(),
             "clocks_after": None if self.clocks_after is None else self.clocks_after.to_dict(),
             "clocks_unavailable_reason": self.clocks_unavailable_reason,
+            "parts": {name: stats.to_dict() for name, stats in self.parts.items()},
         }
 
 
-def _host_call_s(fn: Callable[[], object], device: torch.device) -> float:
-    """Synchronised host wall time of one call (first call and warm-up)."""
+def host_call_s(fn: Callable[[], object], device: torch.device) -> float:
+    """Synchronised host wall time of one call (a first call with its compile, a warm-up call)."""
     _synchronize(device)
     start = time.perf_counter()
     fn()
@@ -331,20 +334,42 @@ def time_callable(
     read through NVML right before the first and right after the last sample; if NVML
     is unusable the reason is recorded instead.
     """
+    return time_parts({"": fn}, device, warmup=warmup, rule=rule)
+
+
+def time_parts(
+    parts: Mapping[str, Callable[[], object]],
+    device: str | torch.device = "cpu",
+    *,
+    warmup: int = 3,
+    rule: StoppingRule | None = None,
+) -> TimingResult:
+    """Time a sequence of callables, each alone: in every round each part is sampled by itself (on
+    CUDA the device is synchronised before it, as for time_callable), and the round's sample is the
+    sum of its parts' samples. This is how the official LivePortrait speed script times its networks
+    (each call between two synchronisations, the times added): the sum carries no work between the
+    parts and no overlap of one part's launch with another's kernels.
+
+    The result's samples and stopping rule are those of the sums; ``parts`` holds each part's own
+    statistics. With one part named "" it is time_callable, and ``parts`` stays empty.
+    """
+    if not parts:
+        raise ValueError("time_parts needs at least one callable to time")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0 calls, got {warmup}")
     rule = StoppingRule() if rule is None else rule
     device = resolve_device(device, option="device")
     is_cuda = device.type == "cuda"
+    calls = list(parts.values())
 
     cuda_was_initialized = torch.cuda.is_initialized()
-    first_call_s = _host_call_s(fn, device)
+    first_call_s = sum(host_call_s(fn, device) for fn in calls)
     if not is_cuda and not cuda_was_initialized and torch.cuda.is_initialized():
         raise ValueError(
             "the callable initialised CUDA during its first call, so it runs GPU work; host timing "
             "on device='cpu' would time only the kernel launches. Pass device='cuda' (or 'cuda:N')."
         )
-    warmup_s = sum(_host_call_s(fn, device) for _ in range(warmup))
+    warmup_s = sum(host_call_s(fn, device) for _ in range(warmup) for fn in calls)
 
     if is_cuda:
         clocks_before, clock_reason = _try_read_clocks(device.index)
@@ -352,9 +377,13 @@ def time_callable(
         clocks_before, clock_reason = None, "host timing on CPU: no GPU clocks apply"
 
     samples: list[float] = []
+    part_samples: list[list[float]] = [[] for _ in calls]
     loop_start = time.perf_counter()
     while True:
-        samples.append(_cuda_sample_s(fn, device) if is_cuda else _host_sample_s(fn))
+        round_s = [_cuda_sample_s(fn, device) if is_cuda else _host_sample_s(fn) for fn in calls]
+        for kept, sample in zip(part_samples, round_s):
+            kept.append(sample)
+        samples.append(sum(round_s))
         stop, converged, reason = rule.decide(samples, time.perf_counter() - loop_start)
         if stop:
             break
@@ -365,6 +394,7 @@ def time_callable(
         clocks_after, after_reason = _try_read_clocks(device.index)
         clock_reason = clock_reason or after_reason
 
+    named = list(parts) != [""]
     return TimingResult(
         device=str(device),
         clock=CLOCK_CUDA_EVENT if is_cuda else CLOCK_HOST,
@@ -380,6 +410,7 @@ def time_callable(
         clocks_before=clocks_before,
         clocks_after=clocks_after,
         clocks_unavailable_reason=clock_reason,
+        parts={name: TimingStats.from_samples(kept) for name, kept in zip(parts, part_samples)} if named else {},
     )
 
 

@@ -3,17 +3,23 @@
 Every row is measured in the same process on the same card, on the sample portrait and driving
 sequence, against the float32 reference (TF32 off) on the same weights (lpperf.measure.frame):
 
-    rows = bench.waterfall_rows("fastest") + bench.peer_rows()
+    rows = bench.waterfall_rows("fastest") + bench.peer_rows() + bench.variant_rows()
     results = bench.run(rows, nets, device="cuda", config=bench.BenchConfig(batch=1))
     print(bench.format_table(results, title="batch 1 on an H200"))
     data = bench.report(results, environment, config, weights="synthetic")  # report.json
 
 Per row: ms per frame (median and p90 of CUDA-event samples after warm-up; a row whose samples did
 not settle is marked, and so is every speedup computed from its time), frames/s, speedup over the first
-row and over the peer row (BenchConfig.peer), achieved TFLOP/s (checked against the card's measured
+row and over the strongest peer (the fastest peer row of the run), achieved TFLOP/s (checked against the card's measured
 peak: a faster-than-physics number raises), NVML process memory and torch's peak, parity (PSNR,
 largest 8-bit difference, NaN/Inf count), compile time (kept apart) and the time of each stage run
 alone (as lpperf.measure.frame.time_stages measures it, with whether it settled).
+
+The peers are what a user gets from the official code: its app's autocast, its speed script's `.half()`
++ torch.compile per network, timed as a whole step (M, keypoint math, S, W, G) and, as the speed script
+times them, as its modules M, W and G each alone on the frame's inputs, summed (the modules-only peer:
+no work between the networks, so the smallest of the peer measures). "vs peer" divides by whichever
+peer row was fastest in the run, and the table says which.
 
 `lpperf bench` writes a report folder with report_folder(): report.json and the charts replace the
 previous report's files as a set, or, if writing fails, the previous report stays as it was.
@@ -48,14 +54,14 @@ from lpperf.util.validation import check_positive_int
 log = logging.getLogger(__name__)
 
 BASELINE_ROW = "fp32 eager"
-# The official code's own recipe, whole step: the "vs peer" column. official-tuned (plus cudnn.benchmark)
-# measured no stronger on an H200 (torch 2.11: 10.04 vs 10.20 ms at batch 1, 5.40 vs 5.37 at 16).
-DEFAULT_PEER = "official-reduce-overhead"
 PEER_LABELS = {"autocast-fp16": "peer: autocast fp16 eager (official app)",
                "official-default": "peer: .half() + compile per net (official, mode=default)",
                "official-reduce-overhead": "peer: .half() + compile per net, reduce-overhead",
-               "official-tuned": "peer: as above + cudnn.benchmark (tuned)",
-               "fast-bf16": "fast-bf16"}
+               "official-tuned": "peer: as above + cudnn.benchmark (tuned)"}
+# The official speed script's measure: its networks, .half() + compile, each alone on the frame's inputs.
+MODULES_PEER_RECIPE = "official-reduce-overhead"
+MODULES_PEER_ROW = "peer: official modules M + W + G alone, reduce-overhead (speed-script measure)"
+VARIANT_RECIPES = ("fast-bf16",)
 BASELINE_RECIPE = "fp32-eager"  # always the first row: speedups are over it
 CPU_DEFAULT_RECIPES = (BASELINE_RECIPE, "fast")
 UNSETTLED = charts.UNSETTLED  # marks a time whose samples did not settle before the stopping rule's cap
@@ -79,10 +85,14 @@ class Row:
     name: str
     steps: tuple[Step, ...]
     recipe: str = ""  # the recipe the row measures whole; "" for a waterfall prefix
+    peer: bool = False  # a measure of the official code: "vs peer" divides by the fastest such row
+    # Networks timed each alone on the frame's inputs and summed (frame.modules_alone), instead of the step
+    modules: tuple[str, ...] = ()
 
 
 def recipe_row(name: str, label: str = "") -> Row:
-    return Row(label or name, recipes.lookup(name).steps, recipe=name)
+    """The recipe's whole step as a row; the official code's recipes (PEER_LABELS) are peers."""
+    return Row(label or name, recipes.lookup(name).steps, recipe=name, peer=name in PEER_LABELS)
 
 
 def waterfall_rows(recipe: str = "fastest") -> list[Row]:
@@ -103,19 +113,26 @@ def waterfall_rows(recipe: str = "fastest") -> list[Row]:
 
 
 def peer_rows() -> list[Row]:
-    """Rows measured beside the waterfall: the official app's and speed script's settings, and the
-    bf16 variant of the fastest recipe."""
-    return [recipe_row(name, label) for name, label in PEER_LABELS.items()]
+    """The official code's settings as whole steps (its app's, its speed script's and a tuning user's),
+    then the modules-only peer: the speed script's compiled networks M, W, G each alone, summed."""
+    rows = [recipe_row(name, label) for name, label in PEER_LABELS.items()]
+    return rows + [Row(MODULES_PEER_ROW, recipes.lookup(MODULES_PEER_RECIPE).steps, recipe=MODULES_PEER_RECIPE,
+                       peer=True, modules=frame.PEER_MODULES)]
+
+
+def variant_rows() -> list[Row]:
+    """lpperf's own recipes measured beside the waterfall: variants of the fastest one."""
+    return [recipe_row(name) for name in VARIANT_RECIPES]
 
 
 def default_rows(device: torch.device, names: Sequence[str] = ()) -> list[Row]:
     """What `lpperf bench` measures: the named recipes, fp32-eager first as the baseline; without names
-    the waterfall and peer rows on CUDA, fp32-eager and fast on the CPU."""
+    the waterfall, peer and variant rows on CUDA, fp32-eager and fast on the CPU."""
     if names:
         names = list(dict.fromkeys(names))
         return [recipe_row(name) for name in ([] if BASELINE_RECIPE in names else [BASELINE_RECIPE]) + names]
     if device.type == "cuda":
-        return waterfall_rows() + peer_rows()
+        return waterfall_rows() + peer_rows() + variant_rows()
     return [recipe_row(name) for name in CPU_DEFAULT_RECIPES]
 
 
@@ -151,10 +168,13 @@ class RowResult:
     stage_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # batch 1, see stage_clock
     stage_converged: dict[str, bool] = dataclasses.field(default_factory=dict)  # per stage of stage_ms
     stage_clock: str = ""  # what stage_ms measures (lpperf.measure.frame.stage_clock)
+    peer: bool = False  # a measure of the official code (Row.peer)
+    # A modules row (Row.modules): each network's median alone, per batch, in the order of the row's sum
+    module_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     # build, parity frames and the first step at the timed shape: compile, cuDNN's algorithm search
     startup_memory: memory.MemoryReport | None = None
     speedup: float | None = None  # over the first row of the run
-    speedup_vs_peer: float | None = None  # over the peer row (BenchConfig.peer), if the run has it
+    speedup_vs_peer: float | None = None  # over the strongest peer row of the run (strongest_peer), if any
     # A ratio of two times is settled only if both are: False where the other time (the first row's, the
     # peer row's) did not settle either; set with the speedups.
     speedup_converged: bool = True
@@ -177,7 +197,6 @@ class BenchConfig:
     parity_frames: int = frame.PARITY_FRAMES
     stages: bool = True  # also time F, M, S, W, G alone per row
     stage_rule: timing.StoppingRule = frame.STAGE_RULE
-    peer: str = DEFAULT_PEER  # the recipe whose row the "vs peer" speedups compare with
 
     def __post_init__(self) -> None:
         check_positive_int(self.batch, "BenchConfig.batch")
@@ -189,43 +208,51 @@ class BenchConfig:
 def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig, reference: torch.Tensor | None,
                 flops_per_frame: float | None, peak: roofline.PeakThroughput | None) -> RowResult:
     """Build the row's engine, run the first frames for parity, time the per-frame step with NVML
-    tracking the process's GPU memory (where NVML is usable), then time each stage alone."""
+    tracking the process's GPU memory (where NVML is usable), then time each stage alone. A row of
+    modules times its networks each alone instead (frame.modules_alone): no frame, so no parity."""
     engine = recipes.build(row.steps, nets, device)
     precision = engine.precision
     # Start-up (compile, cuDNN's algorithm search at each shape, CUDA-graph recording) and the steady
     # state are tracked apart: the start-up's transients say nothing about what running the row needs.
     with contextlib.ExitStack() as stack:
         startup, memory_unavailable = _track_memory(stack, device)
-        animator = frame.sample_animator(engine)
-        outputs = frame.run_frames(animator, config.parity_frames)
         driving = frame.driving_batch(config.batch, offset=config.parity_frames).to(device)
-        animator.step(driving)  # the timed shape's first step
+        if row.modules:
+            animator, outputs = None, None
+            calls = frame.modules_alone(engine, driving, row.modules)
+        else:
+            animator = frame.sample_animator(engine)
+            outputs = frame.run_frames(animator, config.parity_frames)
+            calls = {"": lambda: animator.step(driving)}
+        first_calls_s = sum(timing.host_call_s(call, device) for call in calls.values())  # compile, at the timed shape
     with contextlib.ExitStack() as stack:
         tracker, _ = _track_memory(stack, device)
-        result = timing.time_callable(lambda: animator.step(driving), device, warmup=config.warmup, rule=config.rule)
+        result = timing.time_parts(calls, device, warmup=config.warmup, rule=config.rule)
     stages = (frame.time_stages(animator, driving[:1], device, warmup=config.warmup, rule=config.stage_rule)
-              if config.stages else {})
+              if config.stages and animator is not None else {})
 
     parity_report, failures = None, []
-    if reference is not None:
+    if reference is not None and outputs is not None:
         parity_report = parity.compare({}, {}, outputs, reference, precision=precision)
         failures = parity_report.failures(parity.Tolerance.for_precision(precision))
     per_frame_s = result.stats.median_s / config.batch
     tflops = None
-    if flops_per_frame:
+    if flops_per_frame and not row.modules:  # the modules alone do only part of a frame's work
         tflops = (roofline.check(flops_per_frame, per_frame_s, peak, label=f"waterfall row {row.name!r}")
                   if peak is not None else roofline.achieved_tflops(flops_per_frame, per_frame_s))
     return RowResult(
-        name=row.name, recipe=row.recipe, batch=config.batch, precision=precision, applied=engine.report()["applied"],
-        skipped=dict(engine.skipped), timing=result, ms_per_frame=per_frame_s * 1e3,
-        p90_ms_per_frame=result.stats.p90_s / config.batch * 1e3, frames_per_second=1.0 / per_frame_s,
-        converged=result.converged, tflops=tflops, compile_seconds=engine.compile_seconds,
+        name=row.name, recipe=row.recipe, batch=config.batch, precision=precision, peer=row.peer,
+        applied=engine.report()["applied"], skipped=dict(engine.skipped), timing=result,
+        ms_per_frame=per_frame_s * 1e3, p90_ms_per_frame=result.stats.p90_s / config.batch * 1e3,
+        frames_per_second=1.0 / per_frame_s, converged=result.converged, tflops=tflops,
+        compile_seconds=engine.compile_seconds if animator is not None else first_calls_s,
         memory=None if tracker is None else tracker.report, memory_unavailable=memory_unavailable,
         startup_memory=None if startup is None else startup.report,
         parity=parity_report, parity_failures=failures,
         stage_ms={stage: measured.median_ms for stage, measured in stages.items()},
         stage_converged={stage: measured.converged for stage, measured in stages.items()},
-        stage_clock=frame.stage_clock(device) if stages else "")
+        stage_clock=frame.stage_clock(device) if stages else "",
+        module_ms={stage: stats.median_s * 1e3 for stage, stats in result.parts.items()})
 
 
 def _track_memory(stack: contextlib.ExitStack, device: torch.device) -> tuple[memory.MemoryTracker | None, str]:
@@ -240,7 +267,7 @@ def _track_memory(stack: contextlib.ExitStack, device: torch.device) -> tuple[me
 
 def run(rows: Sequence[Row], nets: dict, device: str | torch.device = "cuda", config: BenchConfig = BenchConfig(),
         progress: Callable[[str], None] = log.info) -> list[RowResult]:
-    """Measure every row in order; speedups are over the first row and the peer row of this one run."""
+    """Measure every row in order; speedups are over the first row and the strongest peer of this one run."""
     device = torch.device(device)
     progress("counting FLOPs per frame")
     flops = frame.flops_per_frame(nets)
@@ -259,14 +286,20 @@ def run(rows: Sequence[Row], nets: dict, device: str | torch.device = "cuda", co
         except torch.cuda.OutOfMemoryError as error:
             results.append(_failed_row(row, config, f"out of GPU memory: {error}"))
         memory.release_cached_memory()
-    _set_speedups(results, config.peer)
+    _set_speedups(results)
     return results
 
 
-def _set_speedups(results: Sequence[RowResult], peer: str) -> None:
+def strongest_peer(results: Sequence[RowResult]) -> RowResult | None:
+    """The fastest measured peer row: what "vs peer" divides by (None if the run measured no peer)."""
+    peers = [result for result in results if result.peer and not result.error]
+    return min(peers, key=lambda result: result.ms_per_frame, default=None)
+
+
+def _set_speedups(results: Sequence[RowResult]) -> None:
     measured = [result for result in results if not result.error]
     baseline = results[0] if results and not results[0].error else None
-    peer_result = next((result for result in measured if result.recipe == peer), None)
+    peer_result = strongest_peer(results)
     for result in measured:
         result.speedup = None if baseline is None else baseline.ms_per_frame / result.ms_per_frame
         result.speedup_vs_peer = None if peer_result is None else peer_result.ms_per_frame / result.ms_per_frame
@@ -275,7 +308,8 @@ def _set_speedups(results: Sequence[RowResult], peer: str) -> None:
 
 
 def _failed_row(row: Row, config: BenchConfig, error: str) -> RowResult:
-    return RowResult(name=row.name, recipe=row.recipe, batch=config.batch, precision="", applied=[], skipped={},
+    return RowResult(name=row.name, recipe=row.recipe, batch=config.batch, precision="", peer=row.peer, applied=[],
+                     skipped={},
                      timing=None, ms_per_frame=math.nan, p90_ms_per_frame=math.nan, frames_per_second=math.nan,
                      converged=False, tflops=None, compile_seconds=None, memory=None, memory_unavailable="",
                      parity=None, parity_failures=[], error=error)
@@ -292,7 +326,7 @@ MEMORY_METHODS = {
 }
 
 
-def format_table(results: Sequence[RowResult], title: str = "", peer: str = DEFAULT_PEER) -> str:
+def format_table(results: Sequence[RowResult], title: str = "") -> str:
     """The rows as a text table, `title` above it and what its marks and memory columns mean below it."""
     # Below 1 TFLOP/s (a CPU run) the column is in GFLOP/s: in TFLOP/s every row would read 0.0.
     achieved = [r.tflops for r in results if r.tflops is not None and math.isfinite(r.tflops)]
@@ -315,14 +349,22 @@ def format_table(results: Sequence[RowResult], title: str = "", peer: str = DEFA
     rendered = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(line))
                 for line in lines]
     rendered.insert(1, "-" * len(rendered[0]))
-    notes = [f"vs peer: speedup over the {peer} row" + ("" if any(r.recipe == peer for r in results)
-                                                         else " (not in this run: '-')")]
+    notes = [peer_note(results)]
     if any(not (r.converged or r.error) for r in results):
         notes.append(f"{UNSETTLED} not converged: the samples still varied by more than the stopping rule allows "
                      "when it stopped (a speedup is marked when either of its two times is); treat that time and "
                      "every ratio computed from it as noise")
     notes.append(memory_note(results))
     return "\n".join(([title] if title else []) + rendered + notes)
+
+
+def peer_note(results: Sequence[RowResult]) -> str:
+    """What the "vs peer" column divides by: the strongest peer of the run, named."""
+    peer = strongest_peer(results)
+    if peer is None:
+        return "vs peer: '-', no peer row was measured in this run (the peers are rows named 'peer: ...')"
+    return (f"vs peer: speedup over the strongest (fastest) peer measure of this run, {peer.name!r} "
+            f"({peer.ms_per_frame:.2f} ms/frame)")
 
 
 def memory_note(results: Sequence[RowResult]) -> str:

@@ -6,7 +6,7 @@ where there is no CUDA GPU. Only timings that are steady from one process to the
 pytest-benchmark benchmarks (and so gated by `--benchmark-compare-fail`): whole frames of the
 CUDA-graph recipes, each round a block of back-to-back frames so that the host's per-call work
 overlaps the GPU's (timed one frame per round, after a synchronize, the medians of identical runs
-on H200s, torch 2.11, 2026-11-29, moved up to 11.5 %, because the host's part of every call was inside the clock). Eager
+on H200s moved up to 11.5 %, because the host's part of every call was inside the clock). Eager
 timings are launch-bound and moved 16-59 % between identical runs, so they are reported as
 informational results (the `lpperf informational results` section of the summary) and gated only by
 `lpperf gate`, which compares both versions in one job.
@@ -25,7 +25,9 @@ from lpperf.optimize import recipes, rewrites, steps
 pytestmark = pytest.mark.gpu
 
 OPTIMIZED = "fastest"
-PEER = "official-reduce-overhead"  # the whole-step official-style recipe: the speedup's baseline
+# The official speed script's settings: .half() + compile(reduce-overhead) per network. Measured two ways,
+# as a whole step and as its networks M, W, G each alone (frame.modules_alone); the faster is the peer.
+PEER = "official-reduce-overhead"
 BASELINE = "fp32-eager"
 GATED_FRAMES = (OPTIMIZED, "fast")  # CUDA-graph recipes: steady across processes
 BATCHED = "fastest-batched"  # W's mask in the frequency domain: parity checked here, speed by `lpperf bench`
@@ -54,6 +56,11 @@ class Session:
     def time_frame(self, recipe: str) -> timing.TimingResult:
         animator = self.animator(recipe)
         return timing.time_callable(lambda: animator.step(self.driving), self.device, warmup=5, rule=RULE)
+
+    def time_modules(self, recipe: str) -> timing.TimingResult:
+        """The recipe's networks M, W and G each alone on the frame's inputs, summed per round."""
+        calls = frame.modules_alone(recipes.build(recipe, self.nets, self.device), self.driving)
+        return timing.time_parts(calls, self.device, warmup=5, rule=RULE)
 
     def release_all(self) -> None:
         """Drop every engine (compiled graphs and CUDA-graph pools too) so memory is measured alone."""
@@ -118,26 +125,40 @@ def _sleep_cycles_per_ms(device: torch.device, cycles: int = 10_000_000) -> floa
     return cycles / timing.time_callable(spin, device, warmup=1).median_ms
 
 
-def test_speedup_over_the_whole_step_peer(gpu_session, lpperf_thresholds, lpperf_info, flops_per_frame, peak):
-    """The optimized recipe against .half() + torch.compile(mode='reduce-overhead') per network, both
-    timed with CUDA events in this session (fp32 eager beside them, informational).
+def test_speedup_over_the_strongest_peer(gpu_session, lpperf_thresholds, lpperf_info, flops_per_frame, peak):
+    """The optimized recipe against the strongest official-style peer measure of this session: the faster
+    of the whole step of .half() + torch.compile(mode='reduce-overhead') per network (the work between
+    the networks eager) and the same compiled networks M, W and G each timed alone on the frame's inputs
+    and summed, as the official speed script measures them. All are CUDA-event times; fp32 eager beside
+    them, informational.
 
     Each is built and timed alone, every other engine released first (as lpperf bench does): the
     peer's per-network CUDA graphs and the optimized step's graph share torch's CUDA-graph tree, and
     interleaved they re-record (an H200 run measured the optimized step at 83 ms that way, 4.5 ms alone)."""
+    whole_step, modules = f"{PEER} (whole step)", f"{PEER} (modules M + W + G alone, summed)"
+    measures = ((whole_step, lambda: gpu_session.time_frame(PEER)), (modules, lambda: gpu_session.time_modules(PEER)),
+                (OPTIMIZED, lambda: gpu_session.time_frame(OPTIMIZED)),
+                (BASELINE, lambda: gpu_session.time_frame(BASELINE)))
     timings = {}
-    for recipe in (PEER, OPTIMIZED, BASELINE):
+    for name, measure in measures:
         gpu_session.release_all()
-        timings[recipe] = gpu_session.time_frame(recipe)
+        timings[name] = measure()
     gpu_session.release_all()
-    for name, result in timings.items():
-        roofline.check(flops_per_frame, result.stats.median_s, peak, label=f"{name} per-frame timing")
-    speedup = timings[PEER].stats.median_s / timings[OPTIMIZED].stats.median_s
-    over_fp32 = timings[BASELINE].stats.median_s / timings[OPTIMIZED].stats.median_s
-    lpperf_info["speedup"] = (f"{OPTIMIZED} {timings[OPTIMIZED].median_ms:.2f} ms, {PEER} {timings[PEER].median_ms:.2f} "
-                              f"ms ({speedup:.2f}x), {BASELINE} {timings[BASELINE].median_ms:.2f} ms ({over_fp32:.2f}x)")
-    lpperf_thresholds.min_speedup.check(speedup, OPTIMIZED, f"{timings[OPTIMIZED].median_ms:.2f} ms against "
-                                        f"{timings[PEER].median_ms:.2f} ms per frame")
+    for name in (whole_step, OPTIMIZED, BASELINE):  # whole frames; the modules alone do part of a frame's work
+        roofline.check(flops_per_frame, timings[name].stats.median_s, peak, label=f"{name} per-frame timing")
+    parts = timings[modules].parts
+    assert list(parts) == list(frame.PEER_MODULES), parts
+    peers = (whole_step, modules)
+    strongest = min(peers, key=lambda name: timings[name].stats.median_s)
+    ms = {name: result.median_ms for name, result in timings.items()}
+    speedup = ms[strongest] / ms[OPTIMIZED]
+    lpperf_info["speedup"] = (
+        f"{OPTIMIZED} {ms[OPTIMIZED]:.2f} ms, {speedup:.2f}x the strongest peer, {strongest} {ms[strongest]:.2f} ms; "
+        + ", ".join(f"{name} {ms[name]:.2f} ms" for name in peers if name != strongest)
+        + " (modules: " + ", ".join(f"{stage} {stats.median_s * 1e3:.2f}" for stage, stats in parts.items())
+        + f" ms); {BASELINE} {ms[BASELINE]:.2f} ms ({ms[BASELINE] / ms[OPTIMIZED]:.2f}x)")
+    lpperf_thresholds.min_speedup.check(speedup, OPTIMIZED, f"{ms[OPTIMIZED]:.2f} ms against {ms[strongest]:.2f} ms "
+                                        f"per frame for the strongest peer, {strongest}")
 
 
 @pytest.mark.parametrize("recipe", EAGER_FRAMES)
