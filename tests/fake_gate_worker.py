@@ -5,7 +5,11 @@ Behaviour comes from the JSON in LPPERF_FAKE_WORKER: {"ms": {metric: ms}, "defau
 "head_factor": {metric: factor} or a number, "noise": relative sd per block, "seed": int,
 "replayed": [metrics the worker says it timed as CUDA graph replays],
 "fail": {"role": "head", "op": "prepare", "how": "crash" | "hang" | "oom" | "garbage" | "bad-ms"},
-"child": true (a sleeping child process in the worker's group, holding its stdout, as compile workers do)}.
+"child": true (a sleeping child process in the worker's group, holding its stdout, as compile workers do),
+"memory_mib": MiB of every frame (default 1000), "head_memory_mib": MiB the head adds,
+"no_memory": [roles that cannot report memory] or true (neither can: the CPU),
+"startup_s": {"first_s", "warm_s"} (default 10 and 5), "head_startup_factor": number,
+"head_output_levels": noise the head adds to its frames, "head_output_size": side of the head's frames}.
 Its log (stderr) starts with `pid N` and, with a child, `child pid N`.
 """
 
@@ -34,6 +38,42 @@ def per_call_ms(name):
     if role == "head":
         base *= factor.get(name, 1.0) if isinstance(factor, dict) else factor
     return base
+
+
+def memory():
+    no_memory = spec.get("no_memory", [])
+    if no_memory is True or role in no_memory:
+        return {"torch_peak_mib": None, "nvml_mib": None, "why": "fake worker without memory"}
+    mib = spec.get("memory_mib", 1000.0) + (spec.get("head_memory_mib", 0.0) if role == "head" else 0.0)
+    return {"torch_peak_mib": mib, "nvml_mib": mib + 500.0}
+
+
+def startup():
+    figures = dict(spec.get("startup_s", {"first_s": 10.0, "warm_s": 5.0}))
+    factor = spec.get("head_startup_factor", 1.0) if role == "head" else 1.0
+    return {key: value * factor for key, value in figures.items()}
+
+
+def outputs(request):
+    """Frames as the real worker writes them: the same on both sides unless the spec moves the head's."""
+    asked = request.get("outputs")
+    if not asked:
+        return {}
+    size = spec.get("head_output_size", 16) if role == "head" else 16
+    frames_rng = np.random.default_rng(1)  # the same "frames" on both sides
+    frames = frames_rng.random((asked["frames"], 3, size, size), dtype=np.float32)
+    batched = frames_rng.random((4, 3, size, size), dtype=np.float32)
+    levels = spec.get("head_output_levels", 0.0) if role == "head" else 0.0
+    if levels:
+        frames = frames + (rng.random(frames.shape) * 2 - 1).astype(np.float32) * levels / 255
+    reference = np.clip(frames + 0.001, 0, 1)
+    os.makedirs(asked["folder"], exist_ok=True)
+    written = {}
+    for recipe in dict.fromkeys(m["recipe"] for m in request["metrics"]):
+        path = os.path.join(asked["folder"], f"{recipe}.npz")
+        np.savez(path, frames=frames, batched=batched, reference=reference)
+        written[recipe] = path
+    return written
 
 
 for line in sys.stdin:
@@ -67,7 +107,10 @@ for line in sys.stdin:
         answer = {"ok": True, "warm_ms": {m["name"]: per_call_ms(m["name"]) for m in request["metrics"]},
                   "compile_s": {}, "injected_ms": {},
                   "timed_as": {m["name"]: "cuda graph replay" if m["name"] in spec.get("replayed", []) else
-                               "back-to-back calls" for m in request["metrics"]}}
+                               "back-to-back calls" for m in request["metrics"]},
+                  "memory": {m["name"]: memory() for m in request["metrics"] if not m["stage"]},
+                  "startup": {m["recipe"]: startup() for m in request["metrics"]},
+                  "outputs": outputs(request)}
     elif op == "measure" and request["metric"] not in prepared:
         answer = {"ok": False, "kind": "error", "error": f"{request['metric']}: KeyError: not prepared here"}
     elif op == "measure":

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lpperf.gate import controller, report
+from lpperf.gate import checks, controller, report
 from lpperf.gate.workers import GateError, run_to_the_end
 from lpperf.util.devices import device_name
 from lpperf.util.exits import Exit
@@ -68,6 +68,39 @@ def add_parser(commands) -> None:
     gate.add_argument("--weights", metavar="DIR", help="official checkpoints (default: synthetic weights)")
     gate.add_argument("--out", default="lpperf-gate", metavar="DIR",
                       help="folder for gate.json and worker logs (default %(default)s)")
+    budgets = gate.add_argument_group("memory, output and start-up, head against base")
+    budgets.add_argument("--memory-threshold", type=_number(float, 0, 1, open_ends=(False, True)),
+                         default=_DEFAULTS.memory.fraction, metavar="FRACTION",
+                         help="memory regressed when the head needs this fraction more than the base (default "
+                              "%(default)s) ...")
+    budgets.add_argument("--memory-floor-mib", type=_number(float, 0, 1e6), default=_DEFAULTS.memory.floor_mib,
+                         metavar="MIB", help="... and more than this many MiB (default %(default)s)")
+    budgets.add_argument("--output-frames", type=_number(int, 0, controller.MAX_OUTPUT_FRAMES),
+                         default=_DEFAULTS.output_frames, metavar="N",
+                         help="batch-1 frames per recipe whose output is compared, plus one batched step; 0 turns "
+                              "the output comparison off (default %(default)s)")
+    budgets.add_argument("--min-output-psnr", type=_number(float, 0, 1000, open_ends=(True, False)),
+                         default=_DEFAULTS.output.min_psnr_db, metavar="DB",
+                         help="output changed when the head's frames are below this PSNR against the base's "
+                              "(default %(default)s) ...")
+    budgets.add_argument("--max-output-levels", type=_number(int, 0, 255), default=_DEFAULTS.output.max_level_diff,
+                         metavar="LEVELS", help="... or a pixel moves more than this many 8-bit levels (default "
+                                                "%(default)s)")
+    budgets.add_argument("--accept-output-change", action="store_true",
+                         help="the head is meant to change the output: report the change, do not fail on it (NaN/Inf "
+                              "still fails)")
+    budgets.add_argument("--startup-threshold", type=_number(float, 0, 10, open_ends=(False, True)),
+                         default=_DEFAULTS.startup.fraction, metavar="FRACTION",
+                         help="start-up regressed when the head's second build takes this fraction longer than the "
+                              f"base's and more than {_DEFAULTS.startup.floor_s:g} s longer (default %(default)s)")
+    gate.add_argument("--summary", metavar="FILE",
+                      help="also write the verdict tables as Markdown to FILE (with $GITHUB_STEP_SUMMARY set they "
+                           "are appended there as well)")
+    gate.add_argument("--inject-memory-mib", type=_number(float, 0, 1e6), default=0.0, metavar="MIB",
+                      help="TEST ONLY: the head holds this much more GPU memory (checks the memory comparison)")
+    gate.add_argument("--inject-output-levels", type=_number(float, 0, 255), default=0.0, metavar="LEVELS",
+                      help="TEST ONLY: the head's output frames get noise of this many 8-bit levels (checks the output "
+                           "comparison)")
     gate.add_argument("--inject-slowdown", type=_number(float, 0, 1, open_ends=(False, True)), default=0.0,
                       metavar="FRACTION",
                       help="TEST ONLY: the head spins the GPU for this fraction of each frame (checks the gate "
@@ -143,8 +176,25 @@ def _gate(args) -> int:
         return Exit.PASS
     print(report.format_table(result))
     write_json(record, record_path)
+    _write_summary(report.format_markdown(result), args.summary)
     print(f"\ngate: {report.verdict_word(result)} in {result.wall_s:.0f} s; record: {record_path}")
     return result.exit_code
+
+
+def _write_summary(markdown: str, path: str | None) -> None:
+    """The Markdown tables to --summary (replaced) and to GitHub's job summary (appended), if set."""
+    import os
+
+    targets = [(Path(path), "w")] if path else []
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        targets.append((Path(os.environ["GITHUB_STEP_SUMMARY"]), "a"))
+    for target, mode in targets:
+        try:
+            with open(target, mode, encoding="utf-8") as handle:
+                handle.write(markdown)
+        except OSError as error:
+            raise GateError(f"cannot write the Markdown summary to {target} ({error.strerror or error}); the verdict "
+                            "was measured and is in gate.json") from None
 
 
 def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list[str | None]]:
@@ -154,7 +204,10 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
                         "not both and not neither")
     if args.calibrate:
         for option, value in (("--max-rounds", args.max_rounds), ("--undecided", args.undecided),
-                              ("--inject-slowdown", args.inject_slowdown or None)):
+                              ("--inject-slowdown", args.inject_slowdown or None),
+                              ("--inject-memory-mib", args.inject_memory_mib or None),
+                              ("--inject-output-levels", args.inject_output_levels or None),
+                              ("--accept-output-change", args.accept_output_change or None)):
             if value is not None:
                 raise GateError(f"{option} does not apply to --calibrate (an A/A run of exactly --rounds rounds); "
                                 f"drop {option}")
@@ -163,10 +216,15 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
     max_rounds = args.max_rounds or max(_DEFAULTS.max_rounds, args.rounds)
     if max_rounds < args.rounds:
         raise GateError(f"--max-rounds {max_rounds} is below --rounds {args.rounds}; give --max-rounds >= --rounds")
-    config = controller.GateConfig(threshold=args.threshold, alpha=args.alpha, rounds=args.rounds,
-                                   max_rounds=args.rounds if args.calibrate else max_rounds,
-                                   undecided_fails=args.undecided != "pass", weights=args.weights,
-                                   inject_slowdown=args.inject_slowdown, head_first=args.prepare_head_first)
+    config = controller.GateConfig(
+        threshold=args.threshold, alpha=args.alpha, rounds=args.rounds,
+        max_rounds=args.rounds if args.calibrate else max_rounds, undecided_fails=args.undecided != "pass",
+        weights=args.weights, head_first=args.prepare_head_first,
+        memory=checks.MemoryBudget(args.memory_threshold, args.memory_floor_mib),
+        output=checks.OutputBudget(args.min_output_psnr, args.max_output_levels, args.accept_output_change),
+        startup=checks.StartupBudget(args.startup_threshold, _DEFAULTS.startup.floor_s),
+        output_frames=args.output_frames, inject_slowdown=args.inject_slowdown,
+        inject_memory_mib=args.inject_memory_mib, inject_output_levels=args.inject_output_levels)
     if args.weights not in (None, "synthetic") and not Path(args.weights).expanduser().is_dir():
         raise GateError(f"--weights {args.weights} is not a folder; give the folder of the official checkpoints "
                         "(or leave --weights out for synthetic weights)")
@@ -176,6 +234,14 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
     gpus = _gpus(args.device, args.gpus)
     if args.inject_slowdown and gpus == [None]:
         raise GateError("--inject-slowdown spins the GPU, and this run is on the CPU; drop it or run on a card")
+    if args.inject_memory_mib and gpus == [None]:
+        raise GateError("--inject-memory-mib holds GPU memory, and this run is on the CPU, where memory is not "
+                        "compared; drop it or run on a card")
+    if args.inject_output_levels and not args.output_frames:
+        raise GateError("--inject-output-levels changes the output frames that --output-frames 0 does not compare; "
+                        "give --output-frames 1 or more")
+    if args.summary and Path(args.summary).is_dir():
+        raise GateError(f"--summary {args.summary} is a folder; give a file for the Markdown tables")
     return config, metrics, gpus
 
 

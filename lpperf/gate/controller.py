@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ import numpy as np
 from lpperf.measure import STAGES
 from lpperf.util import cores
 from lpperf.util.exits import Exit
-from lpperf.gate import stats
+from lpperf.gate import checks, stats
 from lpperf.gate.workers import GateError, Worker, run_to_the_end, stop_all, worker_command
 
 DEFAULT_RECIPES = ("fast", "fp32-eager")
@@ -40,6 +41,7 @@ DEFAULT_BATCHES = (1, 4)
 # needs most of an 80 GB card's memory.
 MAX_BATCH = 64
 MIN_ROUNDS = 4  # fewer give no interval worth a look
+MAX_OUTPUT_FRAMES = 16  # each is 3 MiB per side, and the reference computes it again
 MAX_ROUNDS = 1000  # a bound that catches a typo (an extra zero) before hours of measuring
 
 
@@ -79,7 +81,13 @@ class GateConfig:
     undecided_fails: bool = True
     weights: str | None = None  # official checkpoint folder; None: synthetic
     seed: int = 0
+    memory: checks.MemoryBudget = checks.MemoryBudget()
+    output: checks.OutputBudget = checks.OutputBudget()
+    startup: checks.StartupBudget = checks.StartupBudget()
+    output_frames: int = 2  # batch-1 frames per recipe compared head against base (0: no output A/B)
     inject_slowdown: float = 0.0  # test-only: the head spins the GPU this fraction of each frame
+    inject_memory_mib: float = 0.0  # test-only: the head holds this much more GPU memory
+    inject_output_levels: float = 0.0  # test-only: the head's output frames get noise of this many 8-bit levels
     head_first: bool = False  # diagnostic: prepare the head before the base (an order effect then changes sign)
     load_timeout_s: float = 600.0
     prepare_timeout_s: float = 1800.0
@@ -97,6 +105,10 @@ class GateConfig:
             raise ValueError("block times must be > 0 ms")
         if not 0 <= self.inject_slowdown < 1:
             raise ValueError(f"inject_slowdown is a fraction in [0, 1), got {self.inject_slowdown}")
+        if not 0 <= self.output_frames <= MAX_OUTPUT_FRAMES:
+            raise ValueError(f"output_frames must be 0 to {MAX_OUTPUT_FRAMES}, got {self.output_frames}")
+        if self.inject_memory_mib < 0 or not 0 <= self.inject_output_levels <= 255:
+            raise ValueError("inject_memory_mib must be >= 0 and inject_output_levels in [0, 255]")
 
     @property
     def looks(self) -> int:
@@ -126,6 +138,21 @@ class MetricResult:
 
 
 @dataclasses.dataclass
+class BesideTime:
+    """What the gate judges besides time (lpperf.gate.checks)."""
+
+    memory: list[checks.MemoryComparison] = dataclasses.field(default_factory=list)
+    outputs: list[checks.OutputComparison] = dataclasses.field(default_factory=list)
+    startup: list[checks.StartupComparison] = dataclasses.field(default_factory=list)
+
+    @property
+    def failing(self) -> list[str]:
+        """The kinds of check that failed: "memory", "output", "start-up"."""
+        kinds = (("memory", self.memory), ("output", self.outputs), ("start-up", self.startup))
+        return [kind for kind, items in kinds if any(item.judgment.fails for item in items)]
+
+
+@dataclasses.dataclass
 class GateResult:
     base: Side
     head: Side
@@ -135,6 +162,7 @@ class GateResult:
     clocks: list[dict]  # one reading per round and card: {"lane", "round", "sm_mhz", "reasons"}
     setup: dict  # per card: load/compile seconds, weights, lpperf paths
     wall_s: float
+    beside: BesideTime = dataclasses.field(default_factory=BesideTime)
 
     @property
     def gated(self) -> list[MetricResult]:
@@ -150,7 +178,7 @@ class GateResult:
 
     @property
     def exit_code(self) -> Exit:
-        if self.regressed:
+        if self.regressed or self.beside.failing:
             return Exit.REGRESSED
         if self.undecided and self.config.undecided_fails:
             return Exit.UNDECIDED
@@ -193,16 +221,20 @@ class Lane:
     def workers(self) -> list[Worker]:
         return [worker for pair in self.pairs.values() for worker in pair.values()]
 
-    def prepare(self, config: GateConfig) -> None:
+    def prepare(self, config: GateConfig, outputs: Path) -> None:
         roles = ("head", "base") if config.head_first else ("base", "head")
         for role in roles:
-            self.setup[role] = {key: {} for key in ("warm_ms", "compile_s", "injected_ms", "timed_as")}
+            self.setup[role] = {key: {} for key in PREPARED}
         for recipe, pair in self.pairs.items():
             requests = [metric.request() for metric in self.metrics if metric.recipe == recipe]
             for role in roles:
-                inject = config.inject_slowdown if role == "head" else 0.0
-                answer = pair[role].request({"op": "prepare", "metrics": requests, "inject_slowdown": inject},
-                                            config.prepare_timeout_s)
+                head = role == "head"
+                request = {"op": "prepare", "metrics": requests, "inject_slowdown": config.inject_slowdown * head,
+                           "inject_memory_mib": config.inject_memory_mib * head,
+                           "inject_output_levels": config.inject_output_levels * head,
+                           "outputs": {"frames": config.output_frames, "folder": str(outputs / role)}
+                           if config.output_frames else None}
+                answer = pair[role].request(request, config.prepare_timeout_s)
                 for key, merged in self.setup[role].items():
                     merged.update(answer.get(key) or {})
         for metric in self.metrics:
@@ -233,6 +265,32 @@ class Lane:
                     times[role].append(checked_ms(answer.get("ms"), worker, "measure", result.metric.name))
                 result.base_ms.append(float(np.mean(times["base"])))
                 result.head_ms.append(float(np.mean(times["head"])))
+
+
+# What a prepare answer holds per metric or recipe, merged over a side's workers in Lane.setup[role]
+PREPARED = ("warm_ms", "compile_s", "injected_ms", "timed_as", "memory", "startup", "outputs")
+
+
+def judge_beside_time(lanes: Sequence[Lane], config: GateConfig) -> BesideTime:
+    """Memory, output and start-up of each lane's recipes, head against base (lpperf.gate.checks)."""
+    beside = BesideTime()
+    for lane in lanes:
+        base, head = lane.setup["base"], lane.setup["head"]
+        beside.memory += checks.compare_memory(base["memory"], head["memory"], config.memory, ("base", "head"))
+        for recipe in lane.recipes:
+            if recipe not in base["startup"] or recipe not in head["startup"]:
+                raise GateError(f"{recipe}: a side did not report its start-up time")
+            beside.startup.append(checks.compare_startup(recipe, base["startup"][recipe], head["startup"][recipe],
+                                                         config.startup))
+            if config.output_frames:
+                files = {role: lane.setup[role]["outputs"].get(recipe) for role in ("base", "head")}
+                missing = [role for role, path in files.items() if not path]
+                if missing:
+                    raise GateError(f"{recipe}: the {' and '.join(missing)} side wrote no output frames")
+                beside.outputs.append(checks.compare_outputs(
+                    recipe, checks.load_outputs(Path(files["base"]), "base"),
+                    checks.load_outputs(Path(files["head"]), "head"), config.output))
+    return beside
 
 
 def checked_ms(value, worker: Worker, operation: str, metric: str) -> float:
@@ -282,9 +340,17 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
             lane.setup["cores"] = cores.describe_cores(lane_cores)
         progress(f"loading both sides on {sum(len(lane.pairs) for lane in lanes)} worker pair(s), one per recipe")
         _in_parallel([lambda w=w, lane=lane: _load(w, lane, config) for lane in lanes for w in lane.workers()], stop)
-        for lane in lanes:
-            progress(f"{lane.setup['card']}: building, compiling and warming up, one side at a time")
-            lane.prepare(config)
+        outputs = log_dir / "outputs"  # each side's frames, compared and removed before the rounds
+        try:
+            for lane in lanes:
+                progress(f"{lane.setup['card']}: building, compiling and warming up, one side at a time")
+                lane.prepare(config, outputs)
+            beside = judge_beside_time(lanes, config)
+        finally:
+            shutil.rmtree(outputs, ignore_errors=True)
+            for lane in lanes:  # the files are gone; gate.json keeps what was compared, in `beside`
+                for role in ("base", "head"):
+                    (lane.setup.get(role) or {}).pop("outputs", None)
         one_sided = stats.per_test_alpha(config.alpha, len(gated), config.looks)
         done = 0
         while True:
@@ -313,7 +379,7 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
                       metrics=sorted(results, key=lambda r: order[r.metric.name]),
                       clocks=[reading for lane in lanes for reading in lane.clocks],
                       setup={lane.setup["card"]: lane.setup for lane in lanes},
-                      wall_s=time.perf_counter() - began)
+                      wall_s=time.perf_counter() - began, beside=beside)
 
 
 def _load(worker: Worker, lane: Lane, config: GateConfig) -> None:

@@ -1,5 +1,6 @@
-"""What a gate run says: the verdict table, which stages account for a regressed frame, the card's
-clocks over the run, the JSON record, and the noise calibration table (A/A)."""
+"""What a gate run says: the verdict table, which stages account for a regressed frame, memory, output
+and start-up head against base, the card's clocks over the run, the JSON record, the same as Markdown
+for a pull request, and the noise calibration table (A/A)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import math
 
 import numpy as np
 
-from lpperf.gate import stats
-from lpperf.gate.controller import GateResult, MetricResult
+from lpperf.gate import checks, stats
+from lpperf.gate.controller import BesideTime, GateConfig, GateResult, MetricResult
 from lpperf.measure import FRAME_STAGES
 from lpperf.measure.timing import decode_clock_reasons
+from lpperf.util.exits import Exit
 
 # Clock-event reasons that mean the card slowed itself down (idle and application-clock bits do not).
 SLOWDOWN_REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
@@ -47,8 +49,68 @@ def format_table(result: GateResult) -> str:
                  f"{'; head prepared first' if config.head_first else ''}")
     lines += replayed_frames(result)
     lines += attribution(result)
+    lines += beside_time_lines(result.beside, config)
     lines.append(clock_summary(result))
     return "\n".join(lines)
+
+
+def _change(base: float, head: float) -> str:
+    return f"{(head / base - 1) * 100:+.1f}%" if base > 0 else "-"
+
+
+def _parity(comparison: checks.FrameComparison | None) -> str:
+    if comparison is None:
+        return "-"
+    if comparison.nonfinite:
+        return f"{comparison.nonfinite} NaN/Inf"
+    if comparison.psnr_db == math.inf:
+        return "identical"
+    return f"{comparison.psnr_db:.1f} dB, {comparison.max_level_diff} level{'s' * (comparison.max_level_diff != 1)}"
+
+
+def beside_rows(beside: BesideTime) -> dict[str, list[tuple[str, ...]]]:
+    """The memory, output and start-up comparisons as table rows (a header first), for text and Markdown."""
+    memory = [("frame", "measure", "base MiB", "head MiB", "change", "verdict")] + [
+        (item.metric, item.measure, f"{item.base_mib:.0f}" if item.base_mib is not None else "-",
+         f"{item.head_mib:.0f}" if item.head_mib is not None else "-",
+         _change(item.base_mib, item.head_mib) if item.base_mib is not None else "-",
+         item.judgment.value + (f" ({item.why_unmeasured})" if item.why_unmeasured else ""))
+        for item in beside.memory]
+    outputs = [("recipe", "compared", "head vs base", "base vs fp32 ref", "head vs fp32 ref", "verdict")] + [
+        (item.recipe, item.frames, _parity(item.head_vs_base), _parity(item.base_parity), _parity(item.head_parity),
+         item.judgment.value) for item in beside.outputs]
+    startup = [("recipe", "first build base s", "head s", "second build base s", "head s", "change", "verdict")] + [
+        (item.recipe, f"{item.base_first_s:.1f}", f"{item.head_first_s:.1f}", f"{item.base_warm_s:.1f}",
+         f"{item.head_warm_s:.1f}", _change(item.base_warm_s, item.head_warm_s), item.judgment.value)
+        for item in beside.startup]
+    return {"memory": memory, "output": outputs, "start-up": startup}
+
+
+def beside_titles(config: GateConfig) -> dict[str, str]:
+    """What each comparison measures and its budget, in one line."""
+    return {
+        "memory": f"memory after warm-up, head against base: regressed above +{config.memory.fraction:.0%} and "
+                  f"+{config.memory.floor_mib:g} MiB",
+        "output": f"output, head frames against base frames (same inputs and weights): changed below "
+                  f"{config.output.min_psnr_db:g} dB or above {config.output.max_level_diff} levels, or with NaN/Inf"
+                  + ("; an intended change is accepted (--accept-output-change)" if config.output.accept_change
+                     else ""),
+        "start-up": f"start-up, build + compile + first frame: judged on the second build in the same process (each "
+                    f"side's code in the compile caches), regressed above +{config.startup.fraction:.0%} and "
+                    f"+{config.startup.floor_s:g} s; the first build is as the runner's caches had it",
+    }
+
+
+def beside_time_lines(beside: BesideTime, config: GateConfig) -> list[str]:
+    lines = []
+    titles = beside_titles(config)
+    for kind, rows in beside_rows(beside).items():
+        if len(rows) == 1:
+            continue
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines += ["", titles[kind]]
+        lines += ["  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    return lines
 
 
 def _attributed(item: MetricResult, threshold: float) -> str:
@@ -117,8 +179,9 @@ def clock_summary(result: GateResult) -> str:
 
 
 def verdict_word(result: GateResult) -> str:
-    if result.regressed:
-        return "regressed"
+    failing = (["time"] if result.regressed else []) + result.beside.failing
+    if failing:
+        return "regressed: " + ", ".join(failing)
     if result.undecided:
         return "undecided" if result.config.undecided_fails else "undecided (allowed to pass)"
     return "pass"
@@ -142,10 +205,51 @@ def to_dict(result: GateResult) -> dict:
             "verdict": item.verdict.value, "log_ratio_sd": float(np.std(item.log_ratios, ddof=1)),
         } for item in result.metrics],
         "attribution": attribution(result),
+        "memory": [dict(vars(item), judgment=item.judgment.value) for item in result.beside.memory],
+        "outputs": [{"recipe": item.recipe, "frames": item.frames, "head_vs_base": item.head_vs_base.to_dict(),
+                     "base_parity": item.base_parity.to_dict() if item.base_parity else None,
+                     "head_parity": item.head_parity.to_dict() if item.head_parity else None,
+                     "judgment": item.judgment.value} for item in result.beside.outputs],
+        "startup": [dict(vars(item), judgment=item.judgment.value) for item in result.beside.startup],
         "clocks": result.clocks,
         "setup": result.setup,
         "wall_s": result.wall_s,
     }
+
+
+def format_markdown(result: GateResult) -> str:
+    """The gate's tables as GitHub Markdown, for the job summary and the pull request: every number of
+    gate.json's verdict, none that it lacks."""
+    config = result.config
+    word = verdict_word(result)
+    icon = {Exit.PASS: "✅", Exit.REGRESSED: "❌", Exit.UNDECIDED: "⚠️"}.get(result.exit_code, "")
+    lines = [MARKDOWN_MARKER, f"### lpperf gate: {icon} {word}", "",
+             f"base `{result.base.label}`, head `{result.head.label}`; time threshold {config.threshold:.1%}, each "
+             f"bound at 1 - {result.one_sided_alpha:.2g}; {result.wall_s:.0f} s", ""]
+    time_rows = [("metric", "gated", "base ms", "head ms", "change", "interval", "verdict")] + [
+        (item.metric.name, "yes" if item.metric.gated else "no", f"{np.median(item.base_ms):.3f}",
+         f"{np.median(item.head_ms):.3f}", _percent(item.estimate.ratio),
+         f"[{_percent(item.estimate.low)}, {_percent(item.estimate.high)}]",
+         item.verdict.value if item.metric.gated else _attributed(item, config.threshold))
+        for item in result.metrics]
+    lines += _markdown_table(time_rows)
+    lines += [f"- {line}" for line in attribution(result)]
+    titles = beside_titles(config)
+    for kind, rows in beside_rows(result.beside).items():
+        if len(rows) > 1:
+            lines += ["", f"**{titles[kind]}**", ""] + _markdown_table(rows)
+    lines += ["", clock_summary(result)]
+    return "\n".join(lines) + "\n"
+
+
+MARKDOWN_MARKER = "<!-- lpperf-gate -->"  # lets the workflow find and update its own pull-request comment
+
+
+def _markdown_table(rows: list[tuple[str, ...]]) -> list[str]:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+    return (["| " + " | ".join(map(cell, rows[0])) + " |", "|" + "---|" * len(rows[0])]
+            + ["| " + " | ".join(map(cell, row)) + " |" for row in rows[1:]])
 
 
 def _finite(value: float) -> float | None:
@@ -215,5 +319,9 @@ def format_calibration(noise: list[Noise], result: GateResult) -> str:
         lines.append("* the interval excludes zero although both sides ran the same code: a steady offset between "
                      "the two worker processes, which a gate's interval cannot see; a gated metric needs it well "
                      "under the threshold")
+    beside = beside_time_lines(result.beside, config)
+    if beside:
+        lines += ["", "Memory, output and start-up between two processes of the same code: each budget must sit "
+                      "beyond what moves here"] + beside
     lines.append(clock_summary(result))
     return "\n".join(lines)

@@ -10,8 +10,10 @@ writes a request to stdin, the worker answers with one line on its real stdout (
 measured code prints goes to stderr):
 
     {"op": "load", "weights": null | "DIR", "seed": 0}      -> {"ok": true, "lpperf": path, "torch": version}
-    {"op": "prepare", "metrics": [{"name", "recipe", "batch", "stage"}], "inject_slowdown": 0.0}
-                                                             -> {"ok": true, "warm_ms": {name: ms}, "timed_as": ...}
+    {"op": "prepare", "metrics": [{"name", "recipe", "batch", "stage"}], "inject_slowdown": 0.0,
+     "outputs": {"frames": n, "folder": DIR} | null, "inject_memory_mib": 0, "inject_output_levels": 0}
+        -> {"ok": true, "warm_ms": {name: ms}, "timed_as": ..., "memory": {frame name: {...}},
+            "startup": {recipe: {"first_s", "warm_s"}}, "outputs": {recipe: DIR/recipe.npz}}
     {"op": "measure", "metric": name, "calls": n}           -> {"ok": true, "ms": per-call ms}
     {"op": "quit"}                                           -> exits 0
 
@@ -33,6 +35,8 @@ WARM_CALLS = 5  # after the first (compiling) call, to estimate each metric's ti
 # samples would not change that (a CPU frame of the TINY networks takes over a second).
 WARM_SAMPLES_MS = 1000.0
 SLEEP_CALIBRATION_CYCLES = 10_000_000
+MEMORY_CALLS = 3  # steady calls whose peak memory is read (after warm-up, each call needs the same)
+MIB = 2**20
 
 
 def main() -> int:
@@ -84,7 +88,10 @@ class Side:
         if operation == "load":
             return self.load(request.get("weights"), int(request.get("seed", 0)))
         if operation == "prepare":
-            return self.prepare(request["metrics"], float(request.get("inject_slowdown", 0.0)))
+            return self.prepare(request["metrics"], float(request.get("inject_slowdown", 0.0)),
+                                outputs=request.get("outputs"),
+                                inject_memory_mib=float(request.get("inject_memory_mib", 0.0)),
+                                inject_output_levels=float(request.get("inject_output_levels", 0.0)))
         if operation == "measure":
             answer = {"ms": self.measure(request["metric"], int(request["calls"]))}
             if request.get("clock"):
@@ -117,20 +124,25 @@ class Side:
         return {"lpperf": package, "torch": torch.__version__, "weights": description,
                 "load_s": time.perf_counter() - start}
 
-    def prepare(self, metrics: list[dict], inject_slowdown: float) -> dict:
+    def prepare(self, metrics: list[dict], inject_slowdown: float, outputs: dict | None = None,
+                inject_memory_mib: float = 0.0, inject_output_levels: float = 0.0) -> dict:
         frame = _side_module(self.tree, "measure.frame", "frame")
         recipes = _side_module(self.tree, "optimize.recipes", "recipes")
+        if inject_memory_mib > 0:  # test-only: memory the head holds for as long as it runs
+            self.held = self.torch.empty(int(inject_memory_mib * MIB), dtype=self.torch.uint8, device=self.device)
 
-        animators, warm_ms, compile_s, timed_as = {}, {}, {}, {}
+        animators, warm_ms, compile_s, timed_as, startup = {}, {}, {}, {}, {}
         for metric in metrics:
             key = (metric["recipe"], metric["batch"])
             if key not in animators:
+                began = time.perf_counter()
                 animator = frame.sample_animator(recipes.build(metric["recipe"], self.nets, self.device))
                 driving = frame.driving_batch(metric["batch"], offset=frame.PARITY_FRAMES).to(self.device)
                 start = time.perf_counter()
                 animator.step(driving)  # compile, autotune and CUDA-graph recording happen here
                 self._synchronize()
                 compile_s[f"{key[0]} batch {key[1]}"] = time.perf_counter() - start
+                startup.setdefault(key[0], {"first_s": time.perf_counter() - began, "batch": key[1]})
                 animators[key] = (animator, driving)
             animator, driving = animators[key]
             if metric.get("stage"):
@@ -144,10 +156,80 @@ class Side:
             timed_as[metric["name"]] = "cuda graph replay" if replay else "back-to-back calls"
             self.calls[metric["name"]] = call
             warm_ms[metric["name"]] = self._warm_ms(call)
+        memory = {metric["name"]: self._memory(self.calls[metric["name"]])
+                  for metric in metrics if not metric.get("stage")}
+        written = {}
+        if outputs:
+            written = self._outputs(frame, animators, int(outputs["frames"]), outputs["folder"], inject_output_levels)
+        for recipe, figures in startup.items():
+            figures["warm_s"] = self._warm_startup(frame, recipes, recipe, figures.pop("batch"))
         injected = {}
         if inject_slowdown > 0:
             injected = self._inject(metrics, warm_ms, inject_slowdown)
-        return {"warm_ms": warm_ms, "compile_s": compile_s, "injected_ms": injected, "timed_as": timed_as}
+        return {"warm_ms": warm_ms, "compile_s": compile_s, "injected_ms": injected, "timed_as": timed_as,
+                "memory": memory, "startup": startup, "outputs": written}
+
+    def _memory(self, call) -> dict:
+        """Torch's peak allocated memory over a few steady calls, and the process's GPU memory as NVML
+        lists it; on the CPU neither, with the reason."""
+        if self.device.type != "cuda":
+            return {"torch_peak_mib": None, "nvml_mib": None, "why": "memory is measured on CUDA cards only"}
+        torch = self.torch
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        for _ in range(MEMORY_CALLS):
+            call()
+        torch.cuda.synchronize(self.device)
+        answer = {"torch_peak_mib": torch.cuda.max_memory_allocated(self.device) / MIB, "nvml_mib": None}
+        if self.nvml is None:
+            answer["why"] = "NVML is not usable here"
+            return answer
+        pynvml, handle = self.nvml
+        for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if process.pid == os.getpid() and process.usedGpuMemory is not None:
+                answer["nvml_mib"] = process.usedGpuMemory / MIB
+                return answer
+        answer["why"] = "NVML does not list this process (another PID namespace?)"
+        return answer
+
+    def _outputs(self, frame, animators: dict, count: int, folder: str, inject_levels: float) -> dict:
+        """Per recipe: its first `count` frames at batch 1 (the sample's driving frames 0..count-1), one
+        step at its largest batch, and the same batch-1 frames of the float32 reference on this side's
+        networks, saved to FOLDER/RECIPE.npz for the controller to compare."""
+        import numpy as np
+
+        written = {}
+        for recipe in dict.fromkeys(key[0] for key in animators):
+            batches = sorted(batch for name, batch in animators if name == recipe)
+            frames = frame.run_frames(animators[(recipe, batches[0])][0], count)
+            animator, driving = animators[(recipe, batches[-1])]
+            batched = animator.step(driving).float().cpu()
+            if inject_levels > 0:  # test-only: the head's output moved by this many 8-bit levels of noise
+                noise = self.torch.Generator().manual_seed(0)
+                frames = (frames + (self.torch.rand(frames.shape, generator=noise) * 2 - 1) * inject_levels / 255)
+                batched = (batched + (self.torch.rand(batched.shape, generator=noise) * 2 - 1) * inject_levels / 255)
+            reference = frame.reference_frames(self.nets, self.device, count)
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, f"{recipe}.npz")
+            np.savez(path, frames=frames.numpy(), batched=batched.numpy(), reference=reference.numpy())
+            written[recipe] = path
+        return written
+
+    def _warm_startup(self, frame, recipes, recipe: str, batch: int) -> float:
+        """Build + compile + first step once more, in this process: the compile caches now hold this
+        side's code, as they would for a process started again on the same runner."""
+        import gc
+
+        began = time.perf_counter()
+        animator = frame.sample_animator(recipes.build(recipe, self.nets, self.device))
+        animator.step(frame.driving_batch(batch, offset=frame.PARITY_FRAMES).to(self.device))
+        self._synchronize()
+        elapsed = time.perf_counter() - began
+        del animator
+        gc.collect()
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+        return elapsed
 
     def measure(self, name: str, calls: int) -> float:
         call = self.calls[name]

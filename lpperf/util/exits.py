@@ -7,7 +7,7 @@ import enum
 
 class Exit(enum.IntEnum):
     PASS = 0  # measured; nothing regressed
-    REGRESSED = 1  # measured; something is surely slower than allowed
+    REGRESSED = 1  # measured; surely slower, bigger or slower to start than allowed, or its output changed
     ERROR = 2  # no verdict: bad input, a failure, the gate interrupted
     UNDECIDED = 3  # measured; the gate could not tell within its rounds
     INTERRUPTED = 130  # Ctrl-C outside the gate (the shell's convention: 128 + SIGINT)
