@@ -65,7 +65,7 @@ def outputs(request):
     batched = frames_rng.random((4, 3, size, size), dtype=np.float32)
     levels = spec.get("head_output_levels", 0.0) if role == "head" else 0.0
     if levels:
-        frames = frames + (rng.random(frames.shape) * 2 - 1).astype(np.float32) * levels / 255
+        frames = frames + (rng.integers(0, 2, frames.shape) * 2 - 1).astype(np.float32) * levels / 255
     reference = np.clip(frames + 0.001, 0, 1)
     os.makedirs(asked["folder"], exist_ok=True)
     written = {}

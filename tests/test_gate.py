@@ -118,7 +118,7 @@ def test_a_clear_regression_is_caught_and_attributed_to_its_stage(tmp_path):
 
 
 def test_attribution_names_neither_f_nor_a_stage_with_a_small_process_offset(tmp_path):
-    """As measured in A/A runs on an H200 (torch 2.11, 2026-11-29): F (run once per source, never in
+    """As measured in A/A runs on an H200 (torch 2.11): F (run once per source, never in
     a frame) came out 9 % apart between two worker processes, S a few percent. A frame slowed outside
     every stage (the injected GPU spin after the step) must not be blamed on either."""
     spec = {"noise": 0.002, "ms": {FRAME: 6.0, "stage fast F": 0.9, "stage fast S": 0.04},
@@ -312,7 +312,8 @@ def test_a_real_a_a_gate_runs_both_workers_end_to_end_on_the_cpu(tmp_path):
     allowed to pass."""
     repo = Path(__file__).resolve().parents[1]
     done = gate("--base", ".", "--device", "cpu", "--recipes", "fp32-eager", "--batches", "1", "--no-stages",
-                "--rounds", "4", "--max-rounds", "4", "--undecided", "pass", "--out", str(tmp_path), cwd=repo)
+                "--rounds", "4", "--max-rounds", "4", "--undecided", "pass", "--output-frames", "1",
+                "--summary", str(tmp_path / "gate.md"), "--out", str(tmp_path), cwd=repo)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "gate.json").read_text())
     [metric] = record["metrics"]
@@ -325,6 +326,16 @@ def test_a_real_a_a_gate_runs_both_workers_end_to_end_on_the_cpu(tmp_path):
     assert sorted(path.name for path in tmp_path.glob("worker-*.log")) == [
         "worker-base-fp32-eager-cpu.log", "worker-head-fp32-eager-cpu.log"]
     assert "CUDA graph" not in done.stdout
+    # beside time: the same frames from both processes, start-up measured, memory not on the CPU
+    [output] = record["outputs"]
+    assert output["judgment"] == "same" and output["head_vs_base"]["max_level_diff"] == 0
+    assert output["frames"] == "1 frame(s) at batch 1 + one step at batch 1"
+    assert output["base_parity"]["identical"]  # fp32-eager on a CPU computes what the float32 reference does
+    [startup] = record["startup"]
+    assert startup["recipe"] == "fp32-eager" and min(startup[key] for key in startup if key.endswith("_s")) > 0
+    assert {entry["judgment"] for entry in record["memory"]} == {"not measured"}
+    assert "### lpperf gate: ✅ undecided (allowed to pass)" in (tmp_path / "gate.md").read_text()
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.parametrize("field, compiled", [(None, False), ("compile_step_mode", True), ("compile_nets_mode", True)])

@@ -17,11 +17,12 @@ that are timed, and the head's value is compared with the base's against a budge
   (`lpperf gate --calibrate` reports it); a change meant to move the output is accepted with
   `--accept-output-change`, and still reported. Each side's parity against its own float32
   reference is reported beside it.
-* **Start-up** (per recipe): build + compile + first frame. Two figures per side: the first build,
-  with the compile caches as the runner has them (the base usually finds its code in the cache and
-  the head its changed code not), reported only; and a second build in the same process, where
-  each side finds its own code compiled, which is comparable and judged: regressed where the head
-  takes longer by more than `fraction` AND more than `floor_s`.
+* **Start-up** (per recipe, at its first metric's batch): build + compile + first frame. Two figures
+  per side: the first build, with the compile caches as the runner has them (the base usually finds
+  its code in them and the head its changed code not), reported only; and a second build after
+  torch.compile's in-process state is reset as in a new process, so that each side finds only the
+  file caches, now holding its own code: comparable, and judged. Regressed where the head takes
+  longer by more than `fraction` AND more than `floor_s`.
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ class MemoryBudget:
 
 @dataclasses.dataclass(frozen=True)
 class OutputBudget:
-    min_psnr_db: float = 60.0
-    max_level_diff: int = 2
+    # Two processes of `fast` (cudnn.benchmark may pick other algorithms) on an H100: 59.2 dB, 3 levels apart;
+    # every pixel moved by one level: 48.1 dB.
+    min_psnr_db: float = 55.0
+    max_level_diff: int = 6
     accept_change: bool = False
 
     def judge(self, psnr_db: float, level_diff: int, head_nonfinite: int) -> Judgment:

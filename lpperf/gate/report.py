@@ -95,8 +95,8 @@ def beside_titles(config: GateConfig) -> dict[str, str]:
                   f"{config.output.min_psnr_db:g} dB or above {config.output.max_level_diff} levels, or with NaN/Inf"
                   + ("; an intended change is accepted (--accept-output-change)" if config.output.accept_change
                      else ""),
-        "start-up": f"start-up, build + compile + first frame: judged on the second build in the same process (each "
-                    f"side's code in the compile caches), regressed above +{config.startup.fraction:.0%} and "
+        "start-up": f"start-up, build + compile + first frame: judged on a second build as in a new process (each "
+                    f"side's code in the file caches), regressed above +{config.startup.fraction:.0%} and "
                     f"+{config.startup.floor_s:g} s; the first build is as the runner's caches had it",
     }
 
