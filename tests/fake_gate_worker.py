@@ -9,7 +9,8 @@ Behaviour comes from the JSON in LPPERF_FAKE_WORKER: {"ms": {metric: ms}, "defau
 "memory_mib": MiB of every frame (default 1000), "head_memory_mib": MiB the head adds,
 "no_memory": [roles that cannot report memory] or true (neither can: the CPU),
 "startup_s": {"first_s", "warm_s"} (default 10 and 5), "head_startup_factor": number,
-"head_output_levels": noise the head adds to its frames, "head_output_size": side of the head's frames}.
+"head_output_levels": noise the head adds to its frames, "head_output_size": side of the head's frames,
+"pair_offset": {worker name, e.g. "fast-2": factor of that pair's head}}.
 Its log (stderr) starts with `pid N` and, with a child, `child pid N`.
 """
 
@@ -22,6 +23,7 @@ import time
 import numpy as np
 
 role = sys.argv[1]
+name = sys.argv[2] if len(sys.argv) > 2 else ""  # the recipe, with the pair's number where there are several
 spec = json.loads(os.environ.get("LPPERF_FAKE_WORKER", "{}"))
 rng = np.random.default_rng(spec.get("seed", 0) + (1 if role == "head" else 0))
 factor = spec.get("head_factor", 1.0)
@@ -33,10 +35,11 @@ if spec.get("child"):
     print(f"child pid {child.pid}", file=sys.stderr, flush=True)
 
 
-def per_call_ms(name):
-    base = spec.get("ms", {}).get(name, spec.get("default_ms", 1.0))
+def per_call_ms(metric):
+    base = spec.get("ms", {}).get(metric, spec.get("default_ms", 1.0))
     if role == "head":
-        base *= factor.get(name, 1.0) if isinstance(factor, dict) else factor
+        base *= factor.get(metric, 1.0) if isinstance(factor, dict) else factor
+        base *= spec.get("pair_offset", {}).get(name, 1.0)  # a steady offset of this pair's head process
     return base
 
 

@@ -68,7 +68,7 @@ def fake_starter(spec: dict, env: dict | None = None):
     """A controller WorkerFactory starting the fake worker, which answers as `spec` says."""
     def start(side, role, gpu, log_dir, recipe):
         variables = dict(os.environ, LPPERF_FAKE_WORKER=json.dumps(spec), **(env or {}))
-        return Worker(f"{role} {recipe} ({side.label})", [sys.executable, str(FAKE_WORKER), role], variables,
+        return Worker(f"{role} {recipe} ({side.label})", [sys.executable, str(FAKE_WORKER), role, recipe], variables,
                       log_dir / (f"{role}-{recipe}.log" if gpu is None else f"{role}-{recipe}-gpu{gpu}.log"))
     return start
 

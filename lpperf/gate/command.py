@@ -60,6 +60,10 @@ def add_parser(commands) -> None:
     gate.add_argument("--max-rounds", type=_number(int, controller.MIN_ROUNDS, controller.MAX_ROUNDS),
                       help=f"stop adding rounds here, at most {controller.MAX_ROUNDS} (default "
                            f"{_DEFAULTS.max_rounds}, or --rounds if larger)")
+    gate.add_argument("--processes", type=_number(int, 1, controller.MAX_PROCESSES), default=_DEFAULTS.processes,
+                      metavar="K", help="worker pairs per recipe, alternated round by round, so that an offset "
+                                        "between two processes widens each interval instead of moving it; each pair "
+                                        "needs enough rounds of its own (use --rounds 24 with 2) (default %(default)s)")
     gate.add_argument("--undecided", choices=("fail", "pass"),
                       help="exit code when still undecided at --max-rounds: fail = 3 (default), pass = 0")
     gate.add_argument("--device", default="auto", type=device_name,
@@ -223,7 +227,7 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
         memory=checks.MemoryBudget(args.memory_threshold, args.memory_floor_mib),
         output=checks.OutputBudget(args.min_output_psnr, args.max_output_levels, args.accept_output_change),
         startup=checks.StartupBudget(args.startup_threshold, _DEFAULTS.startup.floor_s),
-        output_frames=args.output_frames, inject_slowdown=args.inject_slowdown,
+        output_frames=args.output_frames, processes=args.processes, inject_slowdown=args.inject_slowdown,
         inject_memory_mib=args.inject_memory_mib, inject_output_levels=args.inject_output_levels)
     if args.weights not in (None, "synthetic") and not Path(args.weights).expanduser().is_dir():
         raise GateError(f"--weights {args.weights} is not a folder; give the folder of the official checkpoints "

@@ -42,6 +42,7 @@ DEFAULT_BATCHES = (1, 4)
 MAX_BATCH = 64
 MIN_ROUNDS = 4  # fewer give no interval worth a look
 MAX_OUTPUT_FRAMES = 16  # each is 3 MiB per side, and the reference computes it again
+MAX_PROCESSES = 4  # worker pairs per recipe: each holds its recipe's engines on the card
 MAX_ROUNDS = 1000  # a bound that catches a typo (an extra zero) before hours of measuring
 
 
@@ -85,6 +86,7 @@ class GateConfig:
     output: checks.OutputBudget = checks.OutputBudget()
     startup: checks.StartupBudget = checks.StartupBudget()
     output_frames: int = 2  # batch-1 frames per recipe compared head against base (0: no output A/B)
+    processes: int = 1  # worker pairs per recipe, alternated round by round (lpperf.gate.stats: processes)
     inject_slowdown: float = 0.0  # test-only: the head spins the GPU this fraction of each frame
     inject_memory_mib: float = 0.0  # test-only: the head holds this much more GPU memory
     inject_output_levels: float = 0.0  # test-only: the head's output frames get noise of this many 8-bit levels
@@ -107,6 +109,8 @@ class GateConfig:
             raise ValueError(f"inject_slowdown is a fraction in [0, 1), got {self.inject_slowdown}")
         if not 0 <= self.output_frames <= MAX_OUTPUT_FRAMES:
             raise ValueError(f"output_frames must be 0 to {MAX_OUTPUT_FRAMES}, got {self.output_frames}")
+        if not 1 <= self.processes <= MAX_PROCESSES:
+            raise ValueError(f"processes (worker pairs per recipe) must be 1 to {MAX_PROCESSES}, got {self.processes}")
         if self.inject_memory_mib < 0 or not 0 <= self.inject_output_levels <= 255:
             raise ValueError("inject_memory_mib must be >= 0 and inject_output_levels in [0, 255]")
 
@@ -131,10 +135,15 @@ class MetricResult:
     calls_per_block: int
     estimate: stats.Estimate | None = None
     verdict: stats.Verdict | None = None
+    pair_of_round: list[int] = dataclasses.field(default_factory=list)  # which worker pair ran each round
 
     @property
     def log_ratios(self) -> np.ndarray:
         return stats.log_ratios(self.base_ms, self.head_ms)
+
+    def decide(self, one_sided_alpha: float, threshold: float) -> None:
+        self.estimate = stats.estimate_over_processes(self.log_ratios, self.pair_of_round, one_sided_alpha)
+        self.verdict = self.estimate.verdict(threshold)
 
 
 @dataclasses.dataclass
@@ -185,6 +194,7 @@ class GateResult:
         return Exit.PASS
 
 
+# (side, role, card, log folder, name): the name is the recipe, with the pair's number where there are several
 WorkerFactory = Callable[[Side, str, str, Path, str], Worker]
 
 
@@ -204,12 +214,13 @@ def start_worker(side: Side, role: str, gpu: str | None, log_dir: Path, recipe: 
 
 
 class Lane:
-    """One card (or the CPU), the metrics measured on it, and per recipe a base and a head worker."""
+    """One card (or the CPU), the metrics measured on it, and per recipe one or more pairs of a base and a
+    head worker."""
 
     def __init__(self, gpu: str | None, metrics: list[Metric]):
         self.gpu = gpu
         self.metrics = metrics
-        self.pairs: dict[str, dict[str, Worker]] = {}  # recipe -> {"base": worker, "head": worker}
+        self.pairs: dict[str, list[dict[str, Worker]]] = {}  # recipe -> [{"base": worker, "head": worker}, ...]
         self.results: dict[str, MetricResult] = {}
         self.clocks: list[dict] = []
         self.setup: dict = {"card": "cpu" if gpu is None else f"gpu {gpu}"}
@@ -219,27 +230,30 @@ class Lane:
         return list(dict.fromkeys(metric.recipe for metric in self.metrics))
 
     def workers(self) -> list[Worker]:
-        return [worker for pair in self.pairs.values() for worker in pair.values()]
+        return [worker for pairs in self.pairs.values() for pair in pairs for worker in pair.values()]
 
     def prepare(self, config: GateConfig, outputs: Path) -> None:
         roles = ("head", "base") if config.head_first else ("base", "head")
         for role in roles:
             self.setup[role] = {key: {} for key in PREPARED}
-        for recipe, pair in self.pairs.items():
+        for recipe, pairs in self.pairs.items():
             requests = [metric.request() for metric in self.metrics if metric.recipe == recipe]
-            for role in roles:
-                head = role == "head"
-                request = {"op": "prepare", "metrics": requests, "inject_slowdown": config.inject_slowdown * head,
-                           "inject_memory_mib": config.inject_memory_mib * head,
-                           "inject_output_levels": config.inject_output_levels * head,
-                           "outputs": {"frames": config.output_frames, "folder": str(outputs / role)}
-                           if config.output_frames else None}
-                answer = pair[role].request(request, config.prepare_timeout_s)
-                for key, merged in self.setup[role].items():
-                    merged.update(answer.get(key) or {})
+            for number, pair in enumerate(pairs):
+                for role in roles:
+                    head = role == "head"
+                    # Memory, output and start-up are judged on the first pair; the others only time.
+                    request = {"op": "prepare", "metrics": requests, "inject_slowdown": config.inject_slowdown * head,
+                               "inject_memory_mib": config.inject_memory_mib * head,
+                               "inject_output_levels": config.inject_output_levels * head,
+                               "outputs": {"frames": config.output_frames, "folder": str(outputs / role)}
+                               if config.output_frames and number == 0 else None}
+                    answer = pair[role].request(request, config.prepare_timeout_s)
+                    if number == 0:
+                        for key, merged in self.setup[role].items():
+                            merged.update(answer.get(key) or {})
         for metric in self.metrics:
             # The block size comes from the base's time per call, so both sides run the same calls.
-            warm = checked_ms(self.setup["base"]["warm_ms"].get(metric.name), self.pairs[metric.recipe]["base"],
+            warm = checked_ms(self.setup["base"]["warm_ms"].get(metric.name), self.pairs[metric.recipe][0]["base"],
                               "prepare", metric.name)
             target = config.stage_block_ms if metric.stage else config.frame_block_ms
             calls = max(1, math.ceil(target / max(warm, 1e-3)))
@@ -254,8 +268,10 @@ class Lane:
             first = True
             for result in self.results.values():
                 times = {"base": [], "head": []}
+                pairs = self.pairs[result.metric.recipe]
+                pair = number % len(pairs)
                 for role in order:
-                    worker = self.pairs[result.metric.recipe][role]
+                    worker = pairs[pair][role]
                     answer = worker.request({"op": "measure", "metric": result.metric.name,
                                              "calls": result.calls_per_block, "clock": first},
                                             config.measure_timeout_s)
@@ -265,6 +281,7 @@ class Lane:
                     times[role].append(checked_ms(answer.get("ms"), worker, "measure", result.metric.name))
                 result.base_ms.append(float(np.mean(times["base"])))
                 result.head_ms.append(float(np.mean(times["head"])))
+                result.pair_of_round.append(pair)
 
 
 # What a prepare answer holds per metric or recipe, merged over a side's workers in Lane.setup[role]
@@ -332,13 +349,18 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
             lane = Lane(gpu, lane_metrics)
             lanes.append(lane)
             for recipe in lane.recipes:
-                lane.pairs[recipe] = {}  # registered first: a worker that fails to start leaves none behind
-                for role, side in (("base", base), ("head", head)):
-                    lane.pairs[recipe][role] = start(side, role, gpu, log_dir, recipe)
+                lane.pairs[recipe] = []
+                for number in range(config.processes):
+                    pair = {}  # registered first: a worker that fails to start leaves none behind
+                    lane.pairs[recipe].append(pair)
+                    name = recipe if config.processes == 1 else f"{recipe}-{number + 1}"
+                    for role, side in (("base", base), ("head", head)):
+                        pair[role] = start(side, role, gpu, log_dir, name)
             for worker in lane.workers():
                 cores.pin(worker.pid, lane_cores)
             lane.setup["cores"] = cores.describe_cores(lane_cores)
-        progress(f"loading both sides on {sum(len(lane.pairs) for lane in lanes)} worker pair(s), one per recipe")
+        progress(f"loading both sides on {sum(len(lane.workers()) // 2 for lane in lanes)} worker pair(s), "
+                 f"{config.processes} per recipe")
         _in_parallel([lambda w=w, lane=lane: _load(w, lane, config) for lane in lanes for w in lane.workers()], stop)
         outputs = log_dir / "outputs"  # each side's frames, compared and removed before the rounds
         try:
@@ -360,8 +382,7 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
             done += step
             results = [result for lane in lanes for result in lane.results.values()]
             for result in results:
-                result.estimate = stats.estimate(result.log_ratios, one_sided)
-                result.verdict = result.estimate.verdict(config.threshold)
+                result.decide(one_sided, config.threshold)
             pending = [r for r in results if r.metric.gated and r.verdict is stats.Verdict.UNDECIDED]
             regressed = [r for r in results if r.metric.gated and r.verdict is stats.Verdict.REGRESSED]
             if regressed or not pending or done >= config.max_rounds:
@@ -384,7 +405,8 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
 
 def _load(worker: Worker, lane: Lane, config: GateConfig) -> None:
     answer = worker.request({"op": "load", "weights": config.weights, "seed": config.seed}, config.load_timeout_s)
-    role = next(role for pair in lane.pairs.values() for role, member in pair.items() if member is worker)
+    role = next(role for pairs in lane.pairs.values() for pair in pairs for role, member in pair.items()
+                if member is worker)
     # Every worker of a side imports the same tree: one record per side (the slowest load kept).
     record = {key: answer.get(key) for key in ("lpperf", "torch", "weights", "load_s")}
     previous = lane.setup.get(f"{role}_load")

@@ -47,6 +47,11 @@ def format_table(result: GateResult) -> str:
                  f"each bound holds at 1 - {result.one_sided_alpha:.2g} (family-wise {config.alpha:g} per side "
                  f"over {len(result.gated)} gated metrics x {config.looks} looks, Bonferroni)"
                  f"{'; head prepared first' if config.head_first else ''}")
+    if config.processes > 1:
+        lines.append(f"{config.processes} worker pairs per recipe, alternated round by round: each interval spans "
+                     "every pair's own interval, so an offset between processes widens it; pair centres: "
+                     + "; ".join(f"{item.metric.name} " + ", ".join(_percent(r) for r in item.estimate.process_ratios)
+                                 for item in result.metrics if item.metric.gated))
     lines += replayed_frames(result)
     lines += attribution(result)
     lines += beside_time_lines(result.beside, config)
@@ -202,6 +207,7 @@ def to_dict(result: GateResult) -> dict:
             "stage": item.metric.stage, "gated": item.metric.gated, "calls_per_block": item.calls_per_block,
             "base_ms": item.base_ms, "head_ms": item.head_ms, "ratio": item.estimate.ratio,
             "low": _finite(item.estimate.low), "high": _finite(item.estimate.high),
+            "pair_of_round": item.pair_of_round, "pair_ratios": list(item.estimate.process_ratios),
             "verdict": item.verdict.value, "log_ratio_sd": float(np.std(item.log_ratios, ddof=1)),
         } for item in result.metrics],
         "attribution": attribution(result),
@@ -269,6 +275,7 @@ class Noise:
     detectable: float  # regression flagged with probability POWER at the configured threshold
     offset: float  # head / base - 1: zero in truth, since both sides are the same code
     offset_is_real: bool  # the interval excludes zero: a steady difference between the two processes
+    pair_offsets: tuple[float, ...] = ()  # with several worker pairs: each pair's head / base - 1
 
     @property
     def offset_text(self) -> str:
@@ -288,7 +295,8 @@ def calibration(result: GateResult) -> list[Noise]:
                            math.expm1(half), stats.smallest_detectable(
                                max(sd, stats.robust_sd(values)), config.rounds, config.threshold,
                                result.one_sided_alpha, POWER),
-                           estimate.ratio - 1, not estimate.low <= 1 <= estimate.high))
+                           estimate.ratio - 1, not estimate.low <= 1 <= estimate.high,
+                           tuple(ratio - 1 for ratio in estimate.process_ratios)))
     return noise
 
 
@@ -296,7 +304,7 @@ def calibration_record(noise: list[Noise]) -> list[dict]:
     """The calibration as JSON: a fraction that is unbounded (too few rounds for a closed interval) is
     null, so the file stays valid JSON."""
     return [{key: _finite(value) if isinstance(value, float) else value for key, value in vars(item).items()}
-            for item in noise]
+            for item in noise]  # pair_offsets are finite: each pair's centre is a median of its rounds
 
 
 def _fraction(value: float) -> str:
@@ -309,9 +317,14 @@ def format_calibration(noise: list[Noise], result: GateResult) -> str:
              f"probability {POWER:.0%} after {config.rounds} rounds at threshold {config.threshold:.1%}",
              f"{'metric':<24} {'gated':>5} {'sd/round':>9} {'robust sd':>9} {'interval +-':>11} {'detectable':>10} "
              f"{'A/A offset':>10}"]
+    pairs = any(item.pair_offsets for item in noise)
+    if pairs:
+        lines[-1] += "  pair offsets (process offset = their spread)"
     for item in noise:
         lines.append(f"{item.name:<24} {'yes' if item.gated else 'no':>5} {item.sd:>9.2%} {item.robust_sd:>9.2%} "
-                     f"{_fraction(item.half_width):>11} {_fraction(item.detectable):>10} {item.offset_text:>10}")
+                     f"{_fraction(item.half_width):>11} {_fraction(item.detectable):>10} {item.offset_text:>10}"
+                     + (f"  {', '.join(f'{offset:+.2%}' for offset in item.pair_offsets)}"
+                        f" ({max(item.pair_offsets) - min(item.pair_offsets):.2%})" if item.pair_offsets else ""))
     if any(not math.isfinite(item.half_width) for item in noise):
         lines.append(f"open: {noise[0].rounds} rounds cannot bound an interval at 1 - {result.one_sided_alpha:.2g}; "
                      f"calibrate with --rounds {stats.fewest_rounds(result.one_sided_alpha)} or more")
