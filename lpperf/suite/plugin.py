@@ -168,7 +168,7 @@ _OPTIONS = (
     ),
     _OptionSpec("min-speedup", "X", _positive_float, "least speedup of the optimized recipe over the strongest peer "
                 "measure of the session: .half() + torch.compile reduce-overhead per network, the faster of the whole "
-                "step and the networks M + W + G timed alone and summed", "1.4",
+                "step and the networks M + W + G timed alone and summed", "1.35",
                 limit=("speedup over the strongest peer", "x", True)),
     _OptionSpec("memory-budget-mib", "MIB", _positive_int, "most GPU memory (NVML, this process) a test may use",
                 "4096", limit=("GPU memory (NVML, this process)", "MiB", False)),
