@@ -417,3 +417,34 @@ def test_a_cpu_block_runs_only_its_timed_calls(monkeypatch):
     side.calls["frame"] = clock.call
     assert side.measure("frame", 2) == pytest.approx(1300.0)
     assert clock.calls == 2
+
+
+@pytest.mark.parametrize("layout", ["layer folders", "flat"])
+def test_the_worker_imports_each_module_from_the_sides_tree_even_with_lpperf_installed(tmp_path, layout):
+    """A base from before the layer folders has lpperf/frame.py, not lpperf/measure/frame.py. With lpperf
+    installed in editable mode (as CI and the GPU runner install it), its import hook answered for
+    lpperf.measure.frame and ran the head's module against the base's: an ImportError, exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tree = tmp_path / "side"
+    package = tree / "lpperf"
+    (package / "measure" if layout == "layer folders" else package).mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "models").mkdir()
+    (package / "models" / "__init__.py").write_text("")  # both layouts had it; neither with what frame needs now
+    if layout == "layer folders":
+        (package / "measure" / "__init__.py").write_text("")
+    (package / ("measure/frame.py" if layout == "layer folders" else "frame.py")).write_text(f"LAYOUT = {layout!r}\n")
+    worker = Path(__file__).resolve().parents[1] / "lpperf" / "gate" / "worker.py"
+    script = (f"import importlib.util, sys; sys.path.insert(0, {str(tree)!r})\n"
+              f"spec = importlib.util.spec_from_file_location('side_worker', {str(worker)!r})\n"
+              "worker = importlib.util.module_from_spec(spec); spec.loader.exec_module(worker)\n"
+              f"frame = worker._side_module({str(tree)!r}, 'measure.frame', 'frame')\n"
+              "outside = [name for name, module in sys.modules.items() if name.startswith('lpperf') and\n"
+              f"           not (getattr(module, '__file__', None) or {str(tree)!r}).startswith({str(tree)!r})]\n"
+              "print(frame.LAYOUT, outside)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"{layout} []"  # the side's module, and no module of any other lpperf ran

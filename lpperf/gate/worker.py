@@ -330,21 +330,21 @@ def _nvml_handle(torch, device):
 
 def _side_module(tree: str, *names: str):
     """The side's lpperf module, under the first of `names` (below lpperf) that the side's tree holds: a
-    base from before the package was split into layer folders keeps its modules at the top. A module
-    found outside the tree (an installed lpperf answering for one the side lacks) does not count."""
+    base from before the package was split into layer folders keeps its modules at the top. Which names
+    the tree holds is read from its files, before anything is imported: an installed lpperf (an editable
+    install's import hook answers for every module it has) would otherwise run its own module for one
+    the side lacks, against the side's other modules."""
     import importlib
 
     for name in names:
-        full = f"lpperf.{name}"
-        try:
-            module = importlib.import_module(full)
-        except ModuleNotFoundError as error:
-            if error.name not in (full, f"lpperf.{name.split('.')[0]}"):
-                raise  # the module exists but something it imports is missing: a real failure
+        path = os.path.join(tree, "lpperf", *name.split("."))
+        if not (os.path.isfile(path + ".py") or os.path.isfile(os.path.join(path, "__init__.py"))):
             continue
-        if os.path.commonpath([os.path.abspath(module.__file__), tree]) == tree:
-            return module
-        del sys.modules[full]
+        module = importlib.import_module(f"lpperf.{name}")
+        if os.path.commonpath([os.path.abspath(module.__file__), tree]) != tree:
+            raise ImportError(f"lpperf.{name} was imported from {module.__file__}, not from the side's tree {tree}; "
+                              "an installed lpperf shadows the side (check PYTHONPATH)")
+        return module
     raise ModuleNotFoundError(f"the side's lpperf in {tree} has none of {', '.join('lpperf.' + n for n in names)}")
 
 
