@@ -82,7 +82,7 @@ def test_a_whole_step_compile_says_its_networks_alone_are_not_parts_of_the_frame
 
 
 def test_the_networks_are_timed_on_the_inputs_they_got_in_a_frame(animator, driving):
-    inputs = profile.network_inputs(animator, driving)
+    inputs = frame.network_inputs(animator, driving)
     assert list(inputs) == list(HEAVY_NETS)
     (motion_args, _), (_, warp_kwargs), (decoder_args, _) = inputs.values()
     assert motion_args[0] is driving
@@ -97,7 +97,7 @@ def test_the_networks_are_timed_on_the_inputs_they_got_in_a_frame(animator, driv
 
 
 def test_probe_inputs_redraw_every_float_tensor_from_a_standard_normal(animator, driving):
-    inputs = profile.network_inputs(animator, driving)
+    inputs = frame.network_inputs(animator, driving)
     probe = profile.standard_normal_like(inputs)
     assert list(probe) == list(inputs)
     for (args, kwargs), (probe_args, probe_kwargs) in zip(inputs.values(), probe.values()):

@@ -30,7 +30,7 @@ from lpperf.animation import pipeline
 from lpperf.measure import roofline, timing
 from lpperf.models import DECODER_NET, MOTION_NET, WARP_NET, sample
 from lpperf.optimize import recipes
-from lpperf.optimize.engine import MEMORY_FORMATS, Engine, OptimizedAnimator
+from lpperf.optimize.engine import HEAVY_NETS, MEMORY_FORMATS, Engine, OptimizedAnimator
 from lpperf.util.validation import check_positive_int
 
 # The stages whose networks the official speed script times, each alone: the per-frame ones (its S,
@@ -109,19 +109,10 @@ def modules_alone(engine: Engine, driving: torch.Tensor,
     # The frame's inputs from the same networks uncompiled (the same objects: a cached source term of W
     # is prepared on the network the calls run), so nothing is compiled but the timed networks.
     eager = sample_animator(dataclasses.replace(engine, compile_nets_mode=None, compile_step_mode=None))
-    driving = driving.to(engine.device)
-    with engine.context():
-        values = eager.run_stages(driving)
-    source, batch = eager.source, driving.shape[0]
-    arguments = {
-        "M": ((driving,), {}),
-        "W": ((source.feature.expand(batch, *source.feature.shape[1:]),),
-                   {"kp_driving": values.keypoints, "kp_source": source.keypoints.expand(batch, -1, -1)}),
-        "G": ((values.warped["out"],), {}),
-    }
-    unknown = [stage for stage in stages if stage not in arguments]
+    arguments = network_inputs(eager, driving.to(engine.device))
+    unknown = [stage for stage in stages if stage not in _MODULE_NETS]
     if unknown:
-        raise ValueError(f"modules_alone times the networks of stages {', '.join(arguments)}; got {unknown}")
+        raise ValueError(f"modules_alone times the networks of stages {', '.join(_MODULE_NETS)}; got {unknown}")
 
     def cast(value):
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
@@ -137,7 +128,7 @@ def modules_alone(engine: Engine, driving: torch.Tensor,
         net = engine.nets[_MODULE_NETS[stage]]
         if engine.compile_nets_mode is not None:
             net = torch.compile(net, mode=engine.compile_nets_mode)
-        args, kwargs = arguments[stage]
+        args, kwargs = arguments[_MODULE_NETS[stage]]
         args = tuple(cast(value) for value in args)
         kwargs = {key: cast(value) for key, value in kwargs.items()}
 
@@ -149,6 +140,25 @@ def modules_alone(engine: Engine, driving: torch.Tensor,
         return call
 
     return {stage: alone(stage) for stage in stages}
+
+
+def network_inputs(animator: OptimizedAnimator, driving: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
+    """(args, kwargs) each heavy network got in one frame. Recorded on the uncompiled step: its tensors
+    are plain (not CUDA-graph output buffers that a later replay overwrites), and inductor keeps eager
+    output strides, so a compiled network sees the same shapes, strides and dtypes in the real step."""
+    eager = uncompiled(animator)
+    inputs: dict[str, tuple[tuple, dict]] = {}
+
+    def recording(name: str, net: Callable) -> Callable:
+        def call(*args, **kwargs):
+            inputs[name] = (args, kwargs)
+            return net(*args, **kwargs)
+        return call
+
+    eager.nets = {name: recording(name, net) if name in HEAVY_NETS else net for name, net in eager.nets.items()}
+    with animator.engine.context():
+        eager.run_stages(driving)
+    return {name: inputs[name] for name in HEAVY_NETS}
 
 
 def stage_outputs(animator: pipeline.Animator, driving: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -204,7 +204,7 @@ def frame_split(animator: OptimizedAnimator, driving: torch.Tensor, device: str 
     check_positive_int(profiled_frames, "profiled_frames")
     device = resolve_device(device, option="device")
     frame_ms = timing.time_callable(lambda: animator.step(driving), device, warmup=warmup, rule=rule).median_ms
-    inputs = network_inputs(animator, driving)
+    inputs = frame.network_inputs(animator, driving)
     calls, form = _network_calls(animator, inputs, device)
     networks_ms = _time_calls(animator, calls, device, warmup, rule)
     probe_ms = {}
@@ -241,28 +241,9 @@ def standard_normal_like(inputs: dict[str, tuple[tuple, dict]], seed: int = 0) -
             for name, (args, kwargs) in inputs.items()}
 
 
-def network_inputs(animator: OptimizedAnimator, driving: torch.Tensor) -> dict[str, tuple[tuple, dict]]:
-    """(args, kwargs) each heavy network got in one frame. Recorded on the uncompiled step: its tensors
-    are plain (not CUDA-graph output buffers that a later replay overwrites), and inductor keeps eager
-    output strides, so a compiled network sees the same shapes, strides and dtypes in the real step."""
-    eager = frame.uncompiled(animator)
-    inputs: dict[str, tuple[tuple, dict]] = {}
-
-    def recording(name: str, net: Callable) -> Callable:
-        def call(*args, **kwargs):
-            inputs[name] = (args, kwargs)
-            return net(*args, **kwargs)
-        return call
-
-    eager.nets = {name: recording(name, net) if name in HEAVY_NETS else net for name, net in eager.nets.items()}
-    with animator.engine.context():
-        eager.run_stages(driving)
-    return {name: inputs[name] for name in HEAVY_NETS}
-
-
 def _network_calls(animator: OptimizedAnimator, inputs: dict[str, tuple[tuple, dict]],
                    device: torch.device) -> tuple[dict[str, Callable[[], object]], str]:
-    """Each heavy network alone on `inputs` (network_inputs), in the form the recipe runs it, and that form."""
+    """Each heavy network alone on `inputs` (frame.network_inputs), in the form the recipe runs it, and that form."""
     engine = animator.engine
     nets = {name: animator.nets[name] for name in HEAVY_NETS}
     if engine.compile_nets_mode is not None:
