@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lpperf import cli
-from lpperf.gate import command, controller, report
+from lpperf.gate import command, controller, refs, report
 from lpperf.gate.workers import GateError
 from lpperf.util.exits import Exit
 from helpers import run_fake
@@ -200,7 +200,7 @@ def test_the_calibration_table_says_open_for_an_unbounded_interval(tmp_path):
 def test_an_export_with_an_unsafe_link_is_refused_naming_the_ref_and_the_member(throwaway, tmp_path, target, says):
     sha = commit_link(throwaway, "evil", target)
     with pytest.raises(GateError) as refused:
-        command.side(sha, throwaway, tmp_path / "scratch")
+        refs.side(sha, throwaway, tmp_path / "scratch")
     message = str(refused.value)
     assert sha[:10] in message and "'evil'" in message and says in message and target in message
 
@@ -221,24 +221,24 @@ def test_a_folder_that_is_not_an_lpperf_checkout_says_so(throwaway, tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     with pytest.raises(GateError, match="is not an lpperf checkout"):
-        command.side(str(plain), throwaway, tmp_path / "scratch")
+        refs.side(str(plain), throwaway, tmp_path / "scratch")
 
 
 @pytest.mark.parametrize("kind, spec", [("tree", "HEAD^{tree}"), ("blob", "HEAD:tests/note.txt")])
 def test_a_tree_or_blob_hash_is_named_as_such(throwaway, tmp_path, kind, spec):
     object_id = git(throwaway, "rev-parse", spec)
     with pytest.raises(GateError, match=f"names a {kind}, not a commit"):
-        command.side(object_id, throwaway, tmp_path / "scratch")
+        refs.side(object_id, throwaway, tmp_path / "scratch")
 
 
 def test_a_missing_ref_still_says_fetch_it(throwaway, tmp_path):
     with pytest.raises(GateError, match="does not exist.*fetch it first"):
-        command.side("no-such-ref", throwaway, tmp_path / "scratch")
+        refs.side("no-such-ref", throwaway, tmp_path / "scratch")
 
 
 def test_a_file_is_neither_a_ref_nor_a_checkout(throwaway, tmp_path):
     with pytest.raises(GateError, match="is a file; give a git ref or a folder"):
-        command.side(str(throwaway / "tests" / "note.txt"), throwaway, tmp_path / "scratch")
+        refs.side(str(throwaway / "tests" / "note.txt"), throwaway, tmp_path / "scratch")
 
 
 @pytest.mark.parametrize("device, listed, expected", [
@@ -257,8 +257,8 @@ def test_cards_are_checked_against_the_visible_ones(monkeypatch, device, listed,
 
 def test_dot_in_a_sub_folder_is_the_checkout_root(throwaway, tmp_path, monkeypatch):
     monkeypatch.chdir(throwaway / "tests")
-    assert command.repository() == throwaway.resolve()
-    side = command.side(".", command.repository(), tmp_path / "scratch")
+    assert refs.repository() == throwaway.resolve()
+    side = refs.side(".", refs.repository(), tmp_path / "scratch")
     assert side.tree == throwaway.resolve()
 
 
@@ -266,7 +266,7 @@ def test_a_folder_that_is_also_a_ref_is_refused_as_ambiguous(throwaway, tmp_path
     git(throwaway, "branch", "tests")
     monkeypatch.chdir(throwaway)
     with pytest.raises(GateError, match="both a folder and a git ref"):
-        command.side("tests", throwaway, tmp_path / "scratch")
+        refs.side("tests", throwaway, tmp_path / "scratch")
 
 
 def test_out_that_is_a_file_says_it_must_be_a_folder(fake_workers, capsys, tmp_path):

@@ -15,6 +15,9 @@ share a process (sharing one, a hand-captured graph's replay hit an illegal memo
 H200, torch 2.11; in a process of their own the same graphs replayed cleanly).
 With several cards (`lanes`), metrics are sharded by recipe: each card gets the workers of its
 recipes and compares base and head on that card only; no number is ever compared across cards.
+
+Over 400 lines as one module: the lanes, their rounds and the decisions share the workers' lifetime
+(started, prepared, measured and stopped in one try block), which is the controller's one job.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lpperf.gate import command, controller, report
+from lpperf.gate import controller, refs, report
 from lpperf.util.devices import visible_gpus
 
 pytestmark = pytest.mark.gpu
@@ -20,10 +20,10 @@ def test_no_regression_against_the_base(lpperf_settings, lpperf_card, tmp_path):
         pytest.skip(lpperf_card.no_cuda_reason)
     if lpperf_settings.gate_base is None:
         pytest.skip("same-job A/B not asked for: give --lpperf-gate-base=REF (e.g. origin/main)")
-    repo = command.repository()
+    repo = refs.repository()
     with tempfile.TemporaryDirectory(prefix="lpperf-gate-") as scratch:
-        base = command.side(lpperf_settings.gate_base, repo, Path(scratch))
-        head = command.side(None, repo, Path(scratch))
+        base = refs.side(lpperf_settings.gate_base, repo, Path(scratch))
+        head = refs.side(None, repo, Path(scratch))
         weights = None if lpperf_settings.weights_dir is None else str(lpperf_settings.weights_dir)
         result = controller.run_gate(base, head, controller.default_metrics(), controller.GateConfig(weights=weights),
                                      visible_gpus()[:1], tmp_path)
