@@ -2,7 +2,7 @@
 budget: each layer's own error and the whole frame's parity with groups of layers in FP8, simulated
 exactly in float32 on the CPU (lpperf.optimize.fp8), before any FP8 kernel exists.
 
-    python tools/fp8_parity.py --out DIR [--seeds 0 1] [--calibration-frames 2] [--frames 2]
+    python tools/fp8_parity.py --out DIR [--seeds 0 1] [--calibration-frames 2] [--frames 2] [--single-layers 10]
 
 Activation ranges are calibrated on the sample's first driving frames and the error is measured on
 the frames after them, so a range that a later frame exceeds shows as clipping error. Each frame is
@@ -57,7 +57,7 @@ def layer_flops(net: torch.nn.Module, layers: list[str], run) -> dict[str, float
     return counted
 
 
-def study(seed: int, calibration_frames: int, frames: int) -> dict:
+def study(seed: int, calibration_frames: int, frames: int, single_layers: int) -> dict:
     began = time.perf_counter()
     nets = weights.synthetic(seed, "cpu")
     animator = animator_for(nets)
@@ -75,11 +75,16 @@ def study(seed: int, calibration_frames: int, frames: int) -> dict:
             for layer in layers:
                 result["layers"][f"{stage} {layer}"] = {"relative_error": errors[layer], "gflop": flops[layer] / 1e9,
                                                         "input_amax": amax[stage][layer]}
-        groups = {"W": ("W",), "G": ("G",), "W + G": ("W", "G")}
-        for label, stages in groups.items():
+        # The whole networks in FP8, then each of the costliest layers alone in FP8: the frame's parity.
+        costliest = sorted(result["layers"], key=lambda layer: -result["layers"][layer]["gflop"])[:single_layers]
+        groups = {"W": {"W": amax["W"]}, "G": {"G": amax["G"]}, "W + G": amax}
+        for layer in costliest:
+            stage, name = layer.split(" ", 1)
+            groups[layer] = {stage: {name: amax[stage][name]}}
+        for label, chosen in groups.items():
             simulated = dict(nets)
-            for stage in stages:
-                simulated[NETS[stage]] = fp8.with_fp8(nets[NETS[stage]], amax[stage])
+            for stage, ranges in chosen.items():
+                simulated[NETS[stage]] = fp8.with_fp8(nets[NETS[stage]], ranges)
             candidate = animator_for(simulated).step(evaluation)
             compared = parity.compare_frames(candidate, reference)
             result["frames"][label] = {"psnr_db": compared.psnr_db, "max_level_diff": compared.max_level_diff,
@@ -96,9 +101,11 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--calibration-frames", type=int, default=2)
     parser.add_argument("--frames", type=int, default=2)
+    parser.add_argument("--single-layers", type=int, default=10,
+                        help="also the frame with only one layer in FP8, for this many of the costliest layers")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    runs = [study(seed, args.calibration_frames, args.frames) for seed in args.seeds]
+    runs = [study(seed, args.calibration_frames, args.frames, args.single_layers) for seed in args.seeds]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fp8_parity.json").write_text(json.dumps({"torch": torch.__version__, "runs": runs}, indent=1))
     for run in runs:
