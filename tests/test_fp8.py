@@ -88,3 +88,37 @@ def test_values_beyond_the_calibrated_range_are_clipped_and_exact_values_cost_no
         fp8.Fp8SimulatedConv(conv, 0.0)
     with pytest.raises(TypeError, match="nn.Conv2d or nn.Conv3d"):
         fp8.Fp8SimulatedConv(nn.Linear(2, 2), 1.0)
+
+
+def test_block_scales_follow_each_pixels_own_range():
+    # one pixel 10^7 times larger than the others: past e4m3's range (448 down to 2^-9), so a per-tensor
+    # scale rounds the others to a few subnormal steps or zero
+    x = torch.randn(1, 8, 4, 4, generator=generator(3)) * 1e-2
+    x[0, :, 0, 0] *= 1e7
+    per_pixel = fp8.round_blocks_to_e4m3(x, 8)
+    normal = x.abs() >= (x.abs().flatten(2).amax(1, keepdim=True).view(1, 1, 4, 4) / fp8.E4M3_MAX) * 2.0**-6
+    assert (((per_pixel - x).abs() / x.abs())[normal]).max() <= 2.0**-4
+    per_tensor = fp8.round_to_e4m3(x, float(x.abs().max()) / fp8.E4M3_MAX)
+    small = (slice(None), slice(None), slice(1, None), slice(1, None))  # the pixels away from the outlier
+
+    def error(rounded):
+        return ((rounded[small] - x[small]).norm() / x[small].norm()).item()
+    assert error(per_tensor) > 0.1 > 2.0**-4 > error(per_pixel)  # the small pixels fall among e4m3's subnormals
+    assert torch.equal(fp8.round_blocks_to_e4m3(x, 3)[:, :6], fp8.round_blocks_to_e4m3(x[:, :6], 3))  # 8 = 3+3+2
+    with pytest.raises(ValueError, match="channel_block must be >= 1"):
+        fp8.round_blocks_to_e4m3(x, 0)
+
+
+def test_a_layer_takes_one_scaling_and_the_copy_caps_the_block_at_its_channels():
+    conv = nn.Conv2d(4, 2, 3, padding=1)
+    x = torch.randn(1, 4, 6, 6, generator=generator(4))
+    with torch.no_grad():
+        simulated = fp8.Fp8SimulatedConv(conv, channel_block=4)
+        expected = F.conv2d(fp8.round_blocks_to_e4m3(x, 4), simulated.weight, conv.bias, padding=1)
+        assert torch.equal(simulated(x), expected)
+    with pytest.raises(ValueError, match="not both and not neither"):
+        fp8.Fp8SimulatedConv(conv)
+    with pytest.raises(ValueError, match="not both and not neither"):
+        fp8.Fp8SimulatedConv(conv, 1.0, channel_block=4)
+    copy = fp8.with_fp8(nn.Sequential(conv), {"0": 1.0}, channel_block=1024)
+    assert copy[0].channel_block == 4 and copy[0].input_scale is None

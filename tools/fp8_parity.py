@@ -3,6 +3,7 @@ budget: each layer's own error and the whole frame's parity with groups of layer
 exactly in float32 on the CPU (lpperf.optimize.fp8), before any FP8 kernel exists.
 
     python tools/fp8_parity.py --out DIR [--seeds 0 1] [--calibration-frames 2] [--frames 2] [--single-layers 10]
+                               [--channel-block N]
 
 Activation ranges are calibrated on the sample's first driving frames and the error is measured on
 the frames after them, so a range that a later frame exceeds shows as clipping error. Each frame is
@@ -57,20 +58,20 @@ def layer_flops(net: torch.nn.Module, layers: list[str], run) -> dict[str, float
     return counted
 
 
-def study(seed: int, calibration_frames: int, frames: int, single_layers: int) -> dict:
+def study(seed: int, calibration_frames: int, frames: int, single_layers: int, channel_block: int | None) -> dict:
     began = time.perf_counter()
     nets = weights.synthetic(seed, "cpu")
     animator = animator_for(nets)
     calibration = frame.driving_batch(calibration_frames, offset=1)
     evaluation = frame.driving_batch(frames, offset=1 + calibration_frames)
-    result = {"seed": seed, "layers": {}, "frames": {}}
+    result = {"seed": seed, "channel_block": channel_block, "layers": {}, "frames": {}}
     amax = {}
     with torch.no_grad():
         reference = animator.step(evaluation)
         for stage, name in NETS.items():
             layers = fp8.convolutions(nets[name])
             amax[stage] = fp8.input_amax(nets[name], layers, lambda: animator.run_stages(calibration))
-            errors = fp8.layer_errors(nets[name], amax[stage], lambda: animator.run_stages(evaluation))
+            errors = fp8.layer_errors(nets[name], amax[stage], lambda: animator.run_stages(evaluation), channel_block)
             flops = layer_flops(nets[name], layers, lambda: animator.run_stages(evaluation[:1]))
             for layer in layers:
                 result["layers"][f"{stage} {layer}"] = {"relative_error": errors[layer], "gflop": flops[layer] / 1e9,
@@ -84,13 +85,13 @@ def study(seed: int, calibration_frames: int, frames: int, single_layers: int) -
         for label, chosen in groups.items():
             simulated = dict(nets)
             for stage, ranges in chosen.items():
-                simulated[NETS[stage]] = fp8.with_fp8(nets[NETS[stage]], ranges)
+                simulated[NETS[stage]] = fp8.with_fp8(nets[NETS[stage]], ranges, channel_block)
             candidate = animator_for(simulated).step(evaluation)
             compared = parity.compare_frames(candidate, reference)
             result["frames"][label] = {"psnr_db": compared.psnr_db, "max_level_diff": compared.max_level_diff,
                                        "nonfinite": parity.count_nonfinite(candidate)}
-            print(f"seed {seed}: {label} in FP8: {compared.psnr_db:.2f} dB, {compared.max_level_diff} levels",
-                  flush=True)
+            print(f"seed {seed}, channel block {channel_block}: {label} in FP8: {compared.psnr_db:.2f} dB, "
+                  f"{compared.max_level_diff} levels", flush=True)
     result["seconds"] = time.perf_counter() - began
     return result
 
@@ -101,11 +102,15 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--calibration-frames", type=int, default=2)
     parser.add_argument("--frames", type=int, default=2)
+    parser.add_argument("--channel-block", type=int, default=None,
+                        help="scale activations per pixel and block of this many channels (a large number: per "
+                             "pixel) instead of per tensor")
     parser.add_argument("--single-layers", type=int, default=10,
                         help="also the frame with only one layer in FP8, for this many of the costliest layers")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    runs = [study(seed, args.calibration_frames, args.frames, args.single_layers) for seed in args.seeds]
+    runs = [study(seed, args.calibration_frames, args.frames, args.single_layers, args.channel_block)
+            for seed in args.seeds]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fp8_parity.json").write_text(json.dumps({"torch": torch.__version__, "runs": runs}, indent=1))
     for run in runs:
