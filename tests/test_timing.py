@@ -215,7 +215,7 @@ def test_parts_are_each_timed_alone_and_a_sample_is_their_sum_in_one_round(monke
     assert {name: stats.median_s for name, stats in result.parts.items()} == pytest.approx(
         {"M": 0.001, "W": 0.004, "G": 0.002})
     assert result.to_dict()["parts"]["W"]["max_ms"] == pytest.approx(5.0)
-    assert time_callable(part(0.001), "cpu", warmup=0, rule=rule).parts == {}  # one unnamed part: no breakdown
+    assert time_callable(part(0.001), "cpu", warmup=0, rule=rule).parts == {}  # one callable: no breakdown
     with pytest.raises(ValueError, match="at least one callable"):
         time_parts({}, "cpu")
 

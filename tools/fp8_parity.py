@@ -38,23 +38,15 @@ def animator_for(nets: dict) -> pipeline.Animator:
 
 
 def layer_flops(net: torch.nn.Module, layers: list[str], run) -> dict[str, float]:
-    """FLOPs each convolution does in `run()`: 2 x outputs x (input channels per group) x kernel taps."""
-    modules = dict(net.named_modules())
+    """FLOPs each convolution does in `run()`: 2 x outputs x input channels per group x kernel taps."""
     counted = {name: 0.0 for name in layers}
 
     def count(name):
         def hook(module, args, output):
-            taps = math.prod(module.kernel_size)
-            counted[name] += 2.0 * output.numel() * module.in_channels // module.groups * taps
+            counted[name] += 2.0 * output.numel() * (module.in_channels / module.groups) * math.prod(module.kernel_size)
         return hook
 
-    handles = [modules[name].register_forward_hook(count(name)) for name in layers]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
+    fp8.run_with_hooks(net, {name: count(name) for name in layers}, run)
     return counted
 
 

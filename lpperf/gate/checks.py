@@ -57,14 +57,13 @@ class MemoryBudget:
     floor_mib: float = 32.0
 
     def judge(self, base_mib: float, head_mib: float) -> Judgment:
-        grew = head_mib - base_mib
-        return Judgment.REGRESSED if grew > self.fraction * base_mib and grew > self.floor_mib else Judgment.SAME
+        return _growth(base_mib, head_mib, self.fraction, self.floor_mib)
 
 
 @dataclasses.dataclass(frozen=True)
 class OutputBudget:
-    # Two processes of `fast` (cudnn.benchmark may pick other algorithms) on an H100: 59.2 dB, 3 levels apart;
-    # every pixel moved by one level: 48.1 dB.
+    # Two processes of `fast` (cudnn.benchmark may pick other algorithms) on an H100, torch 2.11: 59.2 dB, 3
+    # levels apart; every pixel moved by one level: 48.1 dB (docs/GPU_SUITE.md).
     min_psnr_db: float = 55.0
     max_level_diff: int = 6
     accept_change: bool = False
@@ -82,8 +81,13 @@ class StartupBudget:
     floor_s: float = 2.0
 
     def judge(self, base_s: float, head_s: float) -> Judgment:
-        grew = head_s - base_s
-        return Judgment.REGRESSED if grew > self.fraction * base_s and grew > self.floor_s else Judgment.SAME
+        return _growth(base_s, head_s, self.fraction, self.floor_s)
+
+
+def _growth(base: float, head: float, fraction: float, floor: float) -> Judgment:
+    """Regressed where the head exceeds the base by more than `fraction` of it AND more than `floor`."""
+    grew = head - base
+    return Judgment.REGRESSED if grew > fraction * base and grew > floor else Judgment.SAME
 
 
 # What the workers measure, by name (the keys of a prepare answer's "memory" entries)

@@ -334,7 +334,7 @@ def time_callable(
     read through NVML right before the first and right after the last sample; if NVML
     is unusable the reason is recorded instead.
     """
-    return time_parts({"": fn}, device, warmup=warmup, rule=rule)
+    return dataclasses.replace(time_parts({"call": fn}, device, warmup=warmup, rule=rule), parts={})
 
 
 def time_parts(
@@ -351,7 +351,7 @@ def time_parts(
     parts and no overlap of one part's launch with another's kernels.
 
     The result's samples and stopping rule are those of the sums; ``parts`` holds each part's own
-    statistics. With one part named "" it is time_callable, and ``parts`` stays empty.
+    statistics, by name.
     """
     if not parts:
         raise ValueError("time_parts needs at least one callable to time")
@@ -394,7 +394,6 @@ def time_parts(
         clocks_after, after_reason = _try_read_clocks(device.index)
         clock_reason = clock_reason or after_reason
 
-    named = list(parts) != [""]
     return TimingResult(
         device=str(device),
         clock=CLOCK_CUDA_EVENT if is_cuda else CLOCK_HOST,
@@ -410,7 +409,7 @@ def time_parts(
         clocks_before=clocks_before,
         clocks_after=clocks_after,
         clocks_unavailable_reason=clock_reason,
-        parts={name: TimingStats.from_samples(kept) for name, kept in zip(parts, part_samples)} if named else {},
+        parts={name: TimingStats.from_samples(kept) for name, kept in zip(parts, part_samples)},
     )
 
 

@@ -103,9 +103,23 @@ def convolutions(net: nn.Module) -> list[str]:
     return [name for name, module in net.named_modules() if isinstance(module, CONVOLUTIONS)]
 
 
+def run_with_hooks(net: nn.Module, hooks: dict[str, Callable], run: Callable[[], object], *,
+                   before: bool = False) -> None:
+    """`run()` without autograd, with each hook on the layer of `net` it is named for: a forward hook
+    (module, args, output), or with `before` a forward pre-hook (module, args). Removed afterwards."""
+    modules = dict(net.named_modules())
+    register = "register_forward_pre_hook" if before else "register_forward_hook"
+    handles = [getattr(modules[name], register)(hook) for name, hook in hooks.items()]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def input_amax(net: nn.Module, layers: Iterable[str], run: Callable[[], object]) -> dict[str, float]:
     """The largest |input| each named layer of `net` sees while `run()` runs (the calibration)."""
-    modules = dict(net.named_modules())
     seen = {name: 0.0 for name in layers}
 
     def record(name):
@@ -113,13 +127,7 @@ def input_amax(net: nn.Module, layers: Iterable[str], run: Callable[[], object])
             seen[name] = max(seen[name], float(args[0].detach().abs().max()))
         return hook
 
-    handles = [modules[name].register_forward_pre_hook(record(name)) for name in seen]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_with_hooks(net, {name: record(name) for name in seen}, run, before=True)
     return seen
 
 
@@ -155,11 +163,5 @@ def layer_errors(net: nn.Module, amax: dict[str, float], run: Callable[[], objec
             squared[name][1] += float(output.double().square().sum())
         return hook
 
-    handles = [modules[name].register_forward_hook(compare(name)) for name in amax]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_with_hooks(net, {name: compare(name) for name in amax}, run)
     return {name: (error / total) ** 0.5 if total > 0 else 0.0 for name, (error, total) in squared.items()}

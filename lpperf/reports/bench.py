@@ -223,7 +223,7 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
         else:
             animator = frame.sample_animator(engine)
             outputs = frame.run_frames(animator, config.parity_frames)
-            calls = {"": lambda: animator.step(driving)}
+            calls = {"step": lambda: animator.step(driving)}
         first_calls_s = sum(timing.host_call_s(call, device) for call in calls.values())  # compile, at the timed shape
     with contextlib.ExitStack() as stack:
         tracker, _ = _track_memory(stack, device)
@@ -252,7 +252,7 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
         stage_ms={stage: measured.median_ms for stage, measured in stages.items()},
         stage_converged={stage: measured.converged for stage, measured in stages.items()},
         stage_clock=frame.stage_clock(device) if stages else "",
-        module_ms={stage: stats.median_s * 1e3 for stage, stats in result.parts.items()})
+        module_ms={stage: stats.median_s * 1e3 for stage, stats in result.parts.items()} if row.modules else {})
 
 
 def _track_memory(stack: contextlib.ExitStack, device: torch.device) -> tuple[memory.MemoryTracker | None, str]:
