@@ -102,6 +102,7 @@ for line in sys.stdin:
         answer = {"ok": True, "lpperf": "fake", "torch": "fake", "weights": "fake", "load_s": 0.0}
     elif op == "prepare":
         print(f"prepare at {time.monotonic()}", file=sys.stderr, flush=True)
+        print(f"startup timed {json.dumps(request.get('startup', True))}", file=sys.stderr, flush=True)
         prepared.update(m["name"] for m in request["metrics"])
         print(f"prepared {json.dumps(sorted(prepared))}", file=sys.stderr, flush=True)
         if hasattr(os, "sched_getaffinity"):  # the cores the controller kept this worker on
@@ -112,7 +113,8 @@ for line in sys.stdin:
                   "timed_as": {m["name"]: "cuda graph replay" if m["name"] in spec.get("replayed", []) else
                                "back-to-back calls" for m in request["metrics"]},
                   "memory": {m["name"]: memory() for m in request["metrics"] if not m["stage"]},
-                  "startup": {m["recipe"]: startup() for m in request["metrics"]},
+                  "startup": {m["recipe"]: startup() for m in request["metrics"]} if request.get("startup", True)
+                  else {},
                   "outputs": outputs(request)}
     elif op == "measure" and request["metric"] not in prepared:
         answer = {"ok": False, "kind": "error", "error": f"{request['metric']}: KeyError: not prepared here"}

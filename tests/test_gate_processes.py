@@ -83,3 +83,13 @@ def test_calibration_reports_each_pairs_offset(tmp_path):
     text = report.format_calibration(list(noise.values()), result)
     assert "pair offsets (process offset = their spread)" in text
     assert json.dumps(report.calibration_record(list(noise.values())), allow_nan=False)
+
+
+def test_only_the_first_pair_times_start_up(tmp_path):
+    """Start-up is judged on the first pair; a throwaway build in every other pair would only cost time."""
+    result = run_fake(tmp_path, {"noise": 0.003}, processes=2, rounds=8, max_rounds=8)
+    logs = {path.name: path.read_text() for path in (tmp_path / "logs").glob("*.log")}
+    assert {name: "startup timed true" in text for name, text in logs.items()} == {
+        "base-fast-1.log": True, "head-fast-1.log": True, "base-fast-2.log": False, "head-fast-2.log": False}
+    assert [item.recipe for item in result.beside.startup] == ["fast"]
+

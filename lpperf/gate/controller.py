@@ -249,7 +249,8 @@ class Lane:
                                "inject_memory_mib": config.inject_memory_mib * head,
                                "inject_output_levels": config.inject_output_levels * head,
                                "outputs": {"frames": config.output_frames, "folder": str(outputs / role)}
-                               if config.output_frames and number == 0 else None}
+                               if config.output_frames and number == 0 else None,
+                               "startup": number == 0}
                     answer = pair[role].request(request, config.prepare_timeout_s)
                     if number == 0:
                         for key, merged in self.setup[role].items():

@@ -11,7 +11,8 @@ measured code prints goes to stderr):
 
     {"op": "load", "weights": null | "DIR", "seed": 0}      -> {"ok": true, "lpperf": path, "torch": version}
     {"op": "prepare", "metrics": [{"name", "recipe", "batch", "stage"}], "inject_slowdown": 0.0,
-     "outputs": {"frames": n, "folder": DIR} | null, "inject_memory_mib": 0, "inject_output_levels": 0}
+     "outputs": {"frames": n, "folder": DIR} | null, "inject_memory_mib": 0, "inject_output_levels": 0,
+     "startup": true (time a first build, then reset)}
         -> {"ok": true, "warm_ms": {name: ms}, "timed_as": ..., "memory": {frame name: {...}},
             "startup": {recipe: {"first_s", "warm_s"}}, "outputs": {recipe: DIR/recipe.npz}}
     {"op": "measure", "metric": name, "calls": n}           -> {"ok": true, "ms": per-call ms}
@@ -91,7 +92,8 @@ class Side:
             return self.prepare(request["metrics"], float(request.get("inject_slowdown", 0.0)),
                                 outputs=request.get("outputs"),
                                 inject_memory_mib=float(request.get("inject_memory_mib", 0.0)),
-                                inject_output_levels=float(request.get("inject_output_levels", 0.0)))
+                                inject_output_levels=float(request.get("inject_output_levels", 0.0)),
+                                startup=bool(request.get("startup", True)))
         if operation == "measure":
             answer = {"ms": self.measure(request["metric"], int(request["calls"]))}
             if request.get("clock"):
@@ -125,7 +127,7 @@ class Side:
                 "load_s": time.perf_counter() - start}
 
     def prepare(self, metrics: list[dict], inject_slowdown: float, outputs: dict | None = None,
-                inject_memory_mib: float = 0.0, inject_output_levels: float = 0.0) -> dict:
+                inject_memory_mib: float = 0.0, inject_output_levels: float = 0.0, startup: bool = True) -> dict:
         frame = _side_module(self.tree, "measure.frame", "frame")
         recipes = _side_module(self.tree, "optimize.recipes", "recipes")
         if inject_memory_mib > 0:  # test-only: memory the head holds for as long as it runs
@@ -134,12 +136,14 @@ class Side:
         # Start-up, per recipe at its first metric's batch: a first build with the compile caches as the
         # runner has them, thrown away; then the compiled state is reset as in a new process, and the
         # metric's own build below finds only the file caches, now holding this side's code.
+        # Without `startup` (a second or later worker pair, which only times) neither happens.
         first_batch = {}
         for metric in metrics:
             first_batch.setdefault(metric["recipe"], metric["batch"])
-        startup = {recipe: {"first_s": self._startup_s(frame, recipes, recipe, batch)}
-                   for recipe, batch in first_batch.items()}
-        self._as_in_a_new_process()
+        measured = {recipe: {"first_s": self._startup_s(frame, recipes, recipe, batch)}
+                    for recipe, batch in first_batch.items()} if startup else {}
+        if startup:
+            self._as_in_a_new_process()
 
         animators, warm_ms, compile_s, timed_as = {}, {}, {}, {}
         for metric in metrics:
@@ -152,8 +156,8 @@ class Side:
                 animator.step(driving)  # compile, autotune and CUDA-graph recording happen here
                 self._synchronize()
                 compile_s[f"{key[0]} batch {key[1]}"] = time.perf_counter() - start
-                if "warm_s" not in startup[key[0]]:
-                    startup[key[0]]["warm_s"] = time.perf_counter() - began
+                if key[0] in measured and "warm_s" not in measured[key[0]]:
+                    measured[key[0]]["warm_s"] = time.perf_counter() - began
                 animators[key] = (animator, driving)
             animator, driving = animators[key]
             if metric.get("stage"):
@@ -176,7 +180,7 @@ class Side:
         if inject_slowdown > 0:
             injected = self._inject(metrics, warm_ms, inject_slowdown)
         return {"warm_ms": warm_ms, "compile_s": compile_s, "injected_ms": injected, "timed_as": timed_as,
-                "memory": memory, "startup": startup, "outputs": written}
+                "memory": memory, "startup": measured, "outputs": written}
 
     def _memory(self, call) -> dict:
         """Torch's peak allocated memory over a few steady calls, and the process's GPU memory as NVML
