@@ -51,6 +51,14 @@ def memory():
     return {"torch_peak_mib": mib, "nvml_mib": mib + 500.0}
 
 
+def injected(request):
+    """As the real worker reports a test-only slowdown: what the spin added, as measured (all of it here)."""
+    fraction = request.get("inject_slowdown", 0.0)
+    return {m["name"]: {"frame_ms": per_call_ms(m["name"]), "target_ms": fraction * per_call_ms(m["name"]),
+                        "added_ms": fraction * per_call_ms(m["name"]), "spin_ms": fraction * per_call_ms(m["name"])}
+            for m in request["metrics"] if not m["stage"]} if fraction else {}
+
+
 def startup():
     figures = dict(spec.get("startup_s", {"first_s": 10.0, "warm_s": 5.0}))
     factor = spec.get("head_startup_factor", 1.0) if role == "head" else 1.0
@@ -99,6 +107,7 @@ for line in sys.stdin:
             print("this is not json", flush=True)
             continue
     if op == "load":
+        print(f"load threads {json.dumps(request.get('threads'))}", file=sys.stderr, flush=True)
         answer = {"ok": True, "lpperf": "fake", "torch": "fake", "weights": "fake", "load_s": 0.0}
     elif op == "prepare":
         print(f"prepare at {time.monotonic()}", file=sys.stderr, flush=True)
@@ -109,7 +118,7 @@ for line in sys.stdin:
             print(f"cores {json.dumps(sorted(os.sched_getaffinity(0)), separators=(',', ':'))}", file=sys.stderr,
                   flush=True)
         answer = {"ok": True, "warm_ms": {m["name"]: per_call_ms(m["name"]) for m in request["metrics"]},
-                  "compile_s": {}, "injected_ms": {},
+                  "compile_s": {}, "injected_ms": injected(request),
                   "timed_as": {m["name"]: "cuda graph replay" if m["name"] in spec.get("replayed", []) else
                                "back-to-back calls" for m in request["metrics"]},
                   "memory": {m["name"]: memory() for m in request["metrics"] if not m["stage"]},

@@ -16,7 +16,7 @@ import pytest
 
 from lpperf.measure import frame
 from lpperf.models import weights
-from lpperf.util.cores import describe_cores
+from lpperf.util.cores import available, describe_cores
 from lpperf.gate import controller, report, stats
 from lpperf.gate.workers import GateError
 
@@ -184,6 +184,20 @@ def test_lanes_on_two_cards_keep_their_workers_on_their_own_cores(tmp_path):
             for role in ("base", "head") for gpu in ("0", "1")}
     for gpu in ("0", "1"):
         assert seen[("base", gpu)] == seen[("head", gpu)] == cores[f"gpu {gpu}"]
+
+
+def test_workers_loading_at_once_split_the_cores_between_them():
+    assert controller.load_threads([0, 1, 2, 3, 4, 5, 6, 7], 4) == 2
+    assert controller.load_threads([0, 1, 2], 8) == 1  # never none
+    assert controller.load_threads(None, 1) == len(available())  # one worker: every core this process has
+
+
+def test_each_worker_is_told_its_share_of_threads_for_loading(tmp_path):
+    metrics = controller.default_metrics(("fast", "fp32-eager"), (1,), stages=False)
+    run_fake(tmp_path, {}, metrics=metrics)
+    told = {path.name: json.loads(path.read_text().split("load threads ")[1].split()[0])
+            for path in (tmp_path / "logs").glob("*.log")}
+    assert len(told) == 4 and set(told.values()) == {controller.load_threads(None, 4)}
 
 
 def test_each_recipe_gets_its_own_pair_of_workers(tmp_path):
@@ -378,3 +392,41 @@ def test_the_real_worker_names_the_metric_whose_measurement_failed():
     answer = json.loads(done.stdout.splitlines()[0])
     assert done.returncode == 1 and not answer["ok"]
     assert answer["error"].startswith("frame fast b1: KeyError")
+
+
+def _frame_with_idle_gaps(gap_ms: float, cycles_per_ms: float, noise: float = 0.0, seed: int = 0):
+    """What a spin adds to a frame whose GPU idles gap_ms per call waiting on the host: the spin runs in
+    the gap first (lpperf.gate.worker.spin_for's model), plus measurement noise in ms."""
+    rng = np.random.default_rng(seed)
+    measured = []
+
+    def added_ms(cycles: int) -> float:
+        measured.append(cycles)
+        return max(0.0, cycles / cycles_per_ms - gap_ms) + rng.normal(0.0, noise)
+    return added_ms, measured
+
+
+def test_an_injected_slowdown_is_sized_by_what_it_adds_not_by_the_spin():
+    from lpperf.gate.worker import spin_for
+
+    added_ms, measured = _frame_with_idle_gaps(gap_ms=0.14, cycles_per_ms=1e6)
+    cycles, added = spin_for(added_ms, target_ms=0.30, cycles_per_ms=1e6)
+    assert added == pytest.approx(0.30, rel=0.02)  # a spin of the target alone would add 0.16 ms
+    assert cycles / 1e6 == pytest.approx(0.44, rel=0.02) and len(measured) == 2
+
+
+def test_an_injection_that_the_frame_absorbs_is_reported_short_not_assumed():
+    from lpperf.gate.worker import spin_for
+
+    cycles, added = spin_for(lambda cycles: 0.0, target_ms=0.30, cycles_per_ms=1e6, tries=3)
+    assert added == 0.0 and cycles > 0.30 * 1e6  # it grew, measured each time, and says what it got
+    with pytest.raises(ValueError, match="target_ms > 0"):
+        spin_for(lambda cycles: 0.0, target_ms=0.0, cycles_per_ms=1e6)
+
+
+def test_the_report_says_what_an_injected_slowdown_added(tmp_path):
+    result = run_fake(tmp_path, {"ms": {"frame fast b1": 6.0}, "head_factor": {"frame fast b1": 1.05}},
+                      metrics=controller.default_metrics(("fast",), (1,), stages=False), inject_slowdown=0.05)
+    text = report.format_table(result)
+    assert "injected (test only) into the head's frame fast b1: +0.315 ms measured (+5.0%; asked +5.0%)" in text
+    assert result.exit_code == 1

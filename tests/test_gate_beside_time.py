@@ -70,12 +70,19 @@ def test_output_frames_zero_compares_no_output(tmp_path):
 
 
 def test_a_slower_second_build_is_a_start_up_regression_and_a_slower_first_build_is_not(tmp_path):
-    slower = run_fake(tmp_path, dict(FAST, head_startup_factor=1.5))
+    slower = run_fake(tmp_path, dict(FAST, startup_s={"first_s": 47.0, "warm_s": 30.0}, head_startup_factor=1.5))
     assert kinds(slower)["start-up"] == {"regressed"} and report.verdict_word(slower) == "regressed: start-up"
     [startup] = slower.beside.startup
-    assert (startup.base_warm_s, startup.head_warm_s) == (5.0, 7.5)
+    assert (startup.base_warm_s, startup.head_warm_s) == (30.0, 45.0)
     first_only = run_fake(tmp_path, dict(FAST, startup_s={"first_s": 10.0, "warm_s": 5.0}, head_startup_factor=1.2))
     assert kinds(first_only)["start-up"] == {"same"}  # +1 s: under both budgets
+
+
+def test_a_warm_build_that_doubles_by_seconds_is_within_the_floor_unless_the_floor_is_lowered(tmp_path):
+    # Two processes of the same code built `fast` warm in 3.1 and 6.4 s (H200): no regression by default.
+    doubled = dict(FAST, startup_s={"first_s": 12.0, "warm_s": 3.1}, head_startup_factor=6.4 / 3.1)
+    assert kinds(run_fake(tmp_path, doubled))["start-up"] == {"same"}
+    assert kinds(run_fake(tmp_path, doubled, startup=checks.StartupBudget(0.25, 2.0)))["start-up"] == {"regressed"}
 
 
 def test_a_side_that_cannot_report_memory_is_an_error_not_a_verdict(tmp_path):

@@ -293,6 +293,8 @@ def test_out_that_is_a_file_says_it_must_be_a_folder(fake_workers, capsys, tmp_p
     (("--alpha", "0"), "--alpha"),
     (("--inject-slowdown", "0.1"), "--inject-slowdown"),
     (("--gate-stages", "--no-stages"), "--gate-stages"),
+    (("--startup-floor-s", "-1"), "--startup-floor-s"),
+    (("--startup-floor-s", "nan"), "--startup-floor-s"),
     (("--weights", "/nonexistent/weights"), "--weights /nonexistent/weights is not a folder"),
 ])
 def test_bad_arguments_are_refused_before_any_worker_starts(fake_workers, capsys, tmp_path, args, message):

@@ -77,8 +77,11 @@ class OutputBudget:
 
 @dataclasses.dataclass(frozen=True)
 class StartupBudget:
+    # A warm build of `fast` took 3.1 s in one process and 6.4 s in another running the same code (H200,
+    # torch 2.11); the floor sits well above that. A change that defeats the compile caches (a cold
+    # build: 47 s there) still fails.
     fraction: float = 0.25
-    floor_s: float = 2.0
+    floor_s: float = 10.0
 
     def judge(self, base_s: float, head_s: float) -> Judgment:
         return _growth(base_s, head_s, self.fraction, self.floor_s)

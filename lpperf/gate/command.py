@@ -94,7 +94,9 @@ def add_parser(commands) -> None:
     budgets.add_argument("--startup-threshold", type=_number(float, 0, 10, open_ends=(False, True)),
                          default=_DEFAULTS.startup.fraction, metavar="FRACTION",
                          help="start-up regressed when the head's second build takes this fraction longer than the "
-                              f"base's and more than {_DEFAULTS.startup.floor_s:g} s longer (default %(default)s)")
+                              "base's (default %(default)s) ...")
+    budgets.add_argument("--startup-floor-s", type=_number(float, 0, 3600), default=_DEFAULTS.startup.floor_s,
+                         metavar="SECONDS", help="... and more than this many seconds longer (default %(default)s)")
     gate.add_argument("--summary", metavar="FILE",
                       help="also write the verdict tables as Markdown to FILE (with $GITHUB_STEP_SUMMARY set they "
                            "are appended there as well)")
@@ -224,7 +226,7 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
         weights=args.weights, head_first=args.prepare_head_first,
         memory=checks.MemoryBudget(args.memory_threshold, args.memory_floor_mib),
         output=checks.OutputBudget(args.min_output_psnr, args.max_output_levels, args.accept_output_change),
-        startup=checks.StartupBudget(args.startup_threshold, _DEFAULTS.startup.floor_s),
+        startup=checks.StartupBudget(args.startup_threshold, args.startup_floor_s),
         output_frames=args.output_frames, processes=args.processes, inject_slowdown=args.inject_slowdown,
         inject_memory_mib=args.inject_memory_mib, inject_output_levels=args.inject_output_levels)
     if args.weights not in (None, "synthetic") and not Path(args.weights).expanduser().is_dir():

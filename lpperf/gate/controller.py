@@ -365,7 +365,9 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
             lane.setup["cores"] = cores.describe_cores(lane_cores)
         progress(f"loading both sides on {sum(len(lane.workers()) // 2 for lane in lanes)} worker pair(s), "
                  f"{config.processes} per recipe")
-        _in_parallel([lambda w=w, lane=lane: _load(w, lane, config) for lane in lanes for w in lane.workers()], stop)
+        loads = [(worker, lane, load_threads(share, len(lane.workers()))) for lane, share in zip(lanes, shares)
+                 for worker in lane.workers()]
+        _in_parallel([lambda item=item: _load(*item, config) for item in loads], stop)
         outputs = log_dir / "outputs"  # each side's frames, compared and removed before the rounds
         try:
             for lane in lanes:
@@ -407,8 +409,15 @@ def run_gate(base: Side, head: Side, metrics: Sequence[Metric], config: GateConf
                       wall_s=time.perf_counter() - began, beside=beside)
 
 
-def _load(worker: Worker, lane: Lane, config: GateConfig) -> None:
-    answer = worker.request({"op": "load", "weights": config.weights, "seed": config.seed}, config.load_timeout_s)
+def load_threads(share: Sequence[int] | None, workers: int) -> int:
+    """CPU threads per worker while a lane's `workers` load at once: the lane's cores (its share, or all
+    of this process's when it has the host to itself) split between them, at least one each."""
+    return max(1, len(share or cores.available()) // max(1, workers))
+
+
+def _load(worker: Worker, lane: Lane, threads: int, config: GateConfig) -> None:
+    answer = worker.request({"op": "load", "weights": config.weights, "seed": config.seed, "threads": threads},
+                            config.load_timeout_s)
     role = next(role for pairs in lane.pairs.values() for pair in pairs for role, member in pair.items()
                 if member is worker)
     # Every worker of a side imports the same tree: one record per side (the slowest load kept).

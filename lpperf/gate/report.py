@@ -53,6 +53,7 @@ def format_table(result: GateResult) -> str:
                      + "; ".join(f"{item.metric.name} " + ", ".join(_percent(r) for r in item.estimate.process_ratios)
                                  for item in result.metrics if item.metric.gated))
     lines += replayed_frames(result)
+    lines += injected_lines(result)
     lines += attribution(result)
     lines += beside_time_lines(result.beside, config)
     lines.append(clock_summary(result))
@@ -166,6 +167,18 @@ def replayed_frames(result: GateResult) -> list[str]:
         return []
     return [f"timed as CUDA graph replays (uncompiled frames: launched eagerly they time the host, not the "
             f"card): {', '.join(names)}"]
+
+
+def injected_lines(result: GateResult) -> list[str]:
+    """What a test-only slowdown added to each of the head's frames, as the head measured it."""
+    lines = []
+    for lane in result.setup.values():
+        for name, injected in sorted(((lane.get("head") or {}).get("injected_ms") or {}).items()):
+            lines.append(f"injected (test only) into the head's {name}: +{injected['added_ms']:.3f} ms measured "
+                         f"({injected['added_ms'] / injected['frame_ms']:+.1%}; asked "
+                         f"{injected['target_ms'] / injected['frame_ms']:+.1%}), a GPU spin of "
+                         f"{injected['spin_ms']:.3f} ms after each frame")
+    return lines
 
 
 def _added_ms(item: MetricResult) -> float:

@@ -9,7 +9,8 @@ in SIDE_TREE, which goes first on sys.path. Protocol: one JSON object per line. 
 writes a request to stdin, the worker answers with one line on its real stdout (anything the
 measured code prints goes to stderr):
 
-    {"op": "load", "weights": null | "DIR", "seed": 0}      -> {"ok": true, "lpperf": path, "torch": version}
+    {"op": "load", "weights": null | "DIR", "seed": 0, "threads": n | null}
+                                                             -> {"ok": true, "lpperf": path, "torch": version}
     {"op": "prepare", "metrics": [{"name", "recipe", "batch", "stage"}], "inject_slowdown": 0.0,
      "outputs": {"frames": n, "folder": DIR} | null, "inject_memory_mib": 0, "inject_output_levels": 0,
      "startup": true (time a first build, then reset)}
@@ -36,6 +37,9 @@ WARM_CALLS = 5  # after the first (compiling) call, to estimate each metric's ti
 # samples would not change that (a CPU frame of the TINY networks takes over a second).
 WARM_SAMPLES_MS = 1000.0
 SLEEP_CALIBRATION_CYCLES = 10_000_000
+INJECT_BLOCK_MS = 30.0  # a block as the rounds time one (GateConfig.frame_block_ms)
+INJECT_PAIRS = 15  # slowed and plain blocks, alternated, per measurement of what a spin adds
+INJECT_CLOSE_ENOUGH = 0.9  # of the target slowdown
 MEMORY_CALLS = 3  # steady calls whose peak memory is read (after warm-up, each call needs the same)
 MIB = 2**20
 
@@ -87,7 +91,7 @@ class Side:
     def handle(self, request: dict) -> dict:
         operation = request.get("op")
         if operation == "load":
-            return self.load(request.get("weights"), int(request.get("seed", 0)))
+            return self.load(request.get("weights"), int(request.get("seed", 0)), request.get("threads"))
         if operation == "prepare":
             return self.prepare(request["metrics"], float(request.get("inject_slowdown", 0.0)),
                                 outputs=request.get("outputs"),
@@ -101,7 +105,7 @@ class Side:
             return answer
         raise ValueError(f"unknown request {operation!r}")
 
-    def load(self, weights: str | None, seed: int) -> dict:
+    def load(self, weights: str | None, seed: int, threads: int | None = None) -> dict:
         import torch
 
         import lpperf
@@ -120,7 +124,16 @@ class Side:
             # a TINY frame took 11.9 s instead of 2.8 s (torch 2.13).
             torch.set_num_threads(1)
         start = time.perf_counter()
-        loaded = weights_module.load_networks(weights, self.device, seed=seed)
+        everyone = torch.get_num_threads()
+        if threads and self.device.type == "cuda":
+            # Every worker loads at once, on the CPU: at torch's default each would use every core, and
+            # OpenMP threads oversubscribed that way wait on each other (4 workers on 2 cores: 19-20 s
+            # each, against 12 s at one thread each).
+            torch.set_num_threads(min(everyone, int(threads)))
+        try:
+            loaded = weights_module.load_networks(weights, self.device, seed=seed)
+        finally:
+            torch.set_num_threads(everyone)
         self.nets, description = loaded.nets, loaded.description
         self.nvml = _nvml_handle(torch, self.device)
         return {"lpperf": package, "torch": torch.__version__, "weights": description,
@@ -290,8 +303,13 @@ class Side:
         return sorted(samples)[len(samples) // 2]
 
     def _inject(self, metrics: list[dict], warm_ms: dict, fraction: float) -> dict:
-        """Test-only: after each frame, spin the GPU for `fraction` of that frame's time (a real,
-        calibrated slowdown outside the compiled step). Stages are left alone."""
+        """Test-only: after each frame, spin the GPU until the frame, timed as the rounds time it, takes
+        `fraction` longer (a real slowdown outside the compiled step). Stages are left alone.
+
+        A spin of `fraction` of the frame's time is not that slowdown where the frame leaves the GPU idle
+        (a compiled frame waiting on the host between kernels): the spin then partly runs in those gaps.
+        Measured on an H200 (torch 2.11), a spin of 5.0 % of `fast`'s frame made it 2.8 % slower. So the
+        spin is sized by measuring what it adds (`spin_for`)."""
         if self.device.type != "cuda":
             raise ValueError("inject_slowdown spins the GPU; it needs a CUDA device")
         torch = self.torch
@@ -306,11 +324,35 @@ class Side:
         for metric in metrics:
             if metric.get("stage"):
                 continue
-            name = metric["name"]
-            cycles = int(math.ceil(fraction * warm_ms[name] * cycles_per_ms))
-            self.calls[name] = _slowed(self.calls[name], torch, cycles)
-            injected[name] = cycles / cycles_per_ms
+            name, plain = metric["name"], self.calls[metric["name"]]
+            calls = max(1, math.ceil(INJECT_BLOCK_MS / max(warm_ms[name], 1e-3)))
+
+            def added_ms(cycles: int, plain=plain, calls=calls) -> float:
+                slowed = _slowed(plain, torch, cycles)
+                differences = []
+                for _ in range(INJECT_PAIRS):
+                    differences.append(self._block_ms(slowed, calls) - self._block_ms(plain, calls))
+                return float(sorted(differences)[len(differences) // 2])
+
+            frame_ms = sorted(self._block_ms(plain, calls) for _ in range(INJECT_PAIRS))[INJECT_PAIRS // 2]
+            cycles, added = spin_for(added_ms, fraction * frame_ms, cycles_per_ms)
+            self.calls[name] = _slowed(plain, torch, cycles)
+            injected[name] = {"frame_ms": frame_ms, "target_ms": fraction * frame_ms, "added_ms": added,
+                              "spin_ms": cycles / cycles_per_ms}
         return injected
+
+    def _block_ms(self, call, calls: int) -> float:
+        """Per-call ms of `calls` back-to-back calls, CUDA events around the block (as `measure` times)."""
+        torch = self.torch
+        call()
+        torch.cuda.synchronize(self.device)
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(calls):
+            call()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / calls
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -380,6 +422,25 @@ def _compiled(animator) -> bool:
         # that failed was taken off the list).
         return any(str(name).startswith(("compile_step", "compile_nets")) for name in engine.applied)
     return bool(compiled)
+
+
+def spin_for(added_ms, target_ms: float, cycles_per_ms: float, tries: int = 4) -> tuple[int, float]:
+    """GPU spin cycles after each call that make the call `target_ms` slower, and the ms they add.
+
+    `added_ms(cycles)` measures what a spin of `cycles` adds per call. Where the GPU idles for g ms per
+    call (waiting on the host), a spin of s ms adds about max(0, s - g): the first try, s = target,
+    falls short by about g, so the next spin grows by the measured shortfall. Stops once within 10 % of
+    the target, or after `tries` measurements; returns what was last measured, so an injection that
+    fell short is reported as such, never assumed."""
+    if target_ms <= 0 or cycles_per_ms <= 0:
+        raise ValueError(f"need target_ms > 0 and cycles_per_ms > 0, got {target_ms} and {cycles_per_ms}")
+    cycles = math.ceil(target_ms * cycles_per_ms)
+    for attempt in range(tries):
+        added = added_ms(cycles)
+        if added >= INJECT_CLOSE_ENOUGH * target_ms or attempt == tries - 1:
+            break
+        cycles += math.ceil((target_ms - max(added, 0.0)) * cycles_per_ms)
+    return cycles, added
 
 
 def _slowed(call, torch, cycles: int):

@@ -6,6 +6,13 @@ import os
 from collections.abc import Sequence
 
 
+def available() -> list[int]:
+    """The CPU cores this process may run on (all of them where affinity is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def core_shares(count: int) -> list[list[int]] | None:
     """This process's CPU cores in `count` disjoint, contiguous shares, one per card's worker; None where
     affinity cannot be set (not Linux) or there are fewer cores than workers.
@@ -16,7 +23,7 @@ def core_shares(count: int) -> list[list[int]] | None:
     A/A comparison of one card's CUDA-graph frame moved 11.5 %, while the other card compiled."""
     if not hasattr(os, "sched_getaffinity") or count < 1:
         return None
-    cores = sorted(os.sched_getaffinity(0))
+    cores = available()
     if len(cores) < count:
         return None
     return [cores[index * len(cores) // count:(index + 1) * len(cores) // count] for index in range(count)]
