@@ -269,16 +269,7 @@ class Side:
             for _ in range(calls):
                 call()
             return (time.perf_counter() - start) * 1e3 / calls
-        torch = self.torch
-        call()  # one untimed call: the other side just used the card (its data is in L2, not ours)
-        torch.cuda.synchronize(self.device)
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        for _ in range(calls):
-            call()
-        end.record()
-        end.synchronize()
-        return begin.elapsed_time(end) / calls
+        return self._block_ms(call, calls)
 
     def clock(self) -> dict | None:
         """The card's SM clock and NVML clock-event reasons right now (None without NVML)."""
@@ -342,9 +333,9 @@ class Side:
         return injected
 
     def _block_ms(self, call, calls: int) -> float:
-        """Per-call ms of `calls` back-to-back calls, CUDA events around the block (as `measure` times)."""
+        """Per-call ms of `calls` back-to-back calls on the card, CUDA events around the block."""
         torch = self.torch
-        call()
+        call()  # one untimed call: the other side just used the card (its data is in L2, not ours)
         torch.cuda.synchronize(self.device)
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
