@@ -107,8 +107,8 @@ def add_parser(commands) -> None:
                            "comparison)")
     gate.add_argument("--inject-slowdown", type=_number(float, 0, 1, open_ends=(False, True)), default=0.0,
                       metavar="FRACTION",
-                      help="TEST ONLY: the head spins the GPU for this fraction of each frame (checks the gate "
-                           "detects a known regression)")
+                      help="TEST ONLY: the head's frames are made this fraction slower by a GPU spin after each, "
+                           "sized by measuring what it adds (checks the gate detects a known regression)")
     gate.add_argument("--prepare-head-first", action="store_true",
                       help="DIAGNOSTIC: build and compile the head before the base (in A/A runs, an offset that "
                            "follows the order, not the side, comes from the preparation)")

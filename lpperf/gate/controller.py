@@ -90,7 +90,7 @@ class GateConfig:
     startup: checks.StartupBudget = checks.StartupBudget()
     output_frames: int = 2  # batch-1 frames per recipe compared head against base (0: no output A/B)
     processes: int = 1  # worker pairs per recipe, alternated round by round (lpperf.gate.stats: processes)
-    inject_slowdown: float = 0.0  # test-only: the head spins the GPU this fraction of each frame
+    inject_slowdown: float = 0.0  # test-only: the head's frames made this fraction slower (a measured GPU spin)
     inject_memory_mib: float = 0.0  # test-only: the head holds this much more GPU memory
     inject_output_levels: float = 0.0  # test-only: the head's output frames get noise of this many 8-bit levels
     head_first: bool = False  # diagnostic: prepare the head before the base (an order effect then changes sign)

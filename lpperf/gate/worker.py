@@ -127,8 +127,8 @@ class Side:
         everyone = torch.get_num_threads()
         if threads and self.device.type == "cuda":
             # Every worker loads at once, on the CPU: at torch's default each would use every core, and
-            # OpenMP threads oversubscribed that way wait on each other (4 workers on 2 cores: 19-20 s
-            # each, against 12 s at one thread each).
+            # OpenMP threads oversubscribed that way wait on each other (4 workers loading at once on a
+            # 2-core CPU host, torch 2.13: 19-20 s each at 2 threads, 12 s at one).
             torch.set_num_threads(min(everyone, int(threads)))
         try:
             loaded = weights_module.load_networks(weights, self.device, seed=seed)
