@@ -92,4 +92,3 @@ def test_only_the_first_pair_times_start_up(tmp_path):
     assert {name: "startup timed true" in text for name, text in logs.items()} == {
         "base-fast-1.log": True, "head-fast-1.log": True, "base-fast-2.log": False, "head-fast-2.log": False}
     assert [item.recipe for item in result.beside.startup] == ["fast"]
-

@@ -78,8 +78,8 @@ class OutputBudget:
 @dataclasses.dataclass(frozen=True)
 class StartupBudget:
     # A warm build of `fast` took 3.1 s in one process and 6.4 s in another running the same code (H200,
-    # torch 2.11); the floor sits well above that. A change that defeats the compile caches (a cold
-    # build: 47 s there) still fails.
+    # torch 2.11), 3.0 and 6.0 s on an H100; the floor sits well above that. A change that defeats the
+    # compile caches (a cold build: 47 s on the H200, 42.5 s on the H100) still fails.
     fraction: float = 0.25
     floor_s: float = 10.0
 
