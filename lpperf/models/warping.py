@@ -10,6 +10,15 @@ from lpperf.models.blocks import ConvBlock, Hourglass, coordinate_grid, keypoint
 KEYPOINT_VARIANCE = 0.01
 
 
+def blend_motions(mask: torch.Tensor, motions: torch.Tensor) -> torch.Tensor:
+    """The deformation: each voxel's K+1 candidate motions (B, K+1, D, H, W, 3) weighted by the mask
+    (B, K+1, D, H, W) and summed over the candidates, as a product and a sum (the official form). As an
+    einsum it became one batched matrix product per voxel (1 x (K+1) by (K+1) x 3) for cuBLAS: on an H100
+    (torch 2.11, float32, batch 1) 140 us a frame inside the compiled step, where torch.compile fuses the
+    product and sum into one reduction over the 23 MB of operands."""
+    return (mask.unsqueeze(-1) * motions).sum(dim=1)
+
+
 class DenseMotionNetwork(nn.Module):
     """Keypoints + compressed feature volume -> per-voxel mixture of K+1 candidate motions.
 
@@ -83,7 +92,7 @@ class DenseMotionNetwork(nn.Module):
         prediction = self.hourglass(hourglass_input)
         # [:, :K+1] drops the zero channels a padded mask conv adds; a no-op on the official network.
         mask = F.softmax(self.mask(prediction)[:, :self.num_kp + 1], dim=1)  # (B, K+1, D, H, W)
-        deformation = torch.einsum("bkdhw,bkdhwc->bdhwc", mask.to(motions.dtype), motions)
+        deformation = blend_motions(mask.to(motions.dtype), motions)
         out = {"mask": mask, "deformation": deformation}
         if self.occlusion is not None:
             out["occlusion_map"] = torch.sigmoid(self.occlusion(prediction.flatten(1, 2)))
