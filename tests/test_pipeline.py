@@ -406,6 +406,54 @@ def test_animate_streams_in_batches_and_matches_step(frames, batch_size):
     assert torch.allclose(torch.cat(outputs), expected, atol=1e-5)
 
 
+def test_motion_template_then_step_from_motion_is_step(frames):
+    animator = ready_animator(frames)
+    motion = animator.motion_template(frames)
+    assert motion.batch == 7 and motion.canonical.shape == (7, K, 3)
+    from_motion = torch.cat([animator.step_from_motion(motion.items(i, i + 2)) for i in range(0, 7, 2)])
+    assert torch.allclose(from_motion, animator.step(frames), atol=1e-6)
+    ratios = {"eye_ratio": torch.tensor([[0.3, 0.3, 0.4]]), "lip_ratio": torch.tensor([[0.2, 0.4]])}
+    assert torch.allclose(animator.step_from_motion(motion.items(2, 4), **ratios),
+                          animator.step(frames[2:4], **ratios), atol=1e-6)
+
+
+def test_step_from_motion_refuses_what_is_not_a_motion_of_this_model(frames):
+    animator = ready_animator(frames)
+    motion = animator.motion_template(frames[:2])
+    with pytest.raises(ValueError, match="motion must be a lpperf.animation.pipeline.Motion .from motion_template., "
+                                         "got Tensor"):
+        animator.step_from_motion(motion.canonical)
+    with pytest.raises(ValueError, match=f"motion.canonical must hold {K} keypoints"):
+        animator.step_from_motion(Motion(motion.canonical[:, :5], motion.rotation, motion.expression[:, :5],
+                                         motion.scale, motion.translation))
+    with pytest.raises(ValueError, match="eye_ratio"):
+        animator.step_from_motion(motion, eye_ratio=torch.tensor([[0.3, 0.3]]))
+    with pytest.raises(ValueError, match="driving frames"):
+        animator.motion_template(frames[:2, :1])
+
+
+@pytest.mark.parametrize("motion_ahead,batch_size,m_calls", [(4, 1, [4, 3]), (7, 2, [7]), (3, 2, [3, 3, 1]),
+                                                             (2, 2, [2, 2, 2, 1]), (1, 3, [3, 3, 1])])
+def test_animate_with_motion_ahead_runs_m_over_that_many_frames_and_matches_step(frames, motion_ahead, batch_size,
+                                                                                 m_calls):
+    nets = stand_in_nets()
+    seen = []
+    nets["motion_extractor"].register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    animator = Animator(nets, motion_ahead=motion_ahead)
+    animator.set_source(sample.portrait())
+    seen.clear()
+    outputs = list(animator.animate(iter(frames.split(1)), batch_size=batch_size))
+    assert seen == [1] + m_calls  # the reference frame first; motion_ahead <= batch_size: M inside each step
+    expected = torch.cat([ready_animator(frames).step(frames[i:i + 1]) for i in range(7)])
+    assert len(outputs) == 7 and torch.allclose(torch.cat(outputs), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.0, True, pipeline.MAX_MOTION_AHEAD + 1])
+def test_motion_ahead_must_be_a_bounded_count_of_frames(value):
+    with pytest.raises(ValueError, match="motion_ahead must be"):
+        Animator(stand_in_nets(), motion_ahead=value)
+
+
 def test_animate_is_lazy():
     batch_size = 3
     counts = {"pulled": 0, "consumed": 0}

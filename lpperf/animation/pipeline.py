@@ -11,6 +11,9 @@ Conventions (as the official LivePortrait code):
 The Animator runs the source-only work (F, M, R_s, x_s) once per source;
 each driving batch then costs M + keypoint math + S + W + G in `step`
 (written once, in `run_stages`; lpperf.measure.frame runs and times the stages alone).
+Where the driving frames are known ahead (a video file), M can run over many of them at once first,
+as the official pipeline extracts a video's motion template before animating: `motion_template`,
+then `step_from_motion` per batch (the Animator's `motion_ahead` frames at a time in `animate`).
 
 Not implemented (no landmark detector or convex hull here): the official
 "expression-friendly" driving option (motion multiplier from keypoint hull
@@ -43,6 +46,9 @@ LIP_RATIO_WIDTH = 2  # source, target
 # animate()'s bound on frames per step: fp32 eager peaks at about 12.5 GB at batch 16 on an H200
 # (docs/PERFORMANCE.md), so 64 frames fit an 80 GB card; more only exhausts memory.
 MAX_BATCH_SIZE = 64
+# The bound on frames whose motion M extracts in one call: M's widest activation (ConvNeXt-V2's 4x MLP,
+# 384 channels at 64 x 64) is 3 MiB per frame in fp16, 6 MiB in float32, so 256 frames need ~1.5 GiB at most.
+MAX_MOTION_AHEAD = 256
 
 # With absolute motion (relative_motion=False) only these expression entries
 # come from the driving frame, the rest stay the source's (official
@@ -103,10 +109,25 @@ class Motion:
     def keypoints(self) -> torch.Tensor:
         return transform_keypoints(self.canonical, self.rotation, self.expression, self.scale, self.translation)
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The five tensors in field order (Motion(*motion.tensors()) is the same motion)."""
+        return self.canonical, self.rotation, self.expression, self.scale, self.translation
+
+    @property
+    def batch(self) -> int:
+        return self.canonical.shape[0]
+
+    def items(self, start: int, stop: int) -> "Motion":
+        """Batch items start .. stop-1 (views)."""
+        return Motion(*(value[start:stop] for value in self.tensors()))
+
     def first(self) -> "Motion":
         """The first batch item, batch dimension kept, copied (so later in-place reuse can't change it)."""
-        return Motion(*(value[:1].clone() for value in
-                        (self.canonical, self.rotation, self.expression, self.scale, self.translation)))
+        return self.items(0, 1).copy()
+
+    def copy(self) -> "Motion":
+        """A copy whose tensors are its own (not buffers a later CUDA-graph replay overwrites)."""
+        return Motion(*(value.clone() for value in self.tensors()))
 
 
 def motion_from_extractor(raw: dict) -> Motion:
@@ -246,10 +267,16 @@ class Animator:
     Bx3x256x256 batch. Networks are looked up in `self.nets` on every call,
     so replacing an entry (a compiled or half-precision variant) takes effect
     at once. Networks must be in eval mode.
+
+    With frames known ahead, `motion_template(frames)` runs M over all of them
+    in one call and `step_from_motion(motion.items(i, j))` does the rest of
+    their steps: the same function, M's small kernels batched.
+    `motion_ahead` > `batch_size` makes animate() work that way.
     """
 
     def __init__(self, nets: dict, *, stitching: bool = True, relative_motion: bool = True,
-                 driving_multiplier: float = 1.0, lip_normalize_threshold: float = LIP_NORMALIZE_THRESHOLD):
+                 driving_multiplier: float = 1.0, lip_normalize_threshold: float = LIP_NORMALIZE_THRESHOLD,
+                 motion_ahead: int = 1):
         if not isinstance(nets, dict):
             raise ValueError(f"nets must be a dict name -> network, got {type(nets).__name__}")
         check_bool(stitching, "stitching")
@@ -266,6 +293,8 @@ class Animator:
         self.relative_motion = relative_motion
         self.driving_multiplier = check_finite_number(driving_multiplier, "driving_multiplier")
         self.lip_normalize_threshold = check_fraction(lip_normalize_threshold, "lip_normalize_threshold")
+        # frames whose motion animate() extracts in one M call before their steps (1: M inside each step)
+        self.motion_ahead = check_motion_ahead(motion_ahead, "motion_ahead")
         self.source: SourceState | None = None
         self.reference: Motion | None = None  # motion of the first driving frame
         self.absolute_mask: torch.Tensor | None = None  # expression entries taken with absolute motion
@@ -339,20 +368,51 @@ class Animator:
         retargeted keypoints then start from the source's, not the driving
         frame's.
         """
+        self._check_driving(driving)
+        self._check_ratios(eye_ratio, lip_ratio, batch=driving.shape[0])
+        return self.run_stages(driving, eye_ratio=eye_ratio, lip_ratio=lip_ratio).frame
+
+    @torch.no_grad()
+    def motion_template(self, frames: torch.Tensor) -> Motion:
+        """M over a Bx3x256x256 batch of driving frames known ahead, in one call (the official pipeline's
+        motion template, batched): their motion for step_from_motion. Checked as step() checks frames."""
+        self._check_driving(frames)
+        return self.extract_motion(frames)
+
+    @torch.no_grad()
+    def step_from_motion(self, motion: Motion, *, eye_ratio: torch.Tensor | None = None,
+                         lip_ratio: torch.Tensor | None = None) -> torch.Tensor:
+        """step() for driving frames whose motion motion_template() extracted: keypoint math, S, W, G on
+        a batch of B motions; returns Bx3x512x512, the frames step() makes of the same driving frames."""
+        source = self._require_source()
+        if not isinstance(motion, Motion):
+            raise ValueError(f"motion must be a lpperf.animation.pipeline.Motion (from motion_template), "
+                             f"got {type(motion).__name__}")
+        check_keypoints(motion.canonical, "motion.canonical", num_kp=source.keypoints.shape[1])
+        check_same_placement(motion.canonical, "motion", source.image, "the source image")
+        self._check_ratios(eye_ratio, lip_ratio, batch=motion.batch)
+        return self.stages_from_motion(motion, eye_ratio=eye_ratio, lip_ratio=lip_ratio).frame
+
+    def _check_driving(self, driving: torch.Tensor) -> None:
         source = self._require_source()
         check_images(driving, "driving frames", check_values=False)
         check_same_placement(driving, "driving frames", source.image, "the source image")
         check_unit_range_async(driving, "driving frames")
+
+    def _check_ratios(self, eye_ratio, lip_ratio, *, batch: int) -> None:
         ratios = (("eye_ratio", eye_ratio, EYE_RATIO_WIDTH), ("lip_ratio", lip_ratio, LIP_RATIO_WIDTH))
         for name, ratio, width in ratios:
             if ratio is not None:
-                check_unit_range_async(self._ratio(ratio, name, width=width, batch=driving.shape[0]), name)
-        return self.run_stages(driving, eye_ratio=eye_ratio, lip_ratio=lip_ratio).frame
+                check_unit_range_async(self._ratio(ratio, name, width=width, batch=batch), name)
 
     def run_stages(self, driving: torch.Tensor, *, eye_ratio: torch.Tensor | None = None,
                    lip_ratio: torch.Tensor | None = None) -> StepValues:
         """The per-frame work stage by stage, without step()'s input checks: M, keypoint math + S, W, G."""
-        motion = self.extract_motion(driving)
+        return self.stages_from_motion(self.extract_motion(driving), eye_ratio=eye_ratio, lip_ratio=lip_ratio)
+
+    def stages_from_motion(self, motion: Motion, *, eye_ratio: torch.Tensor | None = None,
+                           lip_ratio: torch.Tensor | None = None) -> StepValues:
+        """The stages after M, without step_from_motion()'s input checks: keypoint math + S, W, G."""
         keypoints = self.driving_keypoints(motion, eye_ratio=eye_ratio, lip_ratio=lip_ratio)
         warped = self.warp(keypoints)
         return StepValues(motion, keypoints, warped, self.decode(warped["out"]))
@@ -435,6 +495,10 @@ class Animator:
         batch of them (Nx3x256x256). Frames are pulled only as needed (at most
         `batch_size` ahead of the outputs), moved to the source's device and
         run `batch_size` at a time; the last batch may be smaller. With
+        `motion_ahead` (the Animator's) above `batch_size`, that many frames
+        are pulled at a time, M runs over them in one call (motion_template)
+        and their steps follow from their motion, `batch_size` at a time: the
+        same frames, each output later by up to `motion_ahead` frames. With
         relative motion and no reference yet, the first frame becomes the
         reference (one extra M call). The outputs are views of the batch output: copy them
         before the next iteration if the step reuses its output buffers
@@ -444,6 +508,8 @@ class Animator:
         """
         source = self._require_source()
         check_batch_size(batch_size, "batch_size")
+        run, pulled = ((self._run_ahead, self.motion_ahead) if self.motion_ahead > batch_size
+                       else (self._run_batch, batch_size))
         pending = []
         for number, frame in enumerate(_single_frames(frames)):
             check_images(frame, f"driving frame {number}", batch=1, check_values=check_values)
@@ -451,16 +517,30 @@ class Animator:
             if self.relative_motion and self.reference is None:
                 self.set_reference(frame)
             pending.append(frame)
-            if len(pending) == batch_size:
-                yield from self._run_batch(pending)
+            if len(pending) == pulled:
+                yield from run(pending, batch_size)
                 pending = []
         if pending:
-            yield from self._run_batch(pending)
+            yield from run(pending, batch_size)
 
-    def _run_batch(self, frames: list) -> Iterator[torch.Tensor]:
-        outputs = self.step(torch.cat(frames))
-        for index in range(outputs.shape[0]):
-            yield outputs[index:index + 1]
+    def _run_batch(self, frames: list, batch_size: int) -> Iterator[torch.Tensor]:
+        yield from _each_frame(self.step(torch.cat(frames)))
+
+    def _run_ahead(self, frames: list, batch_size: int) -> Iterator[torch.Tensor]:
+        motion = self.motion_template(torch.cat(frames))
+        for start in range(0, motion.batch, batch_size):
+            yield from _each_frame(self.step_from_motion(motion.items(start, start + batch_size)))
+
+
+def _each_frame(outputs: torch.Tensor) -> Iterator[torch.Tensor]:
+    for index in range(outputs.shape[0]):
+        yield outputs[index:index + 1]
+
+
+def check_motion_ahead(value, name: str) -> int:
+    """Frames whose motion M extracts in one call ahead of their steps: an int from 1 to MAX_MOTION_AHEAD."""
+    return check_positive_int(value, name, at_most=MAX_MOTION_AHEAD,
+                              why=" (the frames wait on the device until their steps have run)")
 
 
 def check_batch_size(value, name: str) -> int:
