@@ -40,7 +40,7 @@ def small_networks() -> dict:
 
 def row_result(name: str, ms: float, converged: bool = True, recipe: str | None = None, error: str = "",
                stage_ms: dict | None = None, stage_converged: dict | None = None,
-               memory_mib: float | None = None, peer: bool = False) -> bench.RowResult:
+               memory_mib: float | None = None, peer: bool = False, motion_ahead: int = 1) -> bench.RowResult:
     """A measured bench row (or, with `error`, a failed one) with three samples of `ms`."""
     samples = [ms / 1e3] * 3
     measured = timing.TimingResult(
@@ -54,7 +54,8 @@ def row_result(name: str, ms: float, converged: bool = True, recipe: str | None 
         torch_max_allocated_bytes=None, torch_max_reserved_bytes=int(memory_mib * 0.9 * 2**20), context_bytes=None)
     failed = bool(error)
     return bench.RowResult(
-        name=name, recipe=name if recipe is None else recipe, batch=1, precision="fp32", peer=peer, applied=[],
+        name=name, recipe=name if recipe is None else recipe, batch=1, precision="fp32", peer=peer,
+        motion_ahead=motion_ahead, applied=[],
         skipped={},
         timing=None if failed else measured, ms_per_frame=math.nan if failed else ms,
         p90_ms_per_frame=math.nan if failed else ms * 1.2, frames_per_second=math.nan if failed else 1e3 / ms,

@@ -54,7 +54,8 @@ def test_default_rows_and_unknown_recipes():
     peers = bench.peer_rows()
     assert all(row.peer for row in peers) and not any(row.peer for row in bench.waterfall_rows() + bench.variant_rows())
     assert [row.recipe for row in peers if not row.modules] == list(bench.PEER_LABELS)
-    assert [(row.recipe, row.modules) for row in peers if row.modules] == [("official-reduce-overhead", ("M", "W", "G"))]
+    assert [(row.recipe, row.modules) for row in peers if row.modules] == [
+        ("official-reduce-overhead", ("M", "W", "G")), ("official-motion-ahead", ("M", "W", "G"))]
     assert bench.recipe_row("official-default").peer and not bench.recipe_row("fastest").peer
     with pytest.raises(ValueError, match="unknown recipe 'warp-speed'; known recipes: fp32-eager, reference"):
         bench.default_rows(cpu, ["warp-speed"])
@@ -100,6 +101,22 @@ def test_speedups_over_the_first_row_and_the_strongest_peer():
     assert next(line for line in lines if line.startswith("broken")).split()[1:3] == ["-", "-"]
     assert "vs peer: speedup over the strongest (fastest) peer measure of this run, 'peer: modules alone' (8.00 " \
            "ms/frame)" in table
+
+
+def test_a_row_with_motion_ahead_is_compared_with_peers_given_no_more_frames_ahead():
+    """A peer batching M over known frames is faster, but only a row that batches the same may be divided by it."""
+    shipped = row_result("peer: modules alone", 8.0, recipe="official-reduce-overhead", peer=True)
+    ahead_peer = row_result("peer: modules, M ahead", 6.8, recipe="official-motion-ahead", peer=True, motion_ahead=16)
+    fastest = row_result("fastest", 4.4, recipe="fastest")
+    ahead = row_result("fastest-motion-ahead", 3.4, recipe="fastest-motion-ahead", motion_ahead=16)
+    results = [row_result("fp32 eager", 20.0), shipped, ahead_peer, fastest, ahead]
+    bench._set_speedups(results)
+    assert bench.strongest_peer(results) is ahead_peer  # of all peers
+    assert bench.strongest_peer(results, fastest) is shipped and bench.strongest_peer(results, ahead) is ahead_peer
+    assert fastest.speedup_vs_peer == pytest.approx(8.0 / 4.4) and ahead.speedup_vs_peer == pytest.approx(2.0)
+    note = bench.peer_note(results)
+    assert "for rows stepping frame by frame, 'peer: modules alone' (8.00 ms/frame)" in note
+    assert "for rows with M batched ahead over 16 frames, 'peer: modules, M ahead' (6.80 ms/frame)" in note
 
 
 def test_without_a_peer_the_peer_column_is_empty_and_says_why():
@@ -170,15 +187,34 @@ def test_modules_alone_run_each_network_on_the_frames_own_inputs_in_its_dtype():
     for name in CONVOLUTIONAL_NETS:  # as the half step casts them; S stays float32
         engine.nets[name].double()
     driving = frame.driving_batch(2)
-    calls = frame.modules_alone(engine, driving)
-    assert list(calls) == ["M", "W", "G"]
+    work = frame.modules_alone(engine, 2, offset=0)
+    calls = work.calls
+    assert list(calls) == ["M", "W", "G"] and work.frames == 2
     warped = calls["W"]()
     assert warped["out"].dtype == torch.float64 and warped["out"].shape[0] == 2
     assert calls["G"]().dtype == torch.float64 and calls["G"]().shape == (2, 3, 512, 512)
     expected = frame.sample_animator(recipes.build("fp32-eager", nets, "cpu")).run_stages(driving)
     torch.testing.assert_close(warped["out"].float(), expected.warped["out"], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="stages M, W, G; got \\['S'\\]"):
-        frame.modules_alone(engine, driving, ("S",))
+        frame.modules_alone(engine, 2, ("S",))
+
+
+def test_modules_alone_with_motion_ahead_runs_m_once_over_the_frames_and_the_rest_per_step():
+    """The peer given the recipe's batching: M over all the frames ahead at once, W and G once per step."""
+    engine = recipes.build([steps.lookup("motion_ahead")], small_networks(), "cpu")
+    assert engine.motion_ahead == 16
+    seen = {name: [] for name in ("M", "W", "G")}
+    for stage, name in (("M", "motion_extractor"), ("W", "warping_module"), ("G", "spade_generator")):
+        engine.nets[name].register_forward_hook(
+            lambda module, args, kwargs, out, stage=stage: seen[stage].append(
+                (args or tuple(kwargs.values()))[0].shape[0]), with_kwargs=True)
+    work = frame.modules_alone(engine, 4, offset=1)
+    for name in seen:
+        seen[name].clear()
+    for call in work.calls.values():
+        call()
+    assert work.frames == 16 and seen == {"M": [16], "W": [4] * 4, "G": [4] * 4}
+    assert frame.modules_alone(engine, 16).frames == 16  # as many frames per step as ahead: one plain step
 
 
 def test_a_row_out_of_gpu_memory_is_reported_and_the_others_still_run(monkeypatch):

@@ -56,6 +56,25 @@ def test_run_frames_is_the_step_one_frame_at_a_time(animator):
         frame.run_frames(pipeline.Animator(small_networks()), 1)
 
 
+def test_step_work_is_one_step_or_with_motion_ahead_that_many_frames(nets, animator):
+    plain = frame.step_work(animator, 2, offset=1)
+    assert plain.frames == 2 and list(plain.calls) == ["step"]
+    assert torch.equal(plain.calls["step"](), animator.step(frame.driving_batch(2, offset=1)))
+
+    ahead = frame.sample_animator(recipes.build("fp32-eager", nets, "cpu"))
+    ahead.motion_ahead = 5
+    seen = []
+    ahead.nets["motion_extractor"].register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    work = frame.step_work(ahead, 2, offset=1)
+    last = work.calls["motion ahead + steps"]()
+    assert work.frames == 6 and seen == [6]  # 3 steps of 2 frames from one M call over their 6 frames
+    expected = animator.step(frame.driving_batch(2, offset=5))
+    relative = torch.linalg.vector_norm(last - expected) / torch.linalg.vector_norm(expected)
+    assert relative < 1e-5  # M at batch 6 against batch 2: float32 sums in another order
+    with pytest.raises(RuntimeError, match="no source image"):
+        frame.step_work(pipeline.Animator(small_networks()), 1)
+
+
 def test_reference_frames_are_the_reference_recipe(nets, animator):
     reference = frame.reference_frames(nets, "cpu", 1)
     tf32_off = frame.sample_animator(recipes.build("reference", nets, "cpu"))

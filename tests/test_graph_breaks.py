@@ -30,3 +30,18 @@ def test_the_per_frame_work_traces_as_one_graph(recipe, retargeting):
         explained = torch._dynamo.explain(animator.run_stages)(driving, **options)
     reasons = [reason.reason.splitlines()[0] for reason in explained.break_reasons]
     assert explained.graph_break_count == 0 and explained.graph_count == 1, reasons
+
+
+@pytest.mark.parametrize("recipe", ["fastest-motion-ahead"])
+def test_motion_ahead_traces_each_of_its_calls_as_one_graph(recipe):
+    """With frames known ahead the step is two compiled programs (M over the frames; the rest per step)."""
+    engine = recipes.build(recipe, weights.tiny_networks(0), "cpu")
+    animator = frame.sample_animator(engine)
+    clip = frame.driving_batch(3, offset=1)
+    with engine.context():
+        motion = animator.extract_motion(clip)
+        for call, argument in ((animator.extract_motion, clip), (animator.stages_from_motion, motion.items(0, 1))):
+            torch._dynamo.reset()
+            explained = torch._dynamo.explain(call)(argument)
+            reasons = [reason.reason.splitlines()[0] for reason in explained.break_reasons]
+            assert explained.graph_break_count == 0 and explained.graph_count == 1, (call.__name__, reasons)

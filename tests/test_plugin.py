@@ -126,6 +126,7 @@ def test_thresholds_are_stated_once_in_the_plugin(suite):
     defaults = {spec.name: spec.default for spec in pytest_plugin._OPTIONS}
     assert dumped_settings(suite) == {
         "min_speedup": float(defaults["min-speedup"]),
+        "min_speedup_ahead": float(defaults["min-speedup-ahead"]),
         "memory_budget_mib": int(defaults["memory-budget-mib"]),
         "min_psnr_db": float(defaults["min-psnr"]),
         "max_level_diff": int(defaults["max-level-diff"]),
@@ -180,14 +181,15 @@ def test_ini_values_are_used_and_the_command_line_overrides_them(suite, tmp_path
     add_test(suite, THRESHOLDS_TEST)
     suite.runpytest().assert_outcomes(passed=1)
     assert dumped_settings(suite) == {
-        "min_speedup": 2.5, "memory_budget_mib": 1024, "min_psnr_db": 33.5, "max_level_diff": 3, "weights_dir": None,
+        "min_speedup": 2.5, "min_speedup_ahead": 1.55, "memory_budget_mib": 1024, "min_psnr_db": 33.5,
+        "max_level_diff": 3, "weights_dir": None,
     }  # fmt: skip
     weights = tmp_path / "checkpoints"
     weights.mkdir()
     suite.runpytest("--lpperf-min-speedup=4", "--lpperf-max-level-diff", "0", f"--lpperf-weights={weights}")
     assert dumped_settings(suite) == {
-        "min_speedup": 4.0, "memory_budget_mib": 1024, "min_psnr_db": 33.5, "max_level_diff": 0,
-        "weights_dir": str(weights),
+        "min_speedup": 4.0, "min_speedup_ahead": 1.55, "memory_budget_mib": 1024, "min_psnr_db": 33.5,
+        "max_level_diff": 0, "weights_dir": str(weights),
     }  # fmt: skip
 
 

@@ -305,3 +305,34 @@ def test_optimized_animator_streams_through_its_own_step(tiny_nets, monkeypatch)
     outputs = list(animator.animate(frames, batch_size=2))
     assert calls == [2, 1] and len(outputs) == 3
     assert isinstance(animator, pipeline.Animator)
+
+
+def test_fastest_motion_ahead_is_fastest_with_m_batched_over_the_frames_ahead(tiny_nets):
+    engine = recipes.build("fastest-motion-ahead", tiny_nets, "cpu")
+    assert engine.motion_ahead == R.MOTION_AHEAD_FRAMES == 16 and R.motion_ahead in engine.applied
+    animator = engine.animator(sample.portrait(), reference=frame.driving_batch(1))
+    assert animator.motion_ahead == 16
+    clip = frame.driving_batch(5, offset=1)
+    streamed = torch.cat(list(animator.animate(clip, batch_size=2)))
+    stepped = frame.run_frames(frame.sample_animator(recipes.build("fastest", tiny_nets, "cpu")), 5, offset=1)
+    _assert_same_up_to_float32_reordering(streamed, stepped)  # batched convolutions sum in another order
+
+
+def test_a_failing_compile_of_the_motion_ahead_calls_falls_back_to_eager(tiny_nets, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("inductor exploded")
+        return compiled
+
+    clip = frame.driving_batch(3, offset=1)
+    expected = frame.sample_animator(recipes.build("fp32-eager", tiny_nets, "cpu")).step(clip)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    engine = recipes.build([R.motion_ahead], tiny_nets, "cpu")
+    engine.compile_step_mode = "default"  # as compile_step would set it on a GPU
+    engine.applied.append(R.compile_step("default"))
+    animator = frame.sample_animator(engine)
+    motion = animator.motion_template(clip)
+    frames = animator.step_from_motion(motion)
+    torch.testing.assert_close(frames, expected, rtol=1e-4, atol=1e-5)
+    assert not engine.compiled and "inductor exploded" in engine.skipped["compile_step[default]"]
+    assert animator.step(clip).shape == (3, 3, 512, 512)  # the step runs eager too

@@ -165,19 +165,20 @@ class Side:
                 began = time.perf_counter()
                 animator = frame.sample_animator(recipes.build(metric["recipe"], self.nets, self.device))
                 driving = frame.driving_batch(metric["batch"], offset=frame.PARITY_FRAMES).to(self.device)
+                frames_call = _frames_call(frame, animator, driving)
                 start = time.perf_counter()
-                animator.step(driving)  # compile, autotune and CUDA-graph recording happen here
+                frames_call()  # compile, autotune and CUDA-graph recording happen here
                 self._synchronize()
                 compile_s[f"{key[0]} batch {key[1]}"] = time.perf_counter() - start
                 if key[0] in measured and "warm_s" not in measured[key[0]]:
                     measured[key[0]]["warm_s"] = time.perf_counter() - began
-                animators[key] = (animator, driving)
-            animator, driving = animators[key]
+                animators[key] = (animator, driving, frames_call)
+            animator, driving, frames_call = animators[key]
             if metric.get("stage"):
                 call = frame.stage_calls(animator, driving[:1])[metric["stage"]]  # runs in the recipe's context
                 replay = self.device.type == "cuda"
             else:
-                call = _bound_step(animator, driving)
+                call = frames_call
                 replay = self.device.type == "cuda" and not _compiled(animator)
             if replay:
                 call = _captured(call, self.device, metric["name"], self.tree)
@@ -228,7 +229,7 @@ class Side:
         for recipe in dict.fromkeys(key[0] for key in animators):
             batches = sorted(batch for name, batch in animators if name == recipe)
             frames = frame.run_frames(animators[(recipe, batches[0])][0], count)
-            animator, driving = animators[(recipe, batches[-1])]
+            animator, driving, _ = animators[(recipe, batches[-1])]
             batched = animator.step(driving).float().cpu()
             if inject_levels > 0:  # test-only: every pixel of the head's output moved up or down by this many levels
                 noise = self.torch.Generator().manual_seed(0)
@@ -385,8 +386,19 @@ def _side_module(tree: str, *names: str):
     raise ModuleNotFoundError(f"the side's lpperf in {tree} has none of {', '.join('lpperf.' + n for n in names)}")
 
 
-def _bound_step(animator, driving):
-    return lambda: animator.step(driving)
+def _frames_call(frame, animator, driving):
+    """The recipe's frames as every measure runs them: the side's frame.step_work (a recipe with motion
+    ahead makes that many frames per call); one step on `driving` for a side that predates it."""
+    step_work = getattr(frame, "step_work", None)
+    if step_work is None:
+        return lambda: animator.step(driving)
+    parts = tuple(step_work(animator, driving.shape[0]).calls.values())
+
+    def call():
+        for part in parts:
+            out = part()
+        return out
+    return call
 
 
 def _captured(call, device, name: str, tree: str):

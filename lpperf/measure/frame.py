@@ -9,7 +9,9 @@ takes it apart:
     frames = run_frames(animator, PARITY_FRAMES)                # the parity frame loop
     reference = reference_frames(nets, "cuda", PARITY_FRAMES)   # float32, TF32 off
     stages = time_stages(animator, driving_batch(1), "cuda")  # each stage alone, GPU time
-    modules = modules_alone(recipes.build("official-reduce-overhead", nets, "cuda"), driving_batch(1))
+    work = step_work(animator, batch=1)                         # what one timed round runs, and its frames
+    modules = modules_alone(recipes.build("official-reduce-overhead", nets, "cuda"), batch=1)
+    timing.time_parts(work.calls, "cuda").stats.median_s / work.frames   # seconds per frame
     flops = flops_per_frame(nets)
 
 Each stage alone runs eagerly and uncompiled: a compiled step fuses work across stage boundaries, so its
@@ -22,6 +24,7 @@ import contextlib
 import copy
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable
 
 import torch
@@ -43,6 +46,42 @@ STAGE_RULE = timing.StoppingRule(min_repeats=10, min_seconds=0.05, max_rel_iqr=0
                                  max_seconds=1.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class FrameWork:
+    """One timed round of a recipe's frames: callables timed each alone and summed per round
+    (timing.time_parts), making `frames` frames between them; a round's time / frames is per frame."""
+
+    calls: dict[str, Callable[[], object]]
+    frames: int
+
+
+def step_work(animator: OptimizedAnimator, batch: int, offset: int = PARITY_FRAMES) -> FrameWork:
+    """The recipe's frames at `batch` as it runs them: one step on `batch` driving frames from `offset`;
+    with motion ahead (Engine.motion_ahead frames, more than `batch`), M over that many frames in one
+    call, then their steps from their motion, `batch` at a time (what animate() does)."""
+    check_positive_int(batch, "batch")
+    if animator.source is None:
+        raise RuntimeError("the animator has no source image: set one first (sample_animator does)")
+    device = animator.source.image.device
+    steps = steps_ahead(animator.motion_ahead, batch)
+    if steps == 1:
+        driving = driving_batch(batch, offset).to(device)
+        return FrameWork({"step": lambda: animator.step(driving)}, batch)
+    frames = driving_batch(steps * batch, offset).to(device)
+
+    def frames_from_motion():
+        motion = animator.motion_template(frames)
+        for start in range(0, motion.batch, batch):
+            out = animator.step_from_motion(motion.items(start, start + batch))
+        return out
+    return FrameWork({"motion ahead + steps": frames_from_motion}, steps * batch)
+
+
+def steps_ahead(motion_ahead: int, batch: int) -> int:
+    """Steps of `batch` frames that one M call over the frames ahead serves (1: M runs inside the step)."""
+    return math.ceil(motion_ahead / batch) if motion_ahead > batch else 1
+
+
 def driving_batch(batch: int, offset: int = 0) -> torch.Tensor:
     """`batch` consecutive frames of the sample driving sequence, starting at frame `offset`."""
     check_positive_int(batch, "batch")
@@ -57,14 +96,15 @@ def sample_animator(engine: Engine) -> OptimizedAnimator:
 
 
 def run_frames(animator: pipeline.Animator, count: int, offset: int = 0) -> torch.Tensor:
-    """Driving frames offset .. offset+count-1 through animator.step one at a time: count x 3 x 512 x 512,
-    float32 on the CPU (the frames compared with reference_frames)."""
+    """Driving frames offset .. offset+count-1 made one at a time as the animator makes them (animate at
+    batch 1: a step each, or with motion ahead M over the frames first, then a step each from its motion):
+    count x 3 x 512 x 512, float32 on the CPU (the frames compared with reference_frames)."""
     check_positive_int(count, "count (driving frames to run)")
     if animator.source is None:
         raise RuntimeError("the animator has no source image: set one first (sample_animator does)")
-    device = animator.source.image.device
-    frames = driving_batch(count, offset).split(1)
-    return torch.cat([animator.step(frame.to(device)).float().cpu() for frame in frames])
+    frames = driving_batch(count, offset)
+    # each output copied before the next frame: a CUDA-graph replay overwrites the previous one
+    return torch.cat([out.float().cpu() for out in animator.animate(frames, batch_size=1, check_values=False)])
 
 
 def reference_frames(nets: dict, device: str | torch.device, count: int) -> torch.Tensor:
@@ -95,24 +135,32 @@ def stage_calls(animator: pipeline.Animator, driving: torch.Tensor) -> dict[str,
     }
 
 
-def modules_alone(engine: Engine, driving: torch.Tensor,
-                  stages: tuple[str, ...] = PEER_MODULES) -> dict[str, Callable[[], object]]:
-    """Zero-argument callables, by stage, running each stage's network alone on the frame's own inputs, as the
-    official speed script times its networks (it feeds random tensors): the engine's networks in their
-    own dtype and layout, each compiled as the engine compiles networks (Engine.compile_nets_mode), the
-    inputs cast to that dtype beforehand, keypoints included, and nothing between the calls: no keypoint
-    math, no stitching, no cast of the outputs back to float32. Summed (timing.time_parts) this is the
+def modules_alone(engine: Engine, batch: int, stages: tuple[str, ...] = PEER_MODULES,
+                  offset: int = PARITY_FRAMES) -> FrameWork:
+    """Callables, by stage, running each stage's network alone on a frame's own inputs, as the official
+    speed script times its networks (it feeds random tensors): the engine's networks in their own dtype
+    and layout, each compiled as the engine compiles networks (Engine.compile_nets_mode), the inputs cast
+    to that dtype beforehand, keypoints included, and nothing between the calls: no keypoint math, no
+    stitching, no cast of the outputs back to float32. Summed (timing.time_parts) this is the
     modules-only peer measure: the least a frame of those compiled networks can cost.
+
+    `batch` driving frames from `offset` make one step's inputs. With motion ahead
+    (Engine.motion_ahead frames, more than `batch`), M runs once over that many frames and each other
+    network as many times as their steps take, so the peer gets the same batching as the recipe.
 
     With a reduce-overhead compile each call starts a new CUDA-graph step, so the networks replay their
     graphs without re-recording whatever order they are called in."""
-    # The frame's inputs from the same networks uncompiled (the same objects: a cached source term of W
-    # is prepared on the network the calls run), so nothing is compiled but the timed networks.
-    eager = sample_animator(dataclasses.replace(engine, compile_nets_mode=None, compile_step_mode=None))
-    arguments = network_inputs(eager, driving.to(engine.device))
+    check_positive_int(batch, "batch")
     unknown = [stage for stage in stages if stage not in _MODULE_NETS]
     if unknown:
         raise ValueError(f"modules_alone times the networks of stages {', '.join(_MODULE_NETS)}; got {unknown}")
+    steps = steps_ahead(engine.motion_ahead, batch)
+    # The frame's inputs from the same networks uncompiled (the same objects: a cached source term of W
+    # is prepared on the network the calls run), so nothing is compiled but the timed networks.
+    eager = sample_animator(dataclasses.replace(engine, compile_nets_mode=None, compile_step_mode=None))
+    arguments = network_inputs(eager, driving_batch(batch, offset).to(engine.device))
+    if steps > 1:  # M's only input is the frames
+        arguments[MOTION_NET] = ((driving_batch(steps * batch, offset).to(engine.device),), {})
 
     def cast(value):
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
@@ -132,14 +180,18 @@ def modules_alone(engine: Engine, driving: torch.Tensor,
         args = tuple(cast(value) for value in args)
         kwargs = {key: cast(value) for key, value in kwargs.items()}
 
+        calls = 1 if stage == "M" else steps
+
         def call():
             with engine.context():
-                if new_graph_step:
-                    torch.compiler.cudagraph_mark_step_begin()
-                return net(*args, **kwargs)
+                for _ in range(calls):
+                    if new_graph_step:
+                        torch.compiler.cudagraph_mark_step_begin()
+                    out = net(*args, **kwargs)
+            return out
         return call
 
-    return {stage: alone(stage) for stage in stages}
+    return FrameWork({stage: alone(stage) for stage in stages}, steps * batch)
 
 
 def network_inputs(animator: OptimizedAnimator, driving: torch.Tensor) -> dict[str, tuple[tuple, dict]]:

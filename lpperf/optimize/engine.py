@@ -43,6 +43,9 @@ class Engine:
     compile_nets_mode: str | None = None
     compile_step_mode: str | None = None
     inductor_freezing: bool = False
+    # driving frames whose motion animate() extracts in one M call ahead of their steps (1: M in each step);
+    # a measure times that many frames as one unit (lpperf.measure.frame.step_work)
+    motion_ahead: int = 1
     applied: list = dataclasses.field(default_factory=list)  # the lpperf.optimize.steps.Step objects that took effect
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # step name -> why it did not apply
     compile_seconds: float | None = None
@@ -97,6 +100,7 @@ class Engine:
         if self.compile_nets_mode is not None:
             for name in HEAVY_NETS:
                 nets[name] = torch.compile(nets[name], mode=self.compile_nets_mode)
+        options.setdefault("motion_ahead", self.motion_ahead)
         animator = OptimizedAnimator(nets, self, eager_nets=eager_nets, **options)
         animator.set_source(source.to(self.device))
         if reference is not None:
@@ -137,20 +141,24 @@ class Boundary(nn.Module):
 
 
 class OptimizedAnimator(pipeline.Animator):
-    """A pipeline.Animator whose source, reference and per-frame step run under the engine's
-    context; the step is compiled if the recipe says so, falling back to eager (and recording
-    why) if compilation fails. animate() streams through the optimized step."""
+    """A pipeline.Animator whose source, reference and per-frame work run under the engine's context.
+    If the recipe compiles the step, each of the three entry points (step; motion_template and
+    step_from_motion, for frames known ahead) is compiled as its own program, falling back to eager
+    (and recording why) if a compilation fails. animate() streams through them."""
 
     def __init__(self, nets: dict, engine: Engine, eager_nets: dict | None = None, **options):
         super().__init__(nets, **options)
         self.engine = engine
         self.eager_nets = dict(nets if eager_nets is None else eager_nets)  # the networks, not compiled
-        self._eager_step = super().step
-        self._step = self._eager_step
+        self._eager_calls = {"step": super().step, "motion": self._motion_tensors,
+                             "from_motion": self._frames_from_motion_tensors}
+        self._calls = dict(self._eager_calls)
         if engine.compile_step_mode is not None:
-            self._step = torch.compile(self._eager_step, mode=engine.compile_step_mode)
-        self._compiled_once = engine.compile_step_mode is None and engine.compile_nets_mode is None
-        self._benchmarked_shapes: set[torch.Size] = set()
+            self._calls = {name: torch.compile(call, mode=engine.compile_step_mode)
+                           for name, call in self._eager_calls.items()}
+        compiling = engine.compile_step_mode is not None or engine.compile_nets_mode is not None
+        self._compiled_once: set[str] = set() if compiling else set(self._calls)
+        self._benchmarked_shapes: set[tuple[str, torch.Size]] = set()
 
     def set_source(self, image: torch.Tensor, **kwargs) -> pipeline.SourceState:
         with self.engine.context():
@@ -166,33 +174,53 @@ class OptimizedAnimator(pipeline.Animator):
             return super().set_reference(frame)
 
     def step(self, driving: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self._call("step", driving.shape, driving, **kwargs)
+
+    def motion_template(self, frames: torch.Tensor) -> pipeline.Motion:
+        # A copy: a CUDA-graph replay overwrites its outputs, and the motion outlives the next replays.
+        return pipeline.Motion(*self._call("motion", frames.shape, frames)).copy()
+
+    def step_from_motion(self, motion: pipeline.Motion, **kwargs) -> torch.Tensor:
+        if not isinstance(motion, pipeline.Motion):  # checked again inside, where the tensors are known
+            raise ValueError(f"motion must be a lpperf.animation.pipeline.Motion (from motion_template), "
+                             f"got {type(motion).__name__}")
+        return self._call("from_motion", motion.canonical.shape, *motion.tensors(), **kwargs)
+
+    def _motion_tensors(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return pipeline.Animator.motion_template(self, frames).tensors()
+
+    def _frames_from_motion_tensors(self, *tensors: torch.Tensor, **kwargs) -> torch.Tensor:
+        return pipeline.Animator.step_from_motion(self, pipeline.Motion(*tensors), **kwargs)
+
+    def _call(self, name: str, shape: torch.Size, *args, **kwargs):
         with self.engine.context():
-            if self.engine.compile_nets_mode == "reduce-overhead":
-                # Each network is its own CUDA graph: say that a new frame begins, so the graphs may
-                # reuse their output buffers (else they refuse and the step silently runs eager).
+            if self.engine.compile_nets_mode == "reduce-overhead" or (
+                    name != "step" and self.engine.compile_step_mode == "reduce-overhead"):
+                # Each compiled program is its own CUDA graph: say that a new call begins, so the graphs
+                # may reuse their output buffers (else they refuse and the call silently runs eager).
                 torch.compiler.cudagraph_mark_step_begin()
-            if self._compiled_once:
-                out = self._step(driving, **kwargs)
+            if name in self._compiled_once:
+                out = self._calls[name](*args, **kwargs)
             else:
-                out = self._first_compiled_step(driving, **kwargs)
-        self._release_benchmark_workspaces(driving.shape)
+                out = self._first_compiled_call(name, *args, **kwargs)
+        self._release_benchmark_workspaces((name, shape))
         return out
 
-    def _release_benchmark_workspaces(self, shape: torch.Size) -> None:
-        """With cudnn.benchmark, the first step at each input shape times cuDNN's algorithms for every
+    def _release_benchmark_workspaces(self, key: tuple[str, torch.Size]) -> None:
+        """With cudnn.benchmark, the first call at each input shape times cuDNN's algorithms for every
         convolution; their trial workspaces go through torch's caching allocator and stay reserved
         afterwards (measured on an H200: 66 GB for one of G's batched modulation convolutions in float32,
-        where the whole step needs 1.5 GB). Hand them back once that step is done."""
-        if (self.engine.cudnn_benchmark and self.engine.is_cuda and shape not in self._benchmarked_shapes
+        where the whole step needs 1.5 GB). Hand them back once that call is done."""
+        if (self.engine.cudnn_benchmark and self.engine.is_cuda and key not in self._benchmarked_shapes
                 and not torch.cuda.is_current_stream_capturing()):
-            self._benchmarked_shapes.add(shape)
+            self._benchmarked_shapes.add(key)
             torch.cuda.synchronize(self.engine.device)
             torch.cuda.empty_cache()
 
-    def _first_compiled_step(self, driving: torch.Tensor, **kwargs) -> torch.Tensor:
+    def _first_compiled_call(self, name: str, *args, **kwargs):
         start = time.perf_counter()
         try:
-            out = self._step(driving, **kwargs)
+            out = self._calls[name](*args, **kwargs)
             if self.engine.is_cuda:
                 torch.cuda.synchronize(self.engine.device)
         except Exception as error:  # noqa: BLE001 - any compiler failure means: run eager, say why
@@ -203,10 +231,12 @@ class OptimizedAnimator(pipeline.Animator):
                 self.engine.skipped[step.name] = reason
             self.engine.compile_step_mode = self.engine.compile_nets_mode = None
             self.nets.update(self.eager_nets)
-            self._step = self._eager_step
-            out = self._step(driving, **kwargs)
-        self.engine.compile_seconds = time.perf_counter() - start
-        self._compiled_once = True
+            self._calls = dict(self._eager_calls)
+            self._compiled_once = set(self._calls)
+            out = self._calls[name](*args, **kwargs)
+        # every program compiled so far: the step, and motion_template and step_from_motion where used
+        self.engine.compile_seconds = (self.engine.compile_seconds or 0.0) + time.perf_counter() - start
+        self._compiled_once.add(name)
         return out
 
 

@@ -74,6 +74,10 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     _recipe("fastest", *FASTEST),
     # W's mask Conv3d in the frequency domain instead of split over depth: for batched frames (447 MB of spectra)
     _recipe("fastest-batched", *(("warp_mask_fft" if name == "warp_depth_split" else name) for name in FASTEST)),
+    # driving frames known ahead (a video file): M over 16 of them in one call, then each step from its motion
+    _recipe("fastest-motion-ahead", *FASTEST, "motion_ahead"),
+    # the official speed script's networks given the same: its modules-only measure with M batched likewise
+    _recipe("official-motion-ahead", *OFFICIAL, "compile_nets[reduce-overhead]", "motion_ahead"),
     # G's last residual block on lpperf's Triton kernel: opt-in, it costs what cuDNN does in the frame
     _recipe("fastest-triton", *_before_half(FASTEST, ("triton_decoder_convs",))),
 )}

@@ -32,6 +32,10 @@ from lpperf.util.validation import IMAGE_SIZE
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+# motion_ahead's frames per M call: at 16, M cost 0.149 ms per frame against 0.93 ms one frame at a time
+# (H100, torch 2.11, fastest's precision; docs/PERFORMANCE.md): more frames could save at most that 0.149 ms.
+MOTION_AHEAD_FRAMES = 16
+
 # The in-plane size of W's volumes: F turns the 256 x 256 crop into 64 x 64 planes (two stride-2 blocks).
 FEATURE_PLANE = (IMAGE_SIZE // 4, IMAGE_SIZE // 4)
 
@@ -343,6 +347,14 @@ def occlusion_as_taps(engine: Engine) -> None:
     if not rewrites.occlusion_as_taps(engine.nets[WARP_NET]):
         raise StepNotApplicable(f"W's occlusion layer is a {type(dense.occlusion).__name__}, not a Conv2d "
                                 "(already rewritten?)")
+
+
+@register('+ M batched ahead over 16 driving frames')
+def motion_ahead(engine: Engine) -> None:
+    """For driving frames known ahead (a video file, not a live camera): M runs over MOTION_AHEAD_FRAMES of
+    them in one call before their steps, as the official pipeline extracts a video's motion template
+    first (one frame at a time there). The same function; M's small kernels fill the card at a batch."""
+    engine.motion_ahead = MOTION_AHEAD_FRAMES
 
 
 @register('+ inductor freezing')

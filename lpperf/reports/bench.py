@@ -10,7 +10,8 @@ sequence, against the float32 reference (TF32 off) on the same weights (lpperf.m
 
 Per row: ms per frame (median and p90 of CUDA-event samples after warm-up; a row whose samples did
 not settle is marked, and so is every speedup computed from its time), frames/s, speedup over the first
-row and over the strongest peer (the fastest peer row of the run), achieved TFLOP/s (checked against the card's measured
+row and over the strongest peer (the fastest peer row of the run the row can fairly be compared with: one
+given no more driving frames ahead than the row), achieved TFLOP/s (checked against the card's measured
 peak: a faster-than-physics number raises), NVML process memory and torch's peak, parity (PSNR,
 largest 8-bit difference, NaN/Inf count), compile time (kept apart) and the time of each stage run
 alone (as lpperf.measure.frame.time_stages measures it, with whether it settled).
@@ -18,8 +19,10 @@ alone (as lpperf.measure.frame.time_stages measures it, with whether it settled)
 The peers are what a user gets from the official code: its app's autocast, its speed script's `.half()`
 + torch.compile per network, timed as a whole step (M, keypoint math, S, W, G) and, as the speed script
 times them, as its modules M, W and G each alone on the frame's inputs, summed (the modules-only peer:
-no work between the networks, so the smallest of the peer measures). "vs peer" divides by whichever
-peer row was fastest in the run, and the table says which.
+no work between the networks, so the smallest of the peer measures). A recipe that batches M over driving
+frames known ahead (`fastest-motion-ahead`) is compared with the same modules given that batching
+(`official-motion-ahead`). "vs peer" divides by whichever comparable peer row was fastest in the run, and
+the table says which.
 
 `lpperf bench` writes a report folder with report_folder(): report.json and the charts replace the
 previous report's files as a set, or, if writing fails, the previous report stays as it was.
@@ -61,7 +64,10 @@ PEER_LABELS = {"autocast-fp16": "peer: autocast fp16 eager (official app)",
 # The official speed script's measure: its networks, .half() + compile, each alone on the frame's inputs.
 MODULES_PEER_RECIPE = "official-reduce-overhead"
 MODULES_PEER_ROW = "peer: official modules M + W + G alone, reduce-overhead (speed-script measure)"
-VARIANT_RECIPES = ("fast-bf16",)
+# The same given the driving frames ahead, as lpperf's motion-ahead recipe is: M over 16 frames in one call.
+MODULES_AHEAD_PEER_RECIPE = "official-motion-ahead"
+MODULES_AHEAD_PEER_ROW = "peer: official modules alone, M batched ahead over 16 frames (speed-script measure)"
+VARIANT_RECIPES = ("fast-bf16", "fastest-motion-ahead")
 BASELINE_RECIPE = "fp32-eager"  # always the first row: speedups are over it
 CPU_DEFAULT_RECIPES = (BASELINE_RECIPE, "fast")
 UNSETTLED = charts.UNSETTLED  # marks a time whose samples did not settle before the stopping rule's cap
@@ -114,10 +120,12 @@ def waterfall_rows(recipe: str = "fastest") -> list[Row]:
 
 def peer_rows() -> list[Row]:
     """The official code's settings as whole steps (its app's, its speed script's and a tuning user's),
-    then the modules-only peer: the speed script's compiled networks M, W, G each alone, summed."""
+    then the modules-only peers: the speed script's compiled networks M, W, G each alone, summed, as
+    shipped and with M batched ahead (the peer of lpperf's motion-ahead recipe)."""
     rows = [recipe_row(name, label) for name, label in PEER_LABELS.items()]
-    return rows + [Row(MODULES_PEER_ROW, recipes.lookup(MODULES_PEER_RECIPE).steps, recipe=MODULES_PEER_RECIPE,
-                       peer=True, modules=frame.PEER_MODULES)]
+    return rows + [Row(label, recipes.lookup(recipe).steps, recipe=recipe, peer=True, modules=frame.PEER_MODULES)
+                   for recipe, label in ((MODULES_PEER_RECIPE, MODULES_PEER_ROW),
+                                         (MODULES_AHEAD_PEER_RECIPE, MODULES_AHEAD_PEER_ROW))]
 
 
 def variant_rows() -> list[Row]:
@@ -146,7 +154,8 @@ def default_config(device: torch.device, batch: int) -> BenchConfig:
 
 @dataclasses.dataclass
 class RowResult:
-    """One measured row. Times are per frame (the step's median over its batch); None where not measured."""
+    """One measured row. Times are per frame (a timed round's median over the frames it makes: one step's
+    batch, or with motion ahead that many frames); None where not measured."""
 
     name: str
     recipe: str
@@ -169,6 +178,7 @@ class RowResult:
     stage_converged: dict[str, bool] = dataclasses.field(default_factory=dict)  # per stage of stage_ms
     stage_clock: str = ""  # what stage_ms measures (lpperf.measure.frame.stage_clock)
     peer: bool = False  # a measure of the official code (Row.peer)
+    motion_ahead: int = 1  # driving frames the row's M ran over at once ahead of their steps (Engine.motion_ahead)
     # A modules row (Row.modules): each network's median alone, per batch, in the order of the row's sum
     module_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     # build, parity frames and the first step at the timed shape: compile, cuDNN's algorithm search
@@ -216,34 +226,35 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
     # state are tracked apart: the start-up's transients say nothing about what running the row needs.
     with contextlib.ExitStack() as stack:
         startup, memory_unavailable = _track_memory(stack, device)
-        driving = frame.driving_batch(config.batch, offset=config.parity_frames).to(device)
         if row.modules:
             animator, outputs = None, None
-            calls = frame.modules_alone(engine, driving, row.modules)
+            work = frame.modules_alone(engine, config.batch, row.modules, offset=config.parity_frames)
         else:
             animator = frame.sample_animator(engine)
             outputs = frame.run_frames(animator, config.parity_frames)
-            calls = {"step": lambda: animator.step(driving)}
-        first_calls_s = sum(timing.host_call_s(call, device) for call in calls.values())  # compile, at the timed shape
+            work = frame.step_work(animator, config.batch, offset=config.parity_frames)
+        first_calls_s = sum(timing.host_call_s(call, device) for call in work.calls.values())  # compile, timed shapes
     with contextlib.ExitStack() as stack:
         tracker, _ = _track_memory(stack, device)
-        result = timing.time_parts(calls, device, warmup=config.warmup, rule=config.rule)
-    stages = (frame.time_stages(animator, driving[:1], device, warmup=config.warmup, rule=config.stage_rule)
+        result = timing.time_parts(work.calls, device, warmup=config.warmup, rule=config.rule)
+    driving = frame.driving_batch(1, offset=config.parity_frames).to(device)
+    stages = (frame.time_stages(animator, driving, device, warmup=config.warmup, rule=config.stage_rule)
               if config.stages and animator is not None else {})
 
     parity_report, failures = None, []
     if reference is not None and outputs is not None:
         parity_report = parity.compare({}, {}, outputs, reference, precision=precision)
         failures = parity_report.failures(parity.Tolerance.for_precision(precision))
-    per_frame_s = result.stats.median_s / config.batch
+    per_frame_s = result.stats.median_s / work.frames
     tflops = None
     if flops_per_frame and not row.modules:  # the modules alone do only part of a frame's work
         tflops = (roofline.check(flops_per_frame, per_frame_s, peak, label=f"waterfall row {row.name!r}")
                   if peak is not None else roofline.achieved_tflops(flops_per_frame, per_frame_s))
     return RowResult(
         name=row.name, recipe=row.recipe, batch=config.batch, precision=precision, peer=row.peer,
+        motion_ahead=engine.motion_ahead,
         applied=engine.report()["applied"], skipped=dict(engine.skipped), timing=result,
-        ms_per_frame=per_frame_s * 1e3, p90_ms_per_frame=result.stats.p90_s / config.batch * 1e3,
+        ms_per_frame=per_frame_s * 1e3, p90_ms_per_frame=result.stats.p90_s / work.frames * 1e3,
         frames_per_second=1.0 / per_frame_s, converged=result.converged, tflops=tflops,
         compile_seconds=engine.compile_seconds if animator is not None else first_calls_s,
         memory=None if tracker is None else tracker.report, memory_unavailable=memory_unavailable,
@@ -252,7 +263,8 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
         stage_ms={stage: measured.median_ms for stage, measured in stages.items()},
         stage_converged={stage: measured.converged for stage, measured in stages.items()},
         stage_clock=frame.stage_clock(device) if stages else "",
-        module_ms={stage: stats.median_s * 1e3 for stage, stats in result.parts.items()} if row.modules else {})
+        module_ms={stage: stats.median_s / work.frames * 1e3 for stage, stats in result.parts.items()}
+        if row.modules else {})
 
 
 def _track_memory(stack: contextlib.ExitStack, device: torch.device) -> tuple[memory.MemoryTracker | None, str]:
@@ -290,17 +302,20 @@ def run(rows: Sequence[Row], nets: dict, device: str | torch.device = "cuda", co
     return results
 
 
-def strongest_peer(results: Sequence[RowResult]) -> RowResult | None:
-    """The fastest measured peer row: what "vs peer" divides by (None if the run measured no peer)."""
-    peers = [result for result in results if result.peer and not result.error]
+def strongest_peer(results: Sequence[RowResult], row: RowResult | None = None) -> RowResult | None:
+    """The fastest measured peer row that `row` can fairly be compared with: one given no more driving
+    frames ahead than `row` (a peer batching M over known frames is no measure for a row that steps frame
+    by frame). What "vs peer" divides by; without `row`, the fastest peer of all. None if there is none."""
+    ahead = math.inf if row is None else row.motion_ahead
+    peers = [result for result in results if result.peer and not result.error and result.motion_ahead <= ahead]
     return min(peers, key=lambda result: result.ms_per_frame, default=None)
 
 
 def _set_speedups(results: Sequence[RowResult]) -> None:
     measured = [result for result in results if not result.error]
     baseline = results[0] if results and not results[0].error else None
-    peer_result = strongest_peer(results)
     for result in measured:
+        peer_result = strongest_peer(results, result)
         result.speedup = None if baseline is None else baseline.ms_per_frame / result.ms_per_frame
         result.speedup_vs_peer = None if peer_result is None else peer_result.ms_per_frame / result.ms_per_frame
         result.speedup_converged = result.converged and (baseline is None or baseline.converged)
@@ -359,12 +374,26 @@ def format_table(results: Sequence[RowResult], title: str = "") -> str:
 
 
 def peer_note(results: Sequence[RowResult]) -> str:
-    """What the "vs peer" column divides by: the strongest peer of the run, named."""
-    peer = strongest_peer(results)
-    if peer is None:
+    """What the "vs peer" column divides by: the strongest comparable peer of the run, named."""
+    measured = [result for result in results if not result.error]
+    peers = {}  # the peer a row is divided by -> how many frames ahead the rows it serves batch M over
+    for result in measured:
+        peer = strongest_peer(results, result)
+        if peer is not None:
+            peers.setdefault(id(peer), (peer, set()))[1].add(result.motion_ahead)
+    if not peers:
         return "vs peer: '-', no peer row was measured in this run (the peers are rows named 'peer: ...')"
-    return (f"vs peer: speedup over the strongest (fastest) peer measure of this run, {peer.name!r} "
-            f"({peer.ms_per_frame:.2f} ms/frame)")
+    if len(peers) == 1:
+        (peer, _), = peers.values()
+        return (f"vs peer: speedup over the strongest (fastest) peer measure of this run, {peer.name!r} "
+                f"({peer.ms_per_frame:.2f} ms/frame)")
+    parts = []
+    for peer, aheads in peers.values():
+        rows = ("rows stepping frame by frame" if aheads == {1} else
+                "rows with M batched ahead over " + ", ".join(str(n) for n in sorted(aheads) if n > 1) + " frames")
+        parts.append(f"for {rows}, {peer.name!r} ({peer.ms_per_frame:.2f} ms/frame)")
+    return ("vs peer: speedup over the strongest (fastest) peer measure of this run given no more driving "
+            "frames ahead than the row: " + "; ".join(parts))
 
 
 def memory_note(results: Sequence[RowResult]) -> str:

@@ -380,6 +380,9 @@ def cmd_profile(args) -> int:
         animator.step(driving)  # compile, autotune, warm
     print(f"recipe {args.recipe} on {device}, batch {args.batch}, weights: {loaded.description}; "
           f"applied {engine.report()['applied']}")
+    if animator.motion_ahead > args.batch:
+        print(f"note: this profiles the per-frame step with M inside it; animate() runs M ahead over "
+              f"{animator.motion_ahead} frames first (lpperf bench times that)")
     if not args.no_layers:
         peak = roofline.measure_peak(device).tflops if device.type == "cuda" else None
         print(format_layers(profile_layers(animator, driving, device), peak, args.top))

@@ -58,6 +58,7 @@ class LpperfThresholds:
     """Pass/fail limits of the GPU suite (from pytest.ini, overridden on the command line)."""
 
     min_speedup: Limit  # optimized recipe over the strongest peer measure, all measured in the same session
+    min_speedup_ahead: Limit  # the motion-ahead recipe over the strongest peer given the same frames ahead
     memory_budget_mib: Limit  # NVML-measured GPU memory of the test process
     min_psnr_db: Limit  # optimized output against the fp32 reference
     max_level_diff: Limit  # largest per-pixel difference, in 8-bit levels
@@ -170,6 +171,10 @@ _OPTIONS = (
                 "measure of the session: .half() + torch.compile reduce-overhead per network, the faster of the whole "
                 "step and the networks M + W + G timed alone and summed", "1.35",
                 limit=("speedup over the strongest peer", "x", True)),
+    _OptionSpec("min-speedup-ahead", "X", _positive_float, "least speedup of the motion-ahead recipe (M batched over "
+                "16 driving frames known ahead) over the strongest peer measure given the same frames: the same "
+                "compiled modules with M batched likewise, or any faster peer", "1.55",
+                limit=("speedup over the strongest peer given the same frames ahead", "x", True)),
     _OptionSpec("memory-budget-mib", "MIB", _positive_int, "most GPU memory (NVML, this process) a test may use",
                 "4096", limit=("GPU memory (NVML, this process)", "MiB", False)),
     _OptionSpec("min-psnr", "DB", _positive_float, "least PSNR of optimized output against the fp32 reference",

@@ -31,6 +31,8 @@ PEER = "official-reduce-overhead"
 BASELINE = "fp32-eager"
 GATED_FRAMES = (OPTIMIZED, "fast")  # CUDA-graph recipes: steady across processes
 BATCHED = "fastest-batched"  # W's mask in the frequency domain: parity checked here, speed by `lpperf bench`
+# M batched over 16 driving frames known ahead, and the official modules given the same (its peer)
+AHEAD, AHEAD_PEER = "fastest-motion-ahead", "official-motion-ahead"
 EAGER_FRAMES = (BASELINE, "autocast-fp16")  # informational only
 FRAMES_PER_ROUND = 8  # one timed round: ~35-50 ms of back-to-back frames, the GPU never idle between them
 RULE = timing.StoppingRule(min_repeats=30, min_seconds=0.3, max_rel_iqr=0.05, max_repeats=500, max_seconds=10.0)
@@ -59,8 +61,19 @@ class Session:
 
     def time_modules(self, recipe: str) -> timing.TimingResult:
         """The recipe's networks M, W and G each alone on the frame's inputs, summed per round."""
-        calls = frame.modules_alone(recipes.build(recipe, self.nets, self.device), self.driving)
-        return timing.time_parts(calls, self.device, warmup=5, rule=RULE)
+        work = frame.modules_alone(recipes.build(recipe, self.nets, self.device), batch=1)
+        assert work.frames == 1, f"{recipe} batches M ahead: time it with ms_per_frame"
+        return timing.time_parts(work.calls, self.device, warmup=5, rule=RULE)
+
+    def ms_per_frame(self, recipe: str, modules: bool = False) -> tuple[float, timing.TimingResult]:
+        """Median milliseconds per frame of the recipe's frames at batch 1 as it runs them (frame.step_work:
+        with motion ahead, M over that many frames then their steps), or of its modules alone."""
+        if modules:
+            work = frame.modules_alone(recipes.build(recipe, self.nets, self.device), batch=1)
+        else:
+            work = frame.step_work(self.animator(recipe), batch=1)
+        result = timing.time_parts(work.calls, self.device, warmup=5, rule=RULE)
+        return result.median_ms / work.frames, result
 
     def release_all(self) -> None:
         """Drop every engine (compiled graphs and CUDA-graph pools too) so memory is measured alone."""
@@ -161,6 +174,33 @@ def test_speedup_over_the_strongest_peer(gpu_session, lpperf_thresholds, lpperf_
                                         f"per frame for the strongest peer, {strongest}")
 
 
+def test_motion_ahead_speedup_over_the_strongest_peer_given_the_same_frames(gpu_session, lpperf_thresholds,
+                                                                          lpperf_info, flops_per_frame, peak):
+    """M batched over 16 driving frames known ahead, then each frame's step from its motion, against the
+    official compiled modules alone given the same batching (M over the 16 frames, W and G per frame) and
+    as shipped (M per frame): a ratio only over a peer given no less than the recipe. Each built and timed
+    alone, as in test_speedup_over_the_strongest_peer."""
+    ahead_peer, shipped_peer = f"{AHEAD_PEER} (modules alone)", f"{PEER} (modules alone)"
+    measures = ((ahead_peer, lambda: gpu_session.ms_per_frame(AHEAD_PEER, modules=True)),
+                (shipped_peer, lambda: gpu_session.ms_per_frame(PEER, modules=True)),
+                (AHEAD, lambda: gpu_session.ms_per_frame(AHEAD)), (OPTIMIZED, lambda: gpu_session.ms_per_frame(OPTIMIZED)))
+    ms = {}
+    for name, measure in measures:
+        gpu_session.release_all()
+        ms[name], result = measure()
+        assert result.stats.count >= RULE.min_repeats, f"{name}: only {result.stats.count} samples"
+    gpu_session.release_all()
+    for name in (AHEAD, OPTIMIZED):
+        roofline.check(flops_per_frame, ms[name] / 1e3, peak, label=f"{name} per-frame timing")
+    strongest = min((ahead_peer, shipped_peer), key=ms.get)
+    speedup = ms[strongest] / ms[AHEAD]
+    lpperf_info["speedup, frames known ahead"] = (
+        f"{AHEAD} {ms[AHEAD]:.2f} ms per frame, {speedup:.2f}x the strongest peer given the same frames, {strongest} "
+        f"{ms[strongest]:.2f} ms; " + ", ".join(f"{name} {ms[name]:.2f} ms" for name in ms if name not in (AHEAD, strongest)))
+    lpperf_thresholds.min_speedup_ahead.check(speedup, AHEAD, f"{ms[AHEAD]:.2f} ms against {ms[strongest]:.2f} ms per "
+                                              f"frame for the strongest peer given the same frames, {strongest}")
+
+
 @pytest.mark.parametrize("recipe", EAGER_FRAMES)
 def test_eager_frame_informational(gpu_session, lpperf_info, flops_per_frame, peak, recipe):
     result = gpu_session.time_frame(recipe)
@@ -183,10 +223,10 @@ def test_stages_informational(gpu_session, lpperf_info, flops_per_frame, peak, r
         f" ({frame.stage_clock(gpu_session.device)})"
 
 
-@pytest.mark.parametrize("recipe", GATED_FRAMES + (BATCHED,))
+@pytest.mark.parametrize("recipe", GATED_FRAMES + (BATCHED, AHEAD))
 def test_parity(gpu_session, reference_frames, lpperf_thresholds, recipe):
     animator = gpu_session.animator(recipe)
-    frames = frame.run_frames(animator, frame.PARITY_FRAMES)
+    frames = frame.run_frames(animator, frame.PARITY_FRAMES)  # with motion ahead, M over the frames first
     report = parity.compare({}, {}, frames, reference_frames, precision=animator.engine.precision)
     assert not report.has_nonfinite, f"{recipe} produced NaN/Inf"
     lpperf_thresholds.min_psnr_db.check(report.frame.psnr_db, recipe)
