@@ -34,14 +34,17 @@ def test_the_per_frame_work_traces_as_one_graph(recipe, retargeting):
 
 @pytest.mark.parametrize("recipe", ["fastest-motion-ahead"])
 def test_motion_ahead_traces_each_of_its_calls_as_one_graph(recipe):
-    """With frames known ahead the step is two compiled programs (M over the frames; the rest per step)."""
+    """With frames known ahead the step is two compiled programs: M over the frames (traced without the
+    frames' value check, which reads values back on the CPU, as step()'s does) and, per step, the rest
+    from the motion's tensors, with step_from_motion's shape checks (the program the engine compiles)."""
     engine = recipes.build(recipe, weights.tiny_networks(0), "cpu")
     animator = frame.sample_animator(engine)
     clip = frame.driving_batch(3, offset=1)
     with engine.context():
         motion = animator.extract_motion(clip)
-        for call, argument in ((animator.extract_motion, clip), (animator.stages_from_motion, motion.items(0, 1))):
+        for call, arguments in ((animator.extract_motion, (clip,)),
+                                (animator._frames_from_motion_tensors, motion.items(0, 1).tensors())):
             torch._dynamo.reset()
-            explained = torch._dynamo.explain(call)(argument)
+            explained = torch._dynamo.explain(call)(*arguments)
             reasons = [reason.reason.splitlines()[0] for reason in explained.break_reasons]
             assert explained.graph_break_count == 0 and explained.graph_count == 1, (call.__name__, reasons)

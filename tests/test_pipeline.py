@@ -426,6 +426,10 @@ def test_step_from_motion_refuses_what_is_not_a_motion_of_this_model(frames):
     with pytest.raises(ValueError, match=f"motion.canonical must hold {K} keypoints"):
         animator.step_from_motion(Motion(motion.canonical[:, :5], motion.rotation, motion.expression[:, :5],
                                          motion.scale, motion.translation))
+    with pytest.raises(ValueError, match=r"motion.scale must have shape \(2, 1\) .batch 2, from motion.canonical., "
+                                         r"got \(1, 1\)"):
+        animator.step_from_motion(Motion(motion.canonical, motion.rotation, motion.expression, motion.scale[:1],
+                                         motion.translation))
     with pytest.raises(ValueError, match="eye_ratio"):
         animator.step_from_motion(motion, eye_ratio=torch.tensor([[0.3, 0.3]]))
     with pytest.raises(ValueError, match="driving frames"):

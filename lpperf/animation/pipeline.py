@@ -388,7 +388,7 @@ class Animator:
         if not isinstance(motion, Motion):
             raise ValueError(f"motion must be a lpperf.animation.pipeline.Motion (from motion_template), "
                              f"got {type(motion).__name__}")
-        check_keypoints(motion.canonical, "motion.canonical", num_kp=source.keypoints.shape[1])
+        check_motion(motion, num_kp=source.keypoints.shape[1])
         check_same_placement(motion.canonical, "motion", source.image, "the source image")
         self._check_ratios(eye_ratio, lip_ratio, batch=motion.batch)
         return self.stages_from_motion(motion, eye_ratio=eye_ratio, lip_ratio=lip_ratio).frame
@@ -535,6 +535,22 @@ class Animator:
 def _each_frame(outputs: torch.Tensor) -> Iterator[torch.Tensor]:
     for index in range(outputs.shape[0]):
         yield outputs[index:index + 1]
+
+
+def check_motion(motion: Motion, *, num_kp: int) -> Motion:
+    """A Motion of B items for `num_kp` keypoints: every field a floating tensor of its shape."""
+    check_keypoints(motion.canonical, "motion.canonical", num_kp=num_kp)
+    batch = motion.batch
+    shapes = {"rotation": (batch, 3, 3), "expression": (batch, num_kp, 3), "scale": (batch, 1),
+              "translation": (batch, 3)}
+    for name, shape in shapes.items():
+        value = check_tensor(getattr(motion, name), f"motion.{name}")
+        if tuple(value.shape) != shape:
+            raise ValueError(f"motion.{name} must have shape {shape} (batch {batch}, from motion.canonical), "
+                             f"got {tuple(value.shape)}; make motions with motion_template and select items "
+                             f"with motion.items(start, stop)")
+        check_floating(value, f"motion.{name}")
+    return motion
 
 
 def check_motion_ahead(value, name: str) -> int:
