@@ -140,6 +140,14 @@ def test_kernel_intervals_are_merged_into_their_union(intervals, merged):
     assert profile.merge_intervals(intervals) == merged
 
 
+def test_gpu_activity_merges_busy_time_and_counts_kernels_not_copies():
+    intervals = [(0.0, 10.0, "sm90_xmma_fprop"), (5.0, 12.0, "triton_poi_fused_add"),  # overlapping streams
+                 (20.0, 21.0, "Memcpy HtoD (Pageable -> Device)"), (30.0, 34.0, "Memset (Device)"),
+                 (40.0, 46.0, "gemv2N_kernel")]
+    activity = profile.GpuActivity.from_intervals(intervals, frames=2)
+    assert activity.busy_ms == pytest.approx((12 + 1 + 4 + 6) / 1e3 / 2) and activity.kernels_per_frame == 1.5
+
+
 def test_an_interval_that_ends_before_it_starts_is_refused():
     with pytest.raises(ValueError, match=r"must not end before it starts, got \(2.0, 1.0\)"):
         profile.merge_intervals([(0.0, 1.0), (2.0, 1.0)])
@@ -162,6 +170,9 @@ def test_the_split_block_reports_busy_idle_each_network_and_the_rest():
     whole_step = profile.format_split(dataclasses.replace(split, networks_as_in_frame=False))
     assert "frame - (M + W + G)" not in whole_step and "not parts of this frame" in whole_step
     assert "random inputs" not in profile.format_split(split)  # no probe rows unless measured
+    assert "kernels per frame" not in profile.format_split(split)
+    counted = profile.format_split(dataclasses.replace(split, kernels_per_frame=250.0)).splitlines()
+    assert "kernels per frame" in counted[4] and "250.0" in counted[4] and "16.00 us idle per kernel" in counted[4]
     probed = profile.format_split(dataclasses.replace(split, probe_ms={MOTION_NET: 0.5, WARP_NET: 1.5,
                                                                        DECODER_NET: 3.0})).splitlines()
     assert "official speed script's random inputs" in probed[9]

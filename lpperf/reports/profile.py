@@ -182,6 +182,7 @@ class FrameSplit:
     # their uncompiled kernels, not parts of the frame, and "frame - networks" means nothing
     probe_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # each network alone on standard
     # normal inputs of the frame's shapes (the official speed script's inputs); empty unless asked for
+    kernels_per_frame: float | None = None  # kernels the GPU ran per profiled frame; None on the CPU
 
     @property
     def networks_sum_ms(self) -> float:
@@ -211,9 +212,13 @@ def frame_split(animator: OptimizedAnimator, driving: torch.Tensor, device: str 
     if probe_inputs:
         probe_calls, _ = _network_calls(animator, standard_normal_like(inputs), device)
         probe_ms = _time_calls(animator, probe_calls, device, warmup, rule)
-    busy_ms = gpu_busy_ms(animator, driving, device, profiled_frames) if device.type == "cuda" else None
-    return FrameSplit(frame_ms, busy_ms, networks_ms, form, profiled_frames if busy_ms is not None else 0,
-                      animator.engine.compile_step_mode is None, probe_ms)
+    if device.type == "cuda":
+        activity = gpu_activity(animator, driving, device, profiled_frames)
+        busy_ms, kernels_per_frame = activity.busy_ms, activity.kernels_per_frame
+    else:
+        busy_ms, kernels_per_frame, profiled_frames = None, None, 0
+    return FrameSplit(frame_ms, busy_ms, networks_ms, form, profiled_frames,
+                      animator.engine.compile_step_mode is None, probe_ms, kernels_per_frame)
 
 
 def _time_calls(animator: OptimizedAnimator, calls: dict[str, Callable[[], object]], device: torch.device,
@@ -274,10 +279,27 @@ def _new_step_call(net: Callable, args: tuple, kwargs: dict) -> Callable[[], obj
     return call
 
 
-def gpu_busy_ms(animator: OptimizedAnimator, driving: torch.Tensor, device: torch.device,
-                frames: int = SPLIT_PROFILED_FRAMES) -> float:
-    """Mean GPU busy time of one frame: torch.profiler's kernel and copy intervals of `frames` steps,
-    overlaps (concurrent streams) merged, summed, divided by `frames`."""
+@dataclasses.dataclass(frozen=True)
+class GpuActivity:
+    """What the GPU did per frame over the profiled frames: its busy time (kernel and copy intervals,
+    overlaps merged) and how many kernels it ran (copies and fills not counted)."""
+
+    busy_ms: float
+    kernels_per_frame: float
+
+    @classmethod
+    def from_intervals(cls, intervals: Iterable[tuple[float, float, str]], frames: int) -> "GpuActivity":
+        """From (start us, end us, name) of every GPU interval of `frames` frames, as the profiler names
+        them: a copy is "Memcpy ...", a fill "Memset ..."."""
+        intervals = list(intervals)
+        busy_us = sum(end - start for start, end in merge_intervals((start, end) for start, end, _ in intervals))
+        kernels = sum(1 for _, _, name in intervals if not name.startswith(("Memcpy", "Memset")))
+        return cls(busy_us / 1e3 / frames, kernels / frames)
+
+
+def gpu_activity(animator: OptimizedAnimator, driving: torch.Tensor, device: torch.device,
+                 frames: int = SPLIT_PROFILED_FRAMES) -> GpuActivity:
+    """The GPU's busy time and kernel count per frame, mean over `frames` steps under torch.profiler."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -289,10 +311,10 @@ def gpu_busy_ms(animator: OptimizedAnimator, driving: torch.Tensor, device: torc
             animator.step(driving)
         torch.cuda.synchronize(device)
     # User annotations (record_function ranges, also mirrored on the GPU timeline) span idle time: left out.
-    intervals = [(event.time_range.start, event.time_range.end) for event in profiler.events()
+    intervals = [(event.time_range.start, event.time_range.end, event.name) for event in profiler.events()
                  if event.device_type == DeviceType.CUDA and not event.is_user_annotation
                  and event.device_index == device.index]
-    return sum(end - start for start, end in merge_intervals(intervals)) / 1e3 / frames  # profiler times are us
+    return GpuActivity.from_intervals(intervals, frames)
 
 
 def merge_intervals(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -323,6 +345,9 @@ def format_split(split: FrameSplit) -> str:
         lines += [row("GPU busy", split.busy_ms, f"kernels and copies, merged; mean of {split.profiled_frames} "
                                                  "profiled frames"),
                   row("GPU idle (frame - busy)", split.idle_ms, f"{share(split.idle_ms)}: launch and host gaps")]
+        if split.kernels_per_frame:
+            lines.append(f"  {'kernels per frame':<34} {split.kernels_per_frame:>8.1f}      "
+                         f"{split.idle_ms / split.kernels_per_frame * 1e3:.2f} us idle per kernel on average")
     for name, ms in split.networks_ms.items():
         lines.append(row(f"{NETWORK_LETTERS.get(name, '?')} {name} alone", ms))
     letters = " + ".join(NETWORK_LETTERS.get(name, name) for name in split.networks_ms)
