@@ -421,6 +421,27 @@ def test_a_cpu_block_runs_only_its_timed_calls(monkeypatch):
     assert clock.calls == 2
 
 
+def test_a_recipe_with_motion_ahead_is_timed_per_step_like_every_other_metric(monkeypatch):
+    """One call of a motion-ahead recipe makes 16 steps at batch 1: its times are answered per step."""
+    from lpperf.gate import worker
+    from lpperf.measure import frame
+    from lpperf.models import weights
+    from lpperf.optimize import recipes, steps
+
+    animator = frame.sample_animator(recipes.build([steps.motion_ahead], weights.tiny_networks(0), "cpu"))
+    driving = frame.driving_batch(1, offset=frame.PARITY_FRAMES)
+    call, steps = worker._frames_call(frame, animator, driving)
+    assert steps == 16 and call().shape == (1, 3, 512, 512)
+    plain_call, plain_steps = worker._frames_call(frame, frame.sample_animator(recipes.build("fp32-eager",
+                                                  weights.tiny_networks(0), "cpu")), driving)
+    assert plain_steps == 1
+    clock = FakeClock(1600.0)
+    monkeypatch.setattr(worker.time, "perf_counter", clock.perf_counter)
+    side = cpu_side()
+    side.calls["frame"], side.steps_per_call["frame"] = clock.call, steps
+    assert side.measure("frame", 2) == pytest.approx(100.0)
+
+
 @pytest.mark.parametrize("layout", ["layer folders", "flat"])
 def test_the_worker_imports_each_module_from_the_sides_tree_even_with_lpperf_installed(tmp_path, layout):
     """A base from before the layer folders has lpperf/frame.py, not lpperf/measure/frame.py. With lpperf

@@ -508,8 +508,8 @@ class Animator:
         """
         source = self._require_source()
         check_batch_size(batch_size, "batch_size")
-        run, pulled = ((self._run_ahead, self.motion_ahead) if self.motion_ahead > batch_size
-                       else (self._run_batch, batch_size))
+        ahead = steps_per_template(self.motion_ahead, batch_size) > 1
+        run, pulled = (self._run_ahead, self.motion_ahead) if ahead else (self._run_batch, batch_size)
         pending = []
         for number, frame in enumerate(_single_frames(frames)):
             check_images(frame, f"driving frame {number}", batch=1, check_values=check_values)
@@ -527,9 +527,16 @@ class Animator:
         yield from _each_frame(self.step(torch.cat(frames)))
 
     def _run_ahead(self, frames: list, batch_size: int) -> Iterator[torch.Tensor]:
-        motion = self.motion_template(torch.cat(frames))
+        for outputs in self.steps_from_template(torch.cat(frames), batch_size):
+            yield from _each_frame(outputs)
+
+    def steps_from_template(self, frames: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        """M over the Nx3x256x256 `frames` in one call (motion_template), then their steps from their
+        motion, `batch_size` frames at a time: yields each step's frames (the last step may be smaller)."""
+        check_batch_size(batch_size, "batch_size")
+        motion = self.motion_template(frames)
         for start in range(0, motion.batch, batch_size):
-            yield from _each_frame(self.step_from_motion(motion.items(start, start + batch_size)))
+            yield self.step_from_motion(motion.items(start, start + batch_size))
 
 
 def _each_frame(outputs: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -551,6 +558,12 @@ def check_motion(motion: Motion, *, num_kp: int) -> Motion:
                              f"with motion.items(start, stop)")
         check_floating(value, f"motion.{name}")
     return motion
+
+
+def steps_per_template(motion_ahead: int, batch_size: int) -> int:
+    """Steps of `batch_size` frames that one M call over `motion_ahead` frames serves; 1 where the batch
+    holds them all (M then runs inside the step)."""
+    return math.ceil(motion_ahead / batch_size) if motion_ahead > batch_size else 1
 
 
 def check_motion_ahead(value, name: str) -> int:

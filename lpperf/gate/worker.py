@@ -87,6 +87,9 @@ class Side:
         self.device_name = device
         self.nets = None
         self.calls: dict[str, object] = {}
+        # steps of its metric's batch that one call makes (a recipe with motion ahead makes several per
+        # call): the times answered are per step, as every other metric's
+        self.steps_per_call: dict[str, int] = {}
 
     def handle(self, request: dict) -> dict:
         operation = request.get("op")
@@ -165,17 +168,17 @@ class Side:
                 began = time.perf_counter()
                 animator = frame.sample_animator(recipes.build(metric["recipe"], self.nets, self.device))
                 driving = frame.driving_batch(metric["batch"], offset=frame.PARITY_FRAMES).to(self.device)
-                frames_call = _frames_call(frame, animator, driving)
+                frames_call, steps = _frames_call(frame, animator, driving)
                 start = time.perf_counter()
                 frames_call()  # compile, autotune and CUDA-graph recording happen here
                 self._synchronize()
                 compile_s[f"{key[0]} batch {key[1]}"] = time.perf_counter() - start
                 if key[0] in measured and "warm_s" not in measured[key[0]]:
                     measured[key[0]]["warm_s"] = time.perf_counter() - began
-                animators[key] = (animator, driving, frames_call)
-            animator, driving, frames_call = animators[key]
+                animators[key] = (animator, driving, frames_call, steps)
+            animator, driving, frames_call, steps = animators[key]
             if metric.get("stage"):
-                call = frame.stage_calls(animator, driving[:1])[metric["stage"]]  # runs in the recipe's context
+                call, steps = frame.stage_calls(animator, driving[:1])[metric["stage"]], 1  # in the recipe's context
                 replay = self.device.type == "cuda"
             else:
                 call = frames_call
@@ -184,7 +187,8 @@ class Side:
                 call = _captured(call, self.device, metric["name"], self.tree)
             timed_as[metric["name"]] = "cuda graph replay" if replay else "back-to-back calls"
             self.calls[metric["name"]] = call
-            warm_ms[metric["name"]] = self._warm_ms(call)
+            self.steps_per_call[metric["name"]] = steps
+            warm_ms[metric["name"]] = self._warm_ms(call) / steps
         memory = {metric["name"]: self._memory(self.calls[metric["name"]])
                   for metric in metrics if not metric.get("stage")}
         written = {}
@@ -229,7 +233,7 @@ class Side:
         for recipe in dict.fromkeys(key[0] for key in animators):
             batches = sorted(batch for name, batch in animators if name == recipe)
             frames = frame.run_frames(animators[(recipe, batches[0])][0], count)
-            animator, driving, _ = animators[(recipe, batches[-1])]
+            animator, driving, _, _ = animators[(recipe, batches[-1])]
             batched = animator.step(driving).float().cpu()
             if inject_levels > 0:  # test-only: every pixel of the head's output moved up or down by this many levels
                 noise = self.torch.Generator().manual_seed(0)
@@ -261,6 +265,7 @@ class Side:
             self.torch.cuda.empty_cache()
 
     def measure(self, name: str, calls: int) -> float:
+        """Per-step ms of `calls` back-to-back calls of the metric."""
         call = self.calls[name]
         if self.device.type != "cuda":
             # No untimed call first, unlike on a card: a call short enough for the caches to matter runs
@@ -269,8 +274,10 @@ class Side:
             start = time.perf_counter()
             for _ in range(calls):
                 call()
-            return (time.perf_counter() - start) * 1e3 / calls
-        return self._block_ms(call, calls)
+            call_ms = (time.perf_counter() - start) * 1e3 / calls
+        else:
+            call_ms = self._block_ms(call, calls)
+        return call_ms / self.steps_per_call.get(name, 1)
 
     def clock(self) -> dict | None:
         """The card's SM clock and NVML clock-event reasons right now (None without NVML)."""
@@ -317,7 +324,8 @@ class Side:
             if metric.get("stage"):
                 continue
             name, plain = metric["name"], self.calls[metric["name"]]
-            calls = max(1, math.ceil(INJECT_BLOCK_MS / max(warm_ms[name], 1e-3)))
+            call_ms = warm_ms[name] * self.steps_per_call.get(name, 1)
+            calls = max(1, math.ceil(INJECT_BLOCK_MS / max(call_ms, 1e-3)))
 
             def added_ms(cycles: int, plain=plain, calls=calls) -> float:
                 slowed = _slowed(plain, torch, cycles)
@@ -329,8 +337,9 @@ class Side:
             frame_ms = sorted(self._block_ms(plain, calls) for _ in range(INJECT_PAIRS))[INJECT_PAIRS // 2]
             cycles, added = spin_for(added_ms, fraction * frame_ms, cycles_per_ms)
             self.calls[name] = _slowed(plain, torch, cycles)
-            injected[name] = {"frame_ms": frame_ms, "target_ms": fraction * frame_ms, "added_ms": added,
-                              "spin_ms": cycles / cycles_per_ms}
+            steps = self.steps_per_call.get(name, 1)  # per step, as the rounds' times
+            injected[name] = {"frame_ms": frame_ms / steps, "target_ms": fraction * frame_ms / steps,
+                              "added_ms": added / steps, "spin_ms": cycles / cycles_per_ms / steps}
         return injected
 
     def _block_ms(self, call, calls: int) -> float:
@@ -387,18 +396,20 @@ def _side_module(tree: str, *names: str):
 
 
 def _frames_call(frame, animator, driving):
-    """The recipe's frames as every measure runs them: the side's frame.step_work (a recipe with motion
-    ahead makes that many frames per call); one step on `driving` for a side that predates it."""
+    """The recipe's frames as every measure runs them, and how many steps of `driving`'s batch one call
+    makes: the side's frame.step_work (a recipe with motion ahead makes several per call); one step on
+    `driving` for a side that predates it."""
     step_work = getattr(frame, "step_work", None)
     if step_work is None:
-        return lambda: animator.step(driving)
-    parts = tuple(step_work(animator, driving.shape[0]).calls.values())
+        return (lambda: animator.step(driving)), 1
+    work = step_work(animator, driving.shape[0])
+    parts = tuple(work.calls.values())
 
     def call():
         for part in parts:
             out = part()
         return out
-    return call
+    return call, work.frames // driving.shape[0]
 
 
 def _captured(call, device, name: str, tree: str):

@@ -24,7 +24,6 @@ import contextlib
 import copy
 import dataclasses
 import itertools
-import math
 from collections.abc import Callable
 
 import torch
@@ -63,23 +62,17 @@ def step_work(animator: OptimizedAnimator, batch: int, offset: int = PARITY_FRAM
     if animator.source is None:
         raise RuntimeError("the animator has no source image: set one first (sample_animator does)")
     device = animator.source.image.device
-    steps = steps_ahead(animator.motion_ahead, batch)
+    steps = pipeline.steps_per_template(animator.motion_ahead, batch)
     if steps == 1:
         driving = driving_batch(batch, offset).to(device)
         return FrameWork({"step": lambda: animator.step(driving)}, batch)
     frames = driving_batch(steps * batch, offset).to(device)
 
     def frames_from_motion():
-        motion = animator.motion_template(frames)
-        for start in range(0, motion.batch, batch):
-            out = animator.step_from_motion(motion.items(start, start + batch))
+        for out in animator.steps_from_template(frames, batch):
+            pass
         return out
     return FrameWork({"motion ahead + steps": frames_from_motion}, steps * batch)
-
-
-def steps_ahead(motion_ahead: int, batch: int) -> int:
-    """Steps of `batch` frames that one M call over the frames ahead serves (1: M runs inside the step)."""
-    return math.ceil(motion_ahead / batch) if motion_ahead > batch else 1
 
 
 def driving_batch(batch: int, offset: int = 0) -> torch.Tensor:
@@ -154,7 +147,7 @@ def modules_alone(engine: Engine, batch: int, stages: tuple[str, ...] = PEER_MOD
     unknown = [stage for stage in stages if stage not in _MODULE_NETS]
     if unknown:
         raise ValueError(f"modules_alone times the networks of stages {', '.join(_MODULE_NETS)}; got {unknown}")
-    steps = steps_ahead(engine.motion_ahead, batch)
+    steps = pipeline.steps_per_template(engine.motion_ahead, batch)
     # The frame's inputs from the same networks uncompiled (the same objects: a cached source term of W
     # is prepared on the network the calls run), so nothing is compiled but the timed networks.
     eager = sample_animator(dataclasses.replace(engine, compile_nets_mode=None, compile_step_mode=None))

@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from lpperf.animation import pipeline
 from lpperf.measure import frame, memory, parity, roofline, timing
 from lpperf.optimize import recipes
 from lpperf.reports import charts, history
@@ -178,7 +179,9 @@ class RowResult:
     stage_converged: dict[str, bool] = dataclasses.field(default_factory=dict)  # per stage of stage_ms
     stage_clock: str = ""  # what stage_ms measures (lpperf.measure.frame.stage_clock)
     peer: bool = False  # a measure of the official code (Row.peer)
-    motion_ahead: int = 1  # driving frames the row's M ran over at once ahead of their steps (Engine.motion_ahead)
+    # driving frames the row's M ran over at once ahead of their steps (Engine.motion_ahead; 1 where the
+    # batch is at least that: M then runs inside each step)
+    motion_ahead: int = 1
     # A modules row (Row.modules): each network's median alone, per batch, in the order of the row's sum
     module_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     # build, parity frames and the first step at the timed shape: compile, cuDNN's algorithm search
@@ -252,7 +255,7 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
                   if peak is not None else roofline.achieved_tflops(flops_per_frame, per_frame_s))
     return RowResult(
         name=row.name, recipe=row.recipe, batch=config.batch, precision=precision, peer=row.peer,
-        motion_ahead=engine.motion_ahead,
+        motion_ahead=engine.motion_ahead if pipeline.steps_per_template(engine.motion_ahead, config.batch) > 1 else 1,
         applied=engine.report()["applied"], skipped=dict(engine.skipped), timing=result,
         ms_per_frame=per_frame_s * 1e3, p90_ms_per_frame=result.stats.p90_s / work.frames * 1e3,
         frames_per_second=1.0 / per_frame_s, converged=result.converged, tflops=tflops,

@@ -183,7 +183,8 @@ def test_motion_ahead_speedup_over_the_strongest_peer_given_the_same_frames(gpu_
     ahead_peer, shipped_peer = f"{AHEAD_PEER} (modules alone)", f"{PEER} (modules alone)"
     measures = ((ahead_peer, lambda: gpu_session.ms_per_frame(AHEAD_PEER, modules=True)),
                 (shipped_peer, lambda: gpu_session.ms_per_frame(PEER, modules=True)),
-                (AHEAD, lambda: gpu_session.ms_per_frame(AHEAD)), (OPTIMIZED, lambda: gpu_session.ms_per_frame(OPTIMIZED)))
+                (AHEAD, lambda: gpu_session.ms_per_frame(AHEAD)),
+                (OPTIMIZED, lambda: gpu_session.ms_per_frame(OPTIMIZED)))
     ms = {}
     for name, measure in measures:
         gpu_session.release_all()
@@ -196,7 +197,8 @@ def test_motion_ahead_speedup_over_the_strongest_peer_given_the_same_frames(gpu_
     speedup = ms[strongest] / ms[AHEAD]
     lpperf_info["speedup, frames known ahead"] = (
         f"{AHEAD} {ms[AHEAD]:.2f} ms per frame, {speedup:.2f}x the strongest peer given the same frames, {strongest} "
-        f"{ms[strongest]:.2f} ms; " + ", ".join(f"{name} {ms[name]:.2f} ms" for name in ms if name not in (AHEAD, strongest)))
+        f"{ms[strongest]:.2f} ms; "
+        + ", ".join(f"{name} {ms[name]:.2f} ms" for name in ms if name not in (AHEAD, strongest)))
     lpperf_thresholds.min_speedup_ahead.check(speedup, AHEAD, f"{ms[AHEAD]:.2f} ms against {ms[strongest]:.2f} ms per "
                                               f"frame for the strongest peer given the same frames, {strongest}")
 
