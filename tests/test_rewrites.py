@@ -2,6 +2,7 @@
 error <= 1e-6 (float64 reordering gives ~1e-15; a wrong tap, phase or bias gives ~1), for
 contiguous and channels-last inputs and batches > 1."""
 
+import collections
 import copy
 
 import pytest
@@ -167,6 +168,41 @@ def test_batched_spade_decoder_equals_the_decoder(generator, phase_split):
     assert [len(stage.modulations.gamma_beta) for stage in batched.stages] == [12, 3, 3]
 
 
+@pytest.mark.parametrize("phase_split", [False, True])
+def test_norms_before_the_upsampling_leave_the_decoder_unchanged(generator, phase_split):
+    decoder = tiny_decoder()
+    feature = torch.rand(2, decoder.in_channels, 8, 8, generator=generator, dtype=torch.float64)
+    batched = rewrites.batch_spade_modulations(copy.deepcopy(decoder))
+    if phase_split:
+        rewrites.phase_split_upsampled_convs(batched)
+    expected = decoder(feature)
+    assert rewrites.normalize_before_upsample(batched) == ["stages.1", "stages.2"]
+    assert rewrites.normalize_before_upsample(batched) == []
+    assert relative_error(batched(feature), expected) <= EXACT
+    assert relative_error(channels_last(batched)(channels_last(feature)), expected) <= EXACT
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_norms_before_the_upsampling_take_each_stage_input_statistics_once_at_its_resolution(monkeypatch, before):
+    """G's input 8x8: up_0 runs at 16x16, up_1 at 32x32. Each stage's block normalises its input once
+    (for norm_0 and the learned shortcut's norm_s) and its conv_0 output for norm_1; moved before the
+    upsampling, up_0's input statistics are taken at 8x8 and up_1's at 16x16."""
+    batched = rewrites.batch_spade_modulations(tiny_decoder())
+    if before:
+        rewrites.normalize_before_upsample(batched)
+    normalized = collections.Counter()
+    instance_norm = F.instance_norm
+    monkeypatch.setattr(F, "instance_norm", lambda x, *a, **kw: normalized.update([x.shape[-1]])
+                        or instance_norm(x, *a, **kw))
+    batched(torch.rand(1, batched.in_channels, 8, 8, dtype=torch.float64))
+    assert (normalized[16], normalized[32]) == ((2, 1) if before else (2, 2))
+
+
+def test_normalize_before_upsample_needs_a_batched_decoder():
+    with pytest.raises(TypeError, match="BatchedSPADEDecoder"):
+        rewrites.normalize_before_upsample(tiny_decoder())
+
+
 def test_batched_spade_decoder_keeps_the_residual_stream_and_casts():
     """bfloat16 convolutions with a float32 residual stream: the same dtypes reach the same layers."""
     decoder = tiny_decoder().float().to(torch.bfloat16)
@@ -233,6 +269,24 @@ def test_depth_split_reads_channels_last_3d_slices_without_a_copy(generator, mon
     split(x)
     assert len(inputs) == 1 and inputs[0].shape == (6, 8, 5, 5)
     assert inputs[0].data_ptr() == x.data_ptr() and inputs[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("multiple, padding", [(8, 2), (32, 26), (3, 0)])
+def test_depth_split_with_zero_input_channels_equals_conv3d(generator, multiple, padding):
+    conv = nn.Conv3d(6, 5, 7, padding=3).double()
+    split = rewrites.DepthSplitConv3d(conv)
+    assert split.pad_input_channels(multiple) == padding
+    assert split.weight.shape[1] == 6 + padding and split.input_padding == padding
+    x = torch.randn(2, 6, 5, 7, 9, generator=generator, dtype=torch.float64)
+    assert relative_error(split(x), conv(x)) <= EXACT
+    out = channels_last(split)(channels_last(x))
+    assert relative_error(out, conv(x)) <= EXACT and out.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("multiple", [0, -8, 2.0, True])
+def test_depth_split_input_padding_refuses_a_bad_multiple(multiple):
+    with pytest.raises(ValueError, match="multiple must be an int >= 1"):
+        rewrites.DepthSplitConv3d(nn.Conv3d(2, 2, 3, padding=1)).pad_input_channels(multiple)
 
 
 def test_depth_split_flops_equal_the_conv3d(generator):
@@ -356,13 +410,16 @@ def test_tap_sum_conv_equals_the_conv(generator, outputs, kernel, padding, bias)
 # the rewrites of W, composed with padding and folding
 
 
-@pytest.mark.parametrize("mask_step", ["warp_depth_split", "warp_depth_split_all", "warp_mask_fft"])
+@pytest.mark.parametrize("mask_step", ["warp_depth_split", "warp_depth_split_all", "warp_mask_fft",
+                                       "warp_depth_split+pad_warp_mask_input"])
 def test_w_rewrites_after_padding_and_folding_leave_w_unchanged(generator, monkeypatch, mask_step):
     monkeypatch.setattr(steps, "FEATURE_PLANE", (16, 16))  # warp_inputs' planes
     warp = tiny_warp(generator)
     inputs = warp_inputs(generator)
     expected = warp(*inputs)
-    chosen = [steps.pad_warp_channels, steps.fold_batch_norm, steps.lookup(mask_step), steps.occlusion_as_taps]
+    mask_steps = [steps.lookup(name) for name in mask_step.split("+")]
+    chosen = [steps.pad_warp_channels, steps.fold_batch_norm, *mask_steps, steps.occlusion_as_taps]
+    mask_step = mask_steps[0].name
     engine = recipes.build(chosen, {"warping_module": warp}, "cpu")
     assert engine.applied == chosen, engine.skipped
     rewritten = engine.nets["warping_module"]
@@ -375,6 +432,8 @@ def test_w_rewrites_after_padding_and_folding_leave_w_unchanged(generator, monke
     split = [m for m in rewritten.modules() if isinstance(m, rewrites.DepthSplitConv3d)]
     # encoder, decoder blocks, last conv, mask
     assert len(split) == {"warp_depth_split": 1, "warp_depth_split_all": 2 + 2 + 1 + 1, "warp_mask_fft": 0}[mask_step]
+    if steps.pad_warp_mask_input in chosen:  # zero input channels up to whole 32-channel tiles
+        assert dense.mask.weight.shape[1] % 32 == 0 < dense.mask.input_padding
     for out in (rewritten(*inputs), channels_last(rewritten)(*[channels_last(t) for t in inputs[:1]], *inputs[1:])):
         for key in ("out", "deformation", "occlusion_map"):
             assert relative_error(out[key], expected[key]) <= EXACT, key

@@ -8,6 +8,9 @@ returns the new decoder, which replaces the whole network):
 - fold_batch_norms: eval-mode BatchNorm right after a convolution folded into its weights.
 - batch_spade_modulations: G's SPADE gamma/beta depend only on G's input, so all of them are
   computed up front, one concatenated convolution per resolution and one per SPADE.
+- normalize_before_upsample: an instance norm of a nearest-upsampled map is the upsampled
+  instance norm of the map (every value repeated alike), so G's upsampling stages take their
+  statistics at the lower resolution.
 - phase_split_upsampled_convs: a 3x3 convolution of an s-times nearest-upsampled map run at the
   low resolution as one 2x2 convolution to s*s phases plus pixel shuffle: 4/9 of the FLOPs.
 - depth_split_conv3ds: a Conv3d (kd, k, k) as one Conv2d over the depth slices producing every
@@ -180,17 +183,37 @@ class ModulatedResnetBlock(nn.Module):
         self.num_spades = len(_spades_of(block))
 
     def forward(self, x: torch.Tensor, modulations: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                dtype: torch.dtype) -> torch.Tensor:
+                dtype: torch.dtype, upsample: int = 1) -> torch.Tensor:
+        """The block on nearest-upsample(x, upsample). With upsample > 1 x is normalised before it is
+        upsampled: a nearest upsampling repeats every value upsample**2 times, so the instance norm's
+        mean and (biased) variance are those of x, and norm(up(x)) = up(norm(x)) exactly; the
+        statistics are taken over 1/upsample**2 of the values."""
         # As SPADEResnetBlock.forward: convolutions run in `dtype` (the network's), x may be wider.
-        shortcut = self.conv_s(modulate(x, *modulations[2]).to(dtype)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(modulate(x, *modulations[0]), LEAKY_SLOPE).to(dtype))
+        normalized = _upsampled(F.instance_norm(x), upsample)
+        if self.learned_shortcut:
+            shortcut = self.conv_s(_modulate_normalized(normalized, *modulations[2]).to(dtype))
+        else:
+            shortcut = _upsampled(x, upsample)
+        dx = self.conv_0(F.leaky_relu(_modulate_normalized(normalized, *modulations[0]), LEAKY_SLOPE).to(dtype))
         dx = self.conv_1(F.leaky_relu(modulate(dx, *modulations[1]), LEAKY_SLOPE).to(dtype))
         return shortcut.to(x.dtype) + dx.to(x.dtype)
 
 
+def _upsampled(x: torch.Tensor, scale: int) -> torch.Tensor:
+    return x if scale == 1 else F.interpolate(x, scale_factor=scale)
+
+
+def _modulate_normalized(normalized: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    return normalized * (1 + gamma) + beta
+
+
 class ModulatedStage(nn.Module):
     """Residual blocks at one resolution (after a nearest x`upsample` of the stream) with the
-    modulations of all their SPADEs computed by one SpadeModulations."""
+    modulations of all their SPADEs computed by one SpadeModulations. With normalize_first the
+    stage's first block normalises the stream before the upsampling (ModulatedResnetBlock.forward:
+    the same function, its statistics over 1/upsample**2 of the values)."""
+
+    normalize_first: bool = False
 
     def __init__(self, blocks: Sequence[SPADEResnetBlock], upsample: int, scale: int):
         super().__init__()
@@ -200,12 +223,14 @@ class ModulatedStage(nn.Module):
 
     def forward(self, x: torch.Tensor, modulations: Sequence[tuple[torch.Tensor, torch.Tensor]],
                 dtype: torch.dtype) -> torch.Tensor:
-        if self.upsample != 1:
-            x = F.interpolate(x, scale_factor=self.upsample)
+        upsample = self.upsample
+        if upsample != 1 and not self.normalize_first:
+            x, upsample = F.interpolate(x, scale_factor=upsample), 1
         start = 0
         for block in self.blocks:
-            x = block(x, modulations[start:start + block.num_spades], dtype)
+            x = block(x, modulations[start:start + block.num_spades], dtype, upsample)
             start += block.num_spades
+            upsample = 1
         return x
 
 
@@ -250,6 +275,18 @@ def batch_spade_modulations(decoder: SPADEDecoder) -> BatchedSPADEDecoder:
     if not isinstance(decoder, SPADEDecoder):
         raise TypeError(f"expected a SPADEDecoder, got {type(decoder).__name__}")
     return BatchedSPADEDecoder(decoder)
+
+
+def normalize_before_upsample(decoder: BatchedSPADEDecoder) -> list[str]:
+    """Let every upsampling stage of `decoder` normalise its stream before upsampling it; the names
+    of the stages changed (none if all already do)."""
+    if not isinstance(decoder, BatchedSPADEDecoder):
+        raise TypeError(f"expected a BatchedSPADEDecoder (batch_spade_modulations), got {type(decoder).__name__}")
+    changed = [f"stages.{index}" for index, stage in enumerate(decoder.stages)
+               if stage.upsample != 1 and not stage.normalize_first]
+    for name in changed:
+        decoder.get_submodule(name).normalize_first = True
+    return changed
 
 
 # --------------------------------------------------------------------------------------
@@ -351,11 +388,28 @@ class DepthSplitConv3d(nn.Module):
             # buffer in the taps' memory order, which a copy of the strided slice would not.
             bias = conv.bias if conv.bias is not None else weight.new_zeros(conv.out_channels)
             self.bias = nn.Parameter(bias.detach().clone())
+        self.input_padding = 0
+
+    def pad_input_channels(self, multiple: int) -> int:
+        """Give the Conv2d zero filters for zero input channels appended up to a multiple of
+        `multiple` (exact: they add nothing); the channels added. For the kernel's reduction tile."""
+        if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+            raise ValueError(f"multiple must be an int >= 1, got {multiple!r}")
+        pad = -self.weight.shape[1] % multiple
+        if pad:
+            with torch.no_grad():
+                zeros = self.weight.new_zeros(self.weight.shape[0], pad, *self.weight.shape[2:])
+                padded = torch.cat([self.weight, zeros], dim=1)
+            self.weight = nn.Parameter(padded.contiguous(memory_format=_memory_format_of(self.weight)))
+            self.input_padding += pad
+        return pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, depth, height, width = x.shape
         # (B, C, D, H, W) -> (B*D, C, H, W): a view (channels-last 2-D) when x is channels_last_3d.
         slices = x.transpose(1, 2).reshape(batch * depth, channels, height, width)
+        if self.input_padding:
+            slices = F.pad(slices, (0, 0, 0, 0, 0, self.input_padding))
         taps = F.conv2d(slices, self.weight, padding=self.padding[1:])
         depth_kernel, depth_padding = self.kernel_size[0], self.padding[0]
         taps = taps.unflatten(0, (batch, depth)).unflatten(2, (depth_kernel, self.out_channels))
@@ -365,6 +419,11 @@ class DepthSplitConv3d(nn.Module):
         _add_shifted_depth_taps(out, taps, depth_dim=1, depth_padding=depth_padding)
         # (B, D, Cout, H, W) -> (B, Cout, D, H, W): channels_last_3d when x was.
         return out.to(taps.dtype).transpose(1, 2)
+
+
+def _memory_format_of(weight: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) \
+        and not weight.is_contiguous() else torch.contiguous_format
 
 
 def _add_shifted_depth_taps(out: torch.Tensor, taps: torch.Tensor, depth_dim: int, depth_padding: int) -> None:

@@ -276,6 +276,19 @@ def batch_spade_modulations(engine: Engine) -> None:
     engine.nets[DECODER_NET] = rewrites.batch_spade_modulations(decoder)
 
 
+@register("+ G's norms before the upsampling")
+def spade_norm_before_upsample(engine: Engine) -> None:
+    """G's up_0 and up_1 stages normalise the residual stream before its nearest upsampling instead
+    of after (the same statistics, every value being repeated alike): the norm's reduction runs over
+    a quarter of the values, and the upsampled stream itself is never written."""
+    decoder = engine.nets[DECODER_NET]
+    if not isinstance(decoder, rewrites.BatchedSPADEDecoder):
+        raise StepNotApplicable(f"G is a {type(decoder).__name__}; the norms move within the stages of "
+                                "batch_spade_modulations, which must run first")
+    if not rewrites.normalize_before_upsample(decoder):
+        raise StepNotApplicable("G's upsampling stages already normalise before upsampling")
+
+
 @register("+ G's upsampled convs phase-split")
 def phase_split_upsampled_convs(engine: Engine) -> None:
     """Run the batched shared SPADE convolutions of up_0 (2x) and up_1 (4x) at G's input resolution
@@ -313,6 +326,19 @@ def warp_depth_split(engine: Engine) -> None:
     """W's dense-motion mask Conv3d (7x7x7) as one Conv2d over the depth slices computing all 7 depth
     taps, then a shifted sum over the taps."""
     _depth_split(engine, every_conv3d=False)
+
+
+@register("+ W's mask input padded to x32")
+def pad_warp_mask_input(engine: Engine, multiple: int = 32) -> None:
+    """Zero input channels for W's depth-split mask convolution up to a multiple of 32 (144 -> 160
+    at the official sizes): exact, and the convolution's reduction then fills whole 32-channel tiles
+    per filter tap instead of splitting one across two taps."""
+    mask = _inner(engine.nets[WARP_NET]).dense_motion_network.mask
+    if not isinstance(mask, rewrites.DepthSplitConv3d):
+        raise StepNotApplicable(f"W's mask is a {type(mask).__name__}; its input is padded once it is split over "
+                                "depth (warp_depth_split must run first)")
+    if mask.input_padding or not mask.pad_input_channels(multiple):
+        raise StepNotApplicable(f"W's mask input is already padded to a multiple of {multiple} channels")
 
 
 @register("+ W's mask Conv3d via FFT")
