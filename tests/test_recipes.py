@@ -51,6 +51,8 @@ SAME_WORK = [(R.fold_spectral_norm,), (R.warp_source_cache,), (R.pad_warp_channe
 REORDERED_SUMS = [(R.fold_batch_norm,), (R.warp_depth_split,), (R.warp_depth_split_all,), (R.warp_mask_fft,),
                   (R.occlusion_as_taps,),
                   (R.batch_spade_modulations,), (R.batch_spade_modulations, R.phase_split_upsampled_convs),
+                  (R.batch_spade_modulations, R.spade_norm_before_upsample, R.phase_split_upsampled_convs),
+                  (R.pad_warp_channels, R.warp_depth_split, R.pad_warp_mask_input),
                   (R.pad_warp_channels, R.fold_batch_norm, R.warp_depth_split_all, R.occlusion_as_taps),
                   (R.pad_warp_channels, R.fold_batch_norm, R.warp_mask_fft, R.occlusion_as_taps)]
 
@@ -66,17 +68,18 @@ def test_exact_steps_do_not_change_the_frames(tiny_nets, driving, eager_frames, 
 
 
 def test_fastest_is_fast_plus_exact_rewrites_run_in_float32_and_compile_last():
-    """fastest adds only the exact rewrites (each checked against eager above) to fast, all of them before
-    the casts, so they rewrite float32 weights; fastest-batched and fastest-triton change one thing each."""
+    """fastest adds to fast the exact rewrites (each checked against eager above) and W's sampling kernel
+    (the same arithmetic; the GPU suite checks it), all before the casts, so they rewrite float32 weights;
+    fastest-batched changes W's mask form, fastest-triton adds one kernel."""
     fast, fastest = recipes.lookup("fast").steps, recipes.lookup("fastest").steps
     added = [step for step in fastest if step not in fast]
     assert [step for step in fastest if step in fast] == list(fast)
-    assert [step.name for step in added] == list(recipes.EXACT_REWRITES)
+    assert [step.name for step in added] == [*recipes.EXACT_REWRITES, "triton_volume_sampling"]
     assert all(fastest.index(step) < fastest.index(R.half) for step in added)
     assert fastest[-1].compile_scope is R.CompileScope.STEP and fastest[-1].compile_mode == "reduce-overhead"
     batched = recipes.lookup("fastest-batched").steps
     assert [step for step in batched if step not in fastest] == [R.warp_mask_fft]
-    assert [step for step in fastest if step not in batched] == [R.warp_depth_split]
+    assert [step for step in fastest if step not in batched] == [R.warp_depth_split, R.pad_warp_mask_input]
     triton = recipes.lookup("fastest-triton").steps
     assert [step for step in triton if step not in fastest] == [R.triton_decoder_convs]
     assert triton.index(R.triton_decoder_convs) == triton.index(R.half) - 1
@@ -103,10 +106,11 @@ def test_fastest_on_cpu_skips_the_cuda_steps_and_keeps_the_frames(tiny_nets, dri
     for name in ("cudnn_benchmark", "half", "channels_last", "compile_step[reduce-overhead]"):
         assert "needs a CUDA device" in engine.skipped[name]
     assert "networks already run in float32" in engine.skipped["residual_float32"]
+    assert "needs a CUDA device" in engine.skipped["triton_volume_sampling"]
     assert engine.report()["applied"] == ["inference_mode", "fold_spectral_norm", "warp_source_cache",
                                           "pad_warp_channels", "fold_batch_norm", "warp_depth_split",
-                                          "occlusion_as_taps", "batch_spade_modulations",
-                                          "phase_split_upsampled_convs"]
+                                          "pad_warp_mask_input", "occlusion_as_taps", "batch_spade_modulations",
+                                          "spade_norm_before_upsample", "phase_split_upsampled_convs"]
     assert engine.precision == "fp32" and not engine.compiled  # what runs on the CPU, not what was asked
     reference = _frames(recipes.build("reference", tiny_nets, "cpu"), driving)
     _assert_same_up_to_float32_reordering(_frames(engine, driving), reference)

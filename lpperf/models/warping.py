@@ -19,6 +19,18 @@ def blend_motions(mask: torch.Tensor, motions: torch.Tensor) -> torch.Tensor:
     return (mask.unsqueeze(-1) * motions).sum(dim=1)
 
 
+def sample_volumes(volume: torch.Tensor, grids: torch.Tensor, sample_dtype: torch.dtype,
+                   out_dtype: torch.dtype) -> torch.Tensor:
+    """Each volume of `volume` (B, C, D, H, W) sampled at each of its K grids (B, K, Do, Ho, Wo, 3), as
+    F.grid_sample samples (trilinear, zeros outside, align_corners=False) in `sample_dtype`:
+    (B, K, C, Do, Ho, Wo) in `out_dtype`. The official code repeats the volume K times to sample it."""
+    batch, candidates = grids.shape[:2]
+    repeated = volume.unsqueeze(1).expand(batch, candidates, *volume.shape[1:])
+    warped = F.grid_sample(repeated.reshape(batch * candidates, *volume.shape[1:]).to(sample_dtype),
+                           grids.reshape(batch * candidates, *grids.shape[2:]).to(sample_dtype), align_corners=False)
+    return warped.to(out_dtype).view(batch, candidates, *warped.shape[1:])
+
+
 class DenseMotionNetwork(nn.Module):
     """Keypoints + compressed feature volume -> per-voxel mixture of K+1 candidate motions.
 
@@ -45,6 +57,8 @@ class DenseMotionNetwork(nn.Module):
     # grid_sample precision; None samples in the feature's dtype (the official behaviour). Set to
     # float32 to keep sub-voxel precision when the network runs in half precision.
     sample_dtype: torch.dtype | None = None
+    # What samples the volumes, sample_volumes' signature and function; a recipe may give a kernel.
+    sampler = staticmethod(sample_volumes)
     # Zero channels appended to the hourglass input. 0 is the official network; a recipe that pads
     # the 3-D convolutions' channels to multiples of 8 (exactly, with zero weights) sets it.
     input_padding: int = 0
@@ -62,8 +76,7 @@ class DenseMotionNetwork(nn.Module):
         """The hourglass input (B, (K+1)(compress+1), D, H, W) and the candidate motions (B, K+1, D, H, W, 3)."""
         compressed = terms["feature"]
         batch = kp_driving.shape[0]
-        _, channels, depth, height, width = compressed.shape
-        candidates = self.num_kp + 1
+        depth, height, width = compressed.shape[2:]
         # Keypoint geometry stays in the keypoints' dtype; only the network's tensors take its dtype.
         compute_dtype = compressed.dtype
         sample_dtype = self.sample_dtype or compute_dtype
@@ -72,11 +85,7 @@ class DenseMotionNetwork(nn.Module):
         shifted = grid + (kp_source - kp_driving)[:, :, None, None, None, :]  # (B, K, D, H, W, 3)
         motions = torch.cat([grid.expand(batch, 1, depth, height, width, 3), shifted], dim=1)
 
-        repeated = compressed.unsqueeze(1).expand(batch, candidates, channels, depth, height, width)
-        warped = F.grid_sample(repeated.reshape(batch * candidates, channels, depth, height, width).to(sample_dtype),
-                               motions.reshape(batch * candidates, depth, height, width, 3).to(sample_dtype),
-                               align_corners=False)
-        warped = warped.to(compute_dtype).view(batch, candidates, channels, depth, height, width)
+        warped = self.sampler(compressed, motions, sample_dtype, compute_dtype)  # (B, K+1, C, D, H, W)
 
         heatmap = keypoint_gaussians(kp_driving, grid, KEYPOINT_VARIANCE) - terms["heatmap"]
         heatmap = torch.cat([heatmap.new_zeros(batch, 1, depth, height, width), heatmap], dim=1)
@@ -158,8 +167,8 @@ class WarpingNetwork(nn.Module):
         deformation = dense_motion["deformation"]
         occlusion_map = dense_motion.get("occlusion_map")
         sample_dtype = self.sample_dtype or feature_3d.dtype
-        out = F.grid_sample(feature_3d.to(sample_dtype), deformation.to(sample_dtype),
-                            align_corners=False).to(feature_3d.dtype)
+        out = self.dense_motion_network.sampler(feature_3d, deformation.unsqueeze(1), sample_dtype,
+                                                feature_3d.dtype).squeeze(1)
         out = self.fourth(self.third(out.flatten(1, 2)))
         if occlusion_map is not None:
             out = out * occlusion_map

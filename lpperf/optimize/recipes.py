@@ -48,9 +48,12 @@ def _before_half(step_names: tuple[str, ...], inserted: tuple[str, ...]) -> tupl
 OFFICIAL = ("half",)
 FAST = ("inference_mode", "cudnn_benchmark", "fold_spectral_norm", "warp_source_cache", "pad_warp_channels", "half",
         "residual_float32", "channels_last", "compile_step[reduce-overhead]")
-EXACT_REWRITES = ("fold_batch_norm", "warp_depth_split", "occlusion_as_taps", "batch_spade_modulations",
-                  "phase_split_upsampled_convs")
-FASTEST = _before_half(FAST, EXACT_REWRITES)
+EXACT_REWRITES = ("fold_batch_norm", "warp_depth_split", "pad_warp_mask_input", "occlusion_as_taps",
+                  "batch_spade_modulations", "spade_norm_before_upsample", "phase_split_upsampled_convs")
+FASTEST = _before_half(FAST, EXACT_REWRITES + ("triton_volume_sampling",))
+# the depth-split mask's input padding: faster at batch 1 (0.427 against 0.480 ms alone), slower at 16
+# (7.45 against 7.25 ms; H100, torch 2.11), and the batched recipe's mask is not split over depth
+BATCHED_MASK = {"warp_depth_split": "warp_mask_fft", "pad_warp_mask_input": None}
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     # float32, eager, torch defaults (TF32 convolutions on): every speedup's baseline
@@ -73,7 +76,7 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     # fast plus the exact layer rewrites
     _recipe("fastest", *FASTEST),
     # W's mask Conv3d in the frequency domain instead of split over depth: for batched frames (447 MB of spectra)
-    _recipe("fastest-batched", *(("warp_mask_fft" if name == "warp_depth_split" else name) for name in FASTEST)),
+    _recipe("fastest-batched", *(BATCHED_MASK.get(name, name) for name in FASTEST if BATCHED_MASK.get(name, name))),
     # driving frames known ahead (a video file): M over 16 of them in one call, then each step from its motion
     _recipe("fastest-motion-ahead", *FASTEST, "motion_ahead"),
     # the official speed script's networks given the same: its modules-only measure with M batched likewise

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
-from lpperf.optimize import kernels, rewrites
+from lpperf.optimize import kernels, rewrites, sampling
 from lpperf.optimize.engine import HEAVY_NETS, MEMORY_FORMATS, Engine, SourceCachedWarp, StepNotApplicable
 from lpperf.models import DECODER_NET, FEATURE_NET, WARP_NET, SPADEDecoder
 from lpperf.util.validation import IMAGE_SIZE
@@ -339,6 +339,22 @@ def pad_warp_mask_input(engine: Engine, multiple: int = 32) -> None:
                                 "depth (warp_depth_split must run first)")
     if mask.input_padding or not mask.pad_input_channels(multiple):
         raise StepNotApplicable(f"W's mask input is already padded to a multiple of {multiple} channels")
+
+
+@register("+ W's volume sampling on a Triton kernel")
+def triton_volume_sampling(engine: Engine) -> None:
+    """W's two 5-D grid_samples (the compressed feature at every candidate motion, the feature volume at
+    the deformation) on lpperf.optimize.sampling's Triton kernel: the same trilinear arithmetic in
+    float32, a block of points x every channel per program, the volume read where it lies instead of
+    repeated per candidate. Where it cannot apply (sampled in half precision, off the card) W samples
+    as before."""
+    _require_cuda(engine)
+    if not kernels.triton_available():
+        raise StepNotApplicable("needs Triton (`import triton` fails here); CUDA builds of torch ship it")
+    dense = _inner(engine.nets[WARP_NET]).dense_motion_network
+    if dense.sampler is sampling.sample_volumes_on_kernel:
+        raise StepNotApplicable("W already samples on the Triton kernel")
+    dense.sampler = sampling.sample_volumes_on_kernel
 
 
 @register("+ W's mask Conv3d via FFT")

@@ -289,6 +289,46 @@ def test_cudnn_benchmarking_keeps_no_trial_workspace_and_fits_a_24_gb_card(gpu_s
     assert reserved_gib <= 4, f"{reserved_gib:.1f} GiB still reserved after the first frames (the step needs ~1.5)"
 
 
+@pytest.mark.parametrize("batch, candidates, channels, volume_dtype, layout", [
+    (1, 22, 4, torch.float16, "contiguous"),  # the compressed feature at the K+1 candidate motions
+    (1, 1, 32, torch.float16, "channels_last_3d"),  # the feature volume at the deformation
+    (3, 2, 5, torch.float32, "contiguous"),  # odd channels, several volumes
+])
+def test_triton_volume_sampling_matches_a_float64_grid_sample(cuda_device, batch, candidates, channels,
+                                                              volume_dtype, layout):
+    """The volume-sampling kernel against F.grid_sample in float64 at the official volume (16 x 64 x 64),
+    points inside, on the border and outside (zeros), eager and inside torch.compile; and against
+    warping.sample_volumes in float32 on the card, which it replaces."""
+    from lpperf.models import warping
+    from lpperf.optimize import kernels, sampling
+    if not kernels.triton_available():
+        pytest.skip("Triton is not installed with this torch")
+    generator = torch.Generator().manual_seed(0)
+    volume = torch.randn(batch, channels, 16, 64, 64, generator=generator).to(volume_dtype)
+    grids = torch.rand(batch, candidates, 16, 64, 64, 3, generator=generator) * 2.4 - 1.2  # ~1/6 outside
+    grids[:, :, 0, 0, :7] = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0], [-1.2, 0.5, 0.0], [0.0, 0.0, 1.03],
+                                          [-1.0 - 1 / 64, 0.0, 0.0], [1.0 + 1 / 64, 0.0, 0.0], [5e6, 0.0, 0.0]])
+    expected = warping.sample_volumes(volume.double(), grids.double(), torch.float64, torch.float64)
+    volume = volume.to(cuda_device)
+    if layout == "channels_last_3d":
+        volume = volume.contiguous(memory_format=torch.channels_last_3d)
+    grids = grids.to(cuda_device)
+    with torch.inference_mode():
+        out = sampling.sample_volumes_on_kernel(volume, grids, torch.float32, torch.float32)
+        official = warping.sample_volumes(volume, grids, torch.float32, torch.float32)
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(sampling.sample_volumes_on_kernel)(volume, grids, torch.float32, volume_dtype)
+        torch._dynamo.reset()
+        compiled = torch.compile(sampling.sample_volumes_on_kernel)(volume, grids, torch.float32, volume_dtype)
+    assert explained.graph_break_count == 0, [reason.reason for reason in explained.break_reasons]
+    assert sampling.kernel_applies(volume, grids, torch.float32)
+    assert out.shape == expected.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    error = (out.double().cpu() - expected).abs().max().item()
+    assert error <= 1e-5 * max(1.0, expected.abs().max().item()), error  # float32 arithmetic, same formula
+    assert torch.allclose(out, official, rtol=1e-5, atol=1e-6)
+    assert compiled.dtype == volume_dtype and torch.equal(compiled, out.to(volume_dtype))
+
+
 @pytest.mark.parametrize("cin, cout, kernel, size", [(256, 64, 3, 128), (128, 512, 3, 64), (256, 64, 1, 64),
                                                      (48, 32, (3, 5), 37)])
 def test_triton_conv_matches_a_float64_convolution(cuda_device, cin, cout, kernel, size):
