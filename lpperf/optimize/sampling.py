@@ -111,10 +111,14 @@ def _(volume, grids, out_dtype):
 
 def kernel_applies(volume: torch.Tensor, grids: torch.Tensor, sample_dtype: torch.dtype) -> bool:
     """Whether the kernel computes sample_volumes for these tensors: a CUDA volume of a float dtype
-    sampled in float32 at float32 grids, with 32-bit offsets within one volume and one grid."""
-    return (volume.is_cuda and grids.is_cuda and volume.dtype in VOLUME_DTYPES and grids.dtype == torch.float32
+    sampled in float32 at float32 grids, with 32-bit offsets within one volume, one grid and one output."""
+    if not (volume.is_cuda and grids.is_cuda and volume.dtype in VOLUME_DTYPES and grids.dtype == torch.float32
             and sample_dtype == torch.float32 and volume.dim() == 5 and grids.dim() == 6 and grids.shape[-1] == 3
-            and grids.shape[0] == volume.shape[0] and volume[0].numel() < 2 ** 31 and grids[0].numel() < 2 ** 31)
+            and grids.shape[0] == volume.shape[0]):
+        return False
+    points = grids.shape[2] * grids.shape[3] * grids.shape[4]
+    farthest = sum((size - 1) * abs(stride) for size, stride in zip(volume.shape[1:], volume.stride()[1:]))
+    return max(farthest, volume.shape[1] * points) < 2 ** 31
 
 
 def sample_volumes_on_kernel(volume: torch.Tensor, grids: torch.Tensor, sample_dtype: torch.dtype,
