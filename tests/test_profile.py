@@ -204,3 +204,34 @@ def test_a_bad_count_fails_before_anything_loads(option, capsys, monkeypatch):
     monkeypatch.setattr(weights, "load_networks", refuse)
     assert cli.main(["profile", "--device", "cpu", "--split", option, "0"]) == 2
     assert f"argument {option}: must be a whole number >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_a_round_is_one_step_or_with_motion_ahead_the_steps_animate_makes(driving):
+    plain = frame.sample_animator(recipes.build("fp32-eager", small_networks(), "cpu"))
+    round_ = profile.StepRound.of(plain, driving)
+    assert round_.steps == 1 and round_.rounds_for(20) == 20
+    assert torch.equal(round_.run(), plain.step(driving))
+
+    ahead = frame.sample_animator(recipes.build("fp32-eager", small_networks(), "cpu"))
+    ahead.motion_ahead = 4
+    motion_batches = []
+    ahead.nets[MOTION_NET].register_forward_hook(lambda module, args, out: motion_batches.append(args[0].shape[0]))
+    round_ = profile.StepRound.of(ahead, driving)
+    round_.run()
+    assert round_.steps == 4 and motion_batches == [4]  # M once over the 4 frames, then 4 steps from their motion
+    assert round_.rounds_for(20) == 5 and round_.rounds_for(21) == 6
+
+
+def test_the_split_of_a_recipe_with_motion_ahead_is_per_step(driving, monkeypatch):
+    """A round of 4 steps timed at 8 ms is 2 ms a frame; the networks alone are timed as before."""
+    ahead = frame.sample_animator(recipes.build("fp32-eager", small_networks(), "cpu"))
+    ahead.motion_ahead = 4
+    timed = []
+
+    def time_callable(call, device, **kwargs):
+        timed.append(call)
+        return dataclasses.make_dataclass("Timed", ["median_ms"])(8.0)
+    monkeypatch.setattr(profile.timing, "time_callable", time_callable)
+    split = profile.frame_split(ahead, driving, "cpu", warmup=0, rule=TWO_SAMPLES)
+    assert split.frame_ms == 2.0 and set(split.networks_ms) == set(HEAVY_NETS) - {"appearance_feature_extractor"}
+    assert all(ms == 8.0 for ms in split.networks_ms.values()) and len(timed) == 1 + len(split.networks_ms)

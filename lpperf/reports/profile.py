@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from lpperf.animation import pipeline
 from lpperf.measure import frame, roofline, timing
 from lpperf.optimize import recipes
 from lpperf.reports.charts import plain_number, shorten_middle
@@ -154,15 +155,40 @@ def _distinct_names(names: list[str], width: int) -> list[str]:
     return short if len(set(short)) == len(set(names)) else names
 
 
+@dataclasses.dataclass(frozen=True)
+class StepRound:
+    """One round of the recipe's steps as animate() makes them: `run` makes `steps` steps on `driving`'s
+    batch size. A step each, or with motion ahead M over that many frames, then their steps from their
+    motion (lpperf.measure.frame.step_work)."""
+
+    run: Callable[[], object]
+    steps: int
+
+    @classmethod
+    def of(cls, animator: OptimizedAnimator, driving: torch.Tensor) -> "StepRound":
+        batch = driving.shape[0]
+        if pipeline.steps_per_template(animator.motion_ahead, batch) == 1:
+            return cls(lambda: animator.step(driving), 1)
+        work = frame.step_work(animator, batch)
+        (run,) = work.calls.values()
+        return cls(run, work.frames // batch)
+
+    def rounds_for(self, steps: int) -> int:
+        """Rounds that make at least `steps` steps."""
+        return -(-steps // self.steps)
+
+
 def kernel_table(animator: OptimizedAnimator, driving: torch.Tensor, device: torch.device,
                  steps: int = 20) -> str:
-    """torch.profiler's kernels of `steps` whole frames as the recipe runs them, by total device time."""
+    """torch.profiler's kernels of at least `steps` whole steps as the recipe runs them (whole rounds of
+    them with motion ahead), by total device time."""
     from torch.profiler import ProfilerActivity, profile
 
+    round_ = StepRound.of(animator, driving)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
-        for _ in range(steps):
-            animator.step(driving)
+        for _ in range(round_.rounds_for(steps)):
+            round_.run()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
@@ -173,7 +199,7 @@ def kernel_table(animator: OptimizedAnimator, driving: torch.Tensor, device: tor
 class FrameSplit:
     """Where one frame's time goes: the whole step, the GPU's busy part of it, and M, W, G each alone."""
 
-    frame_ms: float  # the whole per-frame step (animator.step), median
+    frame_ms: float  # the whole per-frame step as animate() makes it (StepRound), median
     busy_ms: float | None  # GPU busy per frame, mean over the profiled frames; None on the CPU
     networks_ms: dict[str, float]  # each heavy network alone on its inputs of one frame, median
     network_form: str  # how the networks were called alone, in words
@@ -204,7 +230,8 @@ def frame_split(animator: OptimizedAnimator, driving: torch.Tensor, device: str 
     it; with probe_inputs, M, W, G alone on standard normal inputs of the same shapes too."""
     check_positive_int(profiled_frames, "profiled_frames")
     device = resolve_device(device, option="device")
-    frame_ms = timing.time_callable(lambda: animator.step(driving), device, warmup=warmup, rule=rule).median_ms
+    round_ = StepRound.of(animator, driving)
+    frame_ms = timing.time_callable(round_.run, device, warmup=warmup, rule=rule).median_ms / round_.steps
     inputs = frame.network_inputs(animator, driving)
     calls, form = _network_calls(animator, inputs, device)
     networks_ms = _time_calls(animator, calls, device, warmup, rule)
@@ -215,6 +242,7 @@ def frame_split(animator: OptimizedAnimator, driving: torch.Tensor, device: str 
     if device.type == "cuda":
         activity = gpu_activity(animator, driving, device, profiled_frames)
         busy_ms, kernels_per_frame = activity.busy_ms, activity.kernels_per_frame
+        profiled_frames = round_.rounds_for(profiled_frames) * round_.steps
     else:
         busy_ms, kernels_per_frame, profiled_frames = None, None, 0
     return FrameSplit(frame_ms, busy_ms, networks_ms, form, profiled_frames,
@@ -299,22 +327,25 @@ class GpuActivity:
 
 def gpu_activity(animator: OptimizedAnimator, driving: torch.Tensor, device: torch.device,
                  frames: int = SPLIT_PROFILED_FRAMES) -> GpuActivity:
-    """The GPU's busy time and kernel count per frame, mean over `frames` steps under torch.profiler."""
+    """The GPU's busy time and kernel count per step, mean over at least `frames` steps under
+    torch.profiler, made as the recipe makes them (StepRound: whole rounds with motion ahead)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     if device.type != "cuda":
         raise ValueError(f"GPU busy time needs a CUDA device, got {device}")
+    round_ = StepRound.of(animator, driving)
+    rounds = round_.rounds_for(frames)
     torch.cuda.synchronize(device)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
-        for _ in range(frames):
-            animator.step(driving)
+        for _ in range(rounds):
+            round_.run()
         torch.cuda.synchronize(device)
     # User annotations (record_function ranges, also mirrored on the GPU timeline) span idle time: left out.
     intervals = [(event.time_range.start, event.time_range.end, event.name) for event in profiler.events()
                  if event.device_type == DeviceType.CUDA and not event.is_user_annotation
                  and event.device_index == device.index]
-    return GpuActivity.from_intervals(intervals, frames)
+    return GpuActivity.from_intervals(intervals, rounds * round_.steps)
 
 
 def merge_intervals(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -338,7 +369,7 @@ def format_split(split: FrameSplit) -> str:
     def share(ms: float) -> str:
         return f"{ms / split.frame_ms:.1%} of the frame" if split.frame_ms > 0 else ""
 
-    lines = [f"frame split (networks alone: {split.network_form})", row("frame (animator.step)", split.frame_ms)]
+    lines = [f"frame split (networks alone: {split.network_form})", row("frame (a step as animate makes it)", split.frame_ms)]
     if split.busy_ms is None:
         lines += [row("GPU busy", None, "on the CPU: no GPU work to profile"), row("GPU idle (frame - busy)", None)]
     else:
@@ -406,8 +437,8 @@ def cmd_profile(args) -> int:
     print(f"recipe {args.recipe} on {device}, batch {args.batch}, weights: {loaded.description}; "
           f"applied {engine.report()['applied']}")
     if animator.motion_ahead > args.batch:
-        print(f"note: this profiles the per-frame step with M inside it; animate() runs M ahead over "
-              f"{animator.motion_ahead} frames first (lpperf bench times that)")
+        print(f"note: the per-layer table times the step with M inside it; the split and the kernel table "
+              f"make the frames as animate() does, M over {animator.motion_ahead} frames first")
     if not args.no_layers:
         peak = roofline.measure_peak(device).tflops if device.type == "cuda" else None
         print(format_layers(profile_layers(animator, driving, device), peak, args.top))
