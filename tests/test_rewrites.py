@@ -281,6 +281,9 @@ def test_depth_split_with_zero_input_channels_equals_conv3d(generator, multiple,
     assert relative_error(split(x), conv(x)) <= EXACT
     out = channels_last(split)(channels_last(x))
     assert relative_error(out, conv(x)) <= EXACT and out.is_contiguous(memory_format=torch.channels_last_3d)
+    laid_out = channels_last(rewrites.DepthSplitConv3d(conv))  # padded after the layout: it keeps it
+    laid_out.pad_input_channels(multiple)
+    assert laid_out.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("multiple", [0, -8, 2.0, True])

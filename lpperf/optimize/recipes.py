@@ -76,7 +76,7 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     # fast plus the exact layer rewrites
     _recipe("fastest", *FASTEST),
     # W's mask Conv3d in the frequency domain instead of split over depth: for batched frames (447 MB of spectra)
-    _recipe("fastest-batched", *(BATCHED_MASK.get(name, name) for name in FASTEST if BATCHED_MASK.get(name, name))),
+    _recipe("fastest-batched", *(step for step in (BATCHED_MASK.get(name, name) for name in FASTEST) if step)),
     # driving frames known ahead (a video file): M over 16 of them in one call, then each step from its motion
     _recipe("fastest-motion-ahead", *FASTEST, "motion_ahead"),
     # the official speed script's networks given the same: its modules-only measure with M batched likewise

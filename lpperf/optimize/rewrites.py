@@ -96,9 +96,10 @@ def _conv_before_norm(module: nn.Module) -> str | None:
 # G: SPADE modulations computed up front
 
 
-def modulate(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """What SPADE.forward computes once gamma and beta are known."""
-    return F.instance_norm(x) * (1 + gamma) + beta
+def modulate(normalized: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """What SPADE.forward computes once its input is normalised (F.instance_norm) and gamma and beta
+    are known."""
+    return normalized * (1 + gamma) + beta
 
 
 def concatenated_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
@@ -191,20 +192,16 @@ class ModulatedResnetBlock(nn.Module):
         # As SPADEResnetBlock.forward: convolutions run in `dtype` (the network's), x may be wider.
         normalized = _upsampled(F.instance_norm(x), upsample)
         if self.learned_shortcut:
-            shortcut = self.conv_s(_modulate_normalized(normalized, *modulations[2]).to(dtype))
+            shortcut = self.conv_s(modulate(normalized, *modulations[2]).to(dtype))
         else:
             shortcut = _upsampled(x, upsample)
-        dx = self.conv_0(F.leaky_relu(_modulate_normalized(normalized, *modulations[0]), LEAKY_SLOPE).to(dtype))
-        dx = self.conv_1(F.leaky_relu(modulate(dx, *modulations[1]), LEAKY_SLOPE).to(dtype))
+        dx = self.conv_0(F.leaky_relu(modulate(normalized, *modulations[0]), LEAKY_SLOPE).to(dtype))
+        dx = self.conv_1(F.leaky_relu(modulate(F.instance_norm(dx), *modulations[1]), LEAKY_SLOPE).to(dtype))
         return shortcut.to(x.dtype) + dx.to(x.dtype)
 
 
 def _upsampled(x: torch.Tensor, scale: int) -> torch.Tensor:
     return x if scale == 1 else F.interpolate(x, scale_factor=scale)
-
-
-def _modulate_normalized(normalized: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    return normalized * (1 + gamma) + beta
 
 
 class ModulatedStage(nn.Module):
@@ -397,10 +394,8 @@ class DepthSplitConv3d(nn.Module):
             raise ValueError(f"multiple must be an int >= 1, got {multiple!r}")
         pad = -self.weight.shape[1] % multiple
         if pad:
-            with torch.no_grad():
-                zeros = self.weight.new_zeros(self.weight.shape[0], pad, *self.weight.shape[2:])
-                padded = torch.cat([self.weight, zeros], dim=1)
-            self.weight = nn.Parameter(padded.contiguous(memory_format=_memory_format_of(self.weight)))
+            with torch.no_grad():  # F.pad keeps the weight's memory format
+                self.weight = nn.Parameter(F.pad(self.weight, (0, 0, 0, 0, 0, pad)))
             self.input_padding += pad
         return pad
 
@@ -419,11 +414,6 @@ class DepthSplitConv3d(nn.Module):
         _add_shifted_depth_taps(out, taps, depth_dim=1, depth_padding=depth_padding)
         # (B, D, Cout, H, W) -> (B, Cout, D, H, W): channels_last_3d when x was.
         return out.to(taps.dtype).transpose(1, 2)
-
-
-def _memory_format_of(weight: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) \
-        and not weight.is_contiguous() else torch.contiguous_format
 
 
 def _add_shifted_depth_taps(out: torch.Tensor, taps: torch.Tensor, depth_dim: int, depth_padding: int) -> None:

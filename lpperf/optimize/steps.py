@@ -281,10 +281,7 @@ def spade_norm_before_upsample(engine: Engine) -> None:
     """G's up_0 and up_1 stages normalise the residual stream before its nearest upsampling instead
     of after (the same statistics, every value being repeated alike): the norm's reduction runs over
     a quarter of the values, and the upsampled stream itself is never written."""
-    decoder = engine.nets[DECODER_NET]
-    if not isinstance(decoder, rewrites.BatchedSPADEDecoder):
-        raise StepNotApplicable(f"G is a {type(decoder).__name__}; the norms move within the stages of "
-                                "batch_spade_modulations, which must run first")
+    decoder = _batched_decoder(engine, "the norms move within the stages")
     if not rewrites.normalize_before_upsample(decoder):
         raise StepNotApplicable("G's upsampling stages already normalise before upsampling")
 
@@ -293,10 +290,7 @@ def spade_norm_before_upsample(engine: Engine) -> None:
 def phase_split_upsampled_convs(engine: Engine) -> None:
     """Run the batched shared SPADE convolutions of up_0 (2x) and up_1 (4x) at G's input resolution
     as 2x2 convolutions to every output phase plus pixel shuffle: exact, 4/9 of their FLOPs."""
-    decoder = engine.nets[DECODER_NET]
-    if not isinstance(decoder, rewrites.BatchedSPADEDecoder):
-        raise StepNotApplicable(f"G is a {type(decoder).__name__}; phase splitting works on the shared "
-                                "convolutions of batch_spade_modulations, which must run first")
+    decoder = _batched_decoder(engine, "phase splitting works on the shared convolutions")
     if not rewrites.phase_split_upsampled_convs(decoder):
         raise StepNotApplicable("G has no convolution of a nearest-upsampled input left (already phase-split)")
 
@@ -309,13 +303,8 @@ def triton_decoder_convs(engine: Engine) -> None:
     2.11) the kernel beat cuDNN on them (-13, -23 and -26 %) and lost on the stage's SPADE gamma/beta
     convolutions (+9 and +16 %), and at batch 16 it lost on all. In the compiled frame its kernels cost
     what cuDNN's did (kernel totals 3.864 against 3.858 ms), so the step is not part of `fastest`."""
-    _require_cuda(engine)
-    if not kernels.triton_available():
-        raise StepNotApplicable("needs Triton (`import triton` fails here); CUDA builds of torch ship it")
-    decoder = engine.nets[DECODER_NET]
-    if not isinstance(decoder, rewrites.BatchedSPADEDecoder):
-        raise StepNotApplicable(f"G is a {type(decoder).__name__}; the Triton kernel takes the residual block of "
-                                "batch_spade_modulations' last stage, which must run first")
+    _require_triton(engine)
+    decoder = _batched_decoder(engine, "the Triton kernel takes the residual block of the last stage")
     if not kernels.triton_convs(decoder.stages[-1].blocks):
         raise StepNotApplicable("G's last residual block has no stride-1 'same' Conv2d left (already on the "
                                 "Triton kernel?)")
@@ -348,9 +337,7 @@ def triton_volume_sampling(engine: Engine) -> None:
     float32, a block of points x every channel per program, the volume read where it lies instead of
     repeated per candidate. Where it cannot apply (sampled in half precision, off the card) W samples
     as before."""
-    _require_cuda(engine)
-    if not kernels.triton_available():
-        raise StepNotApplicable("needs Triton (`import triton` fails here); CUDA builds of torch ship it")
+    _require_triton(engine)
     dense = _inner(engine.nets[WARP_NET]).dense_motion_network
     if dense.sampler is sampling.sample_volumes_on_kernel:
         raise StepNotApplicable("W already samples on the Triton kernel")
@@ -414,6 +401,21 @@ def inductor_freezing(engine: Engine) -> None:
 def _require_cuda(engine: Engine) -> None:
     if not engine.is_cuda:
         raise StepNotApplicable(f"needs a CUDA device; the engine runs on {engine.device}")
+
+
+def _require_triton(engine: Engine) -> None:
+    _require_cuda(engine)
+    if not kernels.triton_available():
+        raise StepNotApplicable("needs Triton (`import triton` fails here); CUDA builds of torch ship it")
+
+
+def _batched_decoder(engine: Engine, why: str) -> rewrites.BatchedSPADEDecoder:
+    """G as batch_spade_modulations makes it, which the step needs; `why` says what of it the step takes."""
+    decoder = engine.nets[DECODER_NET]
+    if not isinstance(decoder, rewrites.BatchedSPADEDecoder):
+        raise StepNotApplicable(f"G is a {type(decoder).__name__}; {why} of batch_spade_modulations, which "
+                                "must run first")
+    return decoder
 
 
 def _cast_nets(engine: Engine, dtype: torch.dtype) -> None:

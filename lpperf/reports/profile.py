@@ -170,7 +170,10 @@ class StepRound:
         if pipeline.steps_per_template(animator.motion_ahead, batch) == 1:
             return cls(lambda: animator.step(driving), 1)
         work = frame.step_work(animator, batch)
-        (run,) = work.calls.values()
+
+        def run():
+            for call in work.calls.values():
+                call()
         return cls(run, work.frames // batch)
 
     def rounds_for(self, steps: int) -> int:
