@@ -1,5 +1,5 @@
-"""What several test files build: networks smaller than lpperf.models.TINY, bench rows made by hand, and
-gate runs on the fake worker (tests/fake_gate_worker.py)."""
+"""What several test files build: networks smaller than lpperf.models.TINY, bench rows made by hand,
+gate runs on the fake worker (tests/fake_gate_worker.py), and the checks the rewrite and kernel tests share."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lpperf import models
 from lpperf.gate import controller
@@ -104,3 +105,19 @@ def write_media(folder: Path, count: int) -> dict[str, Path]:
         for frame in frames:
             writer.write(frame)
     return {"source": source, "driving": driving, "folder": frame_folder}
+
+
+def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
+    return (torch.linalg.vector_norm(out - expected) / torch.linalg.vector_norm(expected)).item()
+
+
+def tiny_decoder() -> nn.Module:
+    torch.manual_seed(2)
+    return models.build("spade_generator", **models.TINY["spade_generator"]).double()
+
+
+def interpreter_runs_runtime_loops() -> bool:
+    """Triton 3.5's interpreter turns runtime ints into 1-element arrays that NumPy 2 refuses to index
+    with; 3.9's runs the kernels. The card compiles them either way."""
+    from importlib.metadata import version
+    return tuple(int(part) for part in version("triton").split(".")[:2]) >= (3, 9)

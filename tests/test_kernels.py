@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lpperf import models
 from lpperf.models import weights
 from lpperf.optimize import kernels, recipes, rewrites, steps
+from tests.helpers import interpreter_runs_runtime_loops
 
 EXACT = 1e-12
 
@@ -89,10 +90,11 @@ def test_g_s_last_stage_on_the_kernel_computes_the_same(generator):
     feature = torch.randn(1, decoder.in_channels, 8, 8, generator=generator, dtype=torch.float64)
     with torch.no_grad():
         expected = decoder(feature)
-        names = kernels.triton_convs(decoder.stages[-1].blocks)
+        names = kernels.triton_convs(decoder.stages[-1].blocks, names=steps.RESIDUAL_CONVS)
         out = decoder(feature)
     assert {name.split(".")[-1] for name in names} >= {"conv_0", "conv_1"}
-    assert not any(isinstance(module, kernels.TritonConv2d) for module in decoder.stages[-1].modulations.modules())
+    assert not any(isinstance(module, kernels.TritonConv2d) for module in decoder.stages[-1].hiddens.modules())
+    assert not any(isinstance(module, kernels.TritonConv2d) for module in decoder.stages[-1].blocks[0].spades.modules())
     assert not any(isinstance(module, kernels.TritonConv2d) for module in decoder.stages[0].modules())
     assert ((out - expected).norm() / expected.norm()).item() <= EXACT
 
@@ -143,14 +145,7 @@ INTERPRETED = textwrap.dedent("""
 """)
 
 
-def _interpreter_runs_runtime_loops() -> bool:
-    """Triton 3.5's interpreter turns runtime ints into 1-element arrays that NumPy 2 refuses to index
-    with; 3.9's runs the kernel. The card compiles it either way."""
-    from importlib.metadata import version
-    return tuple(int(part) for part in version("triton").split(".")[:2]) >= (3, 9)
-
-
-@pytest.mark.skipif(not kernels.triton_available() or not _interpreter_runs_runtime_loops(),
+@pytest.mark.skipif(not kernels.triton_available() or not interpreter_runs_runtime_loops(),
                     reason="needs Triton >= 3.9 for its CPU interpreter (CUDA builds of torch ship Triton)")
 def test_kernel_under_the_triton_interpreter():
     """The kernel's indexing (taps, borders, partial tiles, batches) for every tile, and the custom op

@@ -15,13 +15,10 @@ from lpperf import models
 from lpperf.measure import roofline
 from lpperf.optimize import recipes, rewrites, steps
 from lpperf.models.blocks import ResBlock3d
+from tests.helpers import relative_error, tiny_decoder
 
 EXACT = 1e-6
 LAYOUTS = {4: torch.channels_last, 5: torch.channels_last_3d}
-
-
-def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
-    return (torch.linalg.vector_norm(out - expected) / torch.linalg.vector_norm(expected)).item()
 
 
 def channels_last(value):
@@ -59,11 +56,6 @@ def warp_inputs(generator, batch: int = 2, size: int = 16):
     kp_source = 0.6 * (2 * torch.rand(batch, 21, 3, generator=generator, dtype=torch.float64) - 1)
     kp_driving = kp_source + 0.05 * torch.randn(batch, 21, 3, generator=generator, dtype=torch.float64)
     return feature, kp_driving, kp_source
-
-
-def tiny_decoder() -> nn.Module:
-    torch.manual_seed(2)
-    return models.build("spade_generator", **models.TINY["spade_generator"]).double()
 
 
 # --------------------------------------------------------------------------------------
@@ -159,13 +151,13 @@ def test_batched_spade_decoder_equals_the_decoder(generator, phase_split):
     batched = rewrites.batch_spade_modulations(copy.deepcopy(decoder))
     expected = decoder(feature)
     if phase_split:
-        assert rewrites.phase_split_upsampled_convs(batched) == ["stages.1.modulations.shared",
-                                                                 "stages.2.modulations.shared"]
+        assert rewrites.phase_split_upsampled_convs(batched) == ["stages.1.hiddens.shared",
+                                                                 "stages.2.hiddens.shared"]
         assert rewrites.phase_split_upsampled_convs(batched) == []
     assert relative_error(batched(feature), expected) <= EXACT
     assert relative_error(channels_last(batched)(channels_last(feature)), expected) <= EXACT
     # one shared conv per resolution, one gamma/beta conv per SPADE (12 + 3 + 3)
-    assert [len(stage.modulations.gamma_beta) for stage in batched.stages] == [12, 3, 3]
+    assert [sum(len(block.spades) for block in stage.blocks) for stage in batched.stages] == [12, 3, 3]
 
 
 @pytest.mark.parametrize("phase_split", [False, True])

@@ -15,6 +15,7 @@ autotuner picks the tile shape per layer shape in the first (warm-up) calls, bef
 import functools
 import importlib.util
 import os
+from collections.abc import Collection
 from typing import Optional
 
 import torch
@@ -200,6 +201,8 @@ def eligible(conv: nn.Module) -> bool:
     return type(conv) is nn.Conv2d and _same_stride_one(conv)
 
 
-def triton_convs(net: nn.Module) -> list[str]:
-    """Replace every eligible Conv2d of `net` with a TritonConv2d; the replaced names."""
-    return _replace_children(net, lambda parent, name, child: eligible(child), TritonConv2d)
+def triton_convs(net: nn.Module, names: Optional[Collection[str]] = None) -> list[str]:
+    """Replace every eligible Conv2d of `net` (only children called one of `names`, if given) with a
+    TritonConv2d; the replaced names."""
+    return _replace_children(net, lambda parent, name, child: eligible(child) and (names is None or name in names),
+                             TritonConv2d)

@@ -6,8 +6,9 @@ Each rewrite edits a network in place and returns the names of what it changed (
 returns the new decoder, which replaces the whole network):
 
 - fold_batch_norms: eval-mode BatchNorm right after a convolution folded into its weights.
-- batch_spade_modulations: G's SPADE gamma/beta depend only on G's input, so all of them are
-  computed up front, one concatenated convolution per resolution and one per SPADE.
+- batch_spade_modulations: G's SPADE hidden maps depend only on G's input, so all of them are
+  computed up front, one concatenated convolution per resolution; then one gamma/beta convolution
+  per SPADE.
 - normalize_before_upsample: an instance norm of a nearest-upsampled map is the upsampled
   instance norm of the map (every value repeated alike), so G's upsampling stages take their
   statistics at the lower resolution.
@@ -93,7 +94,7 @@ def _conv_before_norm(module: nn.Module) -> str | None:
 
 
 # --------------------------------------------------------------------------------------
-# G: SPADE modulations computed up front
+# G: SPADE hidden maps computed up front, one gamma/beta convolution per SPADE
 
 
 def modulate(normalized: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -141,13 +142,55 @@ class NearestUpsampledConv(nn.Module):
 
 
 def _spades_of(block: SPADEResnetBlock) -> list[SPADE]:
-    """The block's SPADEs in the order ModulatedResnetBlock consumes their modulations."""
+    """The block's SPADEs in the order ModulatedResnetBlock consumes their hidden maps."""
     return [block.norm_0, block.norm_1] + ([block.norm_s] if block.learned_shortcut else [])
 
 
-class SpadeModulations(nn.Module):
-    """The (gamma, beta) of a group of SPADEs that all see G's input at `scale` times its size:
-    one convolution for every mlp_shared of the group, then one per SPADE for its gamma and beta."""
+class NormalizedStream:
+    """G's residual stream as a block's SPADEs read it: x normalised per channel (F.instance_norm), then
+    nearest-upsampled by `upsample`. Each form is computed once, on first use, and shared by the SPADEs
+    that read the same stream (norm_0 and norm_s)."""
+
+    def __init__(self, x: torch.Tensor, upsample: int = 1):
+        self.x = x
+        self.upsample = upsample
+        self._normalized: torch.Tensor | None = None
+        self._statistics: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def normalized(self) -> torch.Tensor:
+        if self._normalized is None:
+            self._normalized = _upsampled(F.instance_norm(self.x), self.upsample)
+        return self._normalized
+
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, rstd), each (B, C), float32 or wider: what F.instance_norm normalises x with."""
+        if self._statistics is None:
+            wide = self.x.to(torch.promote_types(self.x.dtype, torch.float32))
+            variance, mean = torch.var_mean(wide, dim=(2, 3), correction=0)
+            self._statistics = mean, torch.rsqrt(variance + INSTANCE_NORM_EPS)
+        return self._statistics
+
+
+INSTANCE_NORM_EPS = 1e-5  # F.instance_norm's default, which SPADE uses
+
+
+class SpadeModulation(nn.Module):
+    """One SPADE given its hidden map: act(norm(x) * (1 + gamma) + beta), gamma and beta from one
+    convolution (mlp_gamma and mlp_beta concatenated), act the leaky ReLU when a slope is given."""
+
+    def __init__(self, spade: SPADE):
+        super().__init__()
+        self.gamma_beta = concatenated_conv([spade.mlp_gamma, spade.mlp_beta])
+
+    def forward(self, stream: NormalizedStream, hidden: torch.Tensor, slope: float | None) -> torch.Tensor:
+        gamma, beta = self.gamma_beta(hidden).chunk(2, dim=1)
+        modulated = modulate(stream.normalized(), gamma, beta)
+        return modulated if slope is None else F.leaky_relu(modulated, slope)
+
+
+class SpadeHiddens(nn.Module):
+    """The hidden maps (after mlp_shared's ReLU) of a group of SPADEs that all see G's input at `scale`
+    times its size: one convolution for every mlp_shared of the group."""
 
     def __init__(self, spades: Sequence[SPADE], scale: int):
         super().__init__()
@@ -158,21 +201,16 @@ class SpadeModulations(nn.Module):
         shared = concatenated_conv([spade.mlp_shared[0] for spade in spades])
         self.shared = shared if scale == 1 else NearestUpsampledConv(shared, scale)
         self.hidden_sizes = [spade.mlp_shared[0].out_channels for spade in spades]
-        self.gamma_beta = nn.ModuleList(concatenated_conv([spade.mlp_gamma, spade.mlp_beta]) for spade in spades)
 
-    def forward(self, seg: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        hidden = self.shared(seg)
-        modulations = []
-        for conv, part in zip(self.gamma_beta, hidden.split(self.hidden_sizes, dim=1)):
-            # ReLU per part: it writes each channel slice densely, which the next conv needs anyway.
-            gamma, beta = conv(F.relu(part)).chunk(2, dim=1)
-            modulations.append((gamma, beta))
-        return modulations
+    def forward(self, seg: torch.Tensor) -> list[torch.Tensor]:
+        # ReLU per part: it writes each channel slice densely, which the gamma/beta conv needs anyway.
+        return [F.relu(part) for part in self.shared(seg).split(self.hidden_sizes, dim=1)]
 
 
 class ModulatedResnetBlock(nn.Module):
-    """SPADEResnetBlock taking its SPADEs' (gamma, beta) precomputed; same convolutions (the very
-    modules, spectral norm included), same dtype casts."""
+    """SPADEResnetBlock taking its SPADEs' hidden maps precomputed; same convolutions (the very
+    modules, spectral norm included), same dtype casts. `spades` are its SPADEs' modulations in the
+    order of `hiddens`: norm_0, norm_1, then norm_s if the shortcut is learned."""
 
     def __init__(self, block: SPADEResnetBlock):
         super().__init__()
@@ -181,22 +219,23 @@ class ModulatedResnetBlock(nn.Module):
         self.conv_1 = block.conv_1
         if block.learned_shortcut:
             self.conv_s = block.conv_s
-        self.num_spades = len(_spades_of(block))
+        self.spades = nn.ModuleList(SpadeModulation(spade) for spade in _spades_of(block))
 
-    def forward(self, x: torch.Tensor, modulations: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                dtype: torch.dtype, upsample: int = 1) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hiddens: Sequence[torch.Tensor], dtype: torch.dtype,
+                upsample: int = 1) -> torch.Tensor:
         """The block on nearest-upsample(x, upsample). With upsample > 1 x is normalised before it is
         upsampled: a nearest upsampling repeats every value upsample**2 times, so the instance norm's
         mean and (biased) variance are those of x, and norm(up(x)) = up(norm(x)) exactly; the
         statistics are taken over 1/upsample**2 of the values."""
         # As SPADEResnetBlock.forward: convolutions run in `dtype` (the network's), x may be wider.
-        normalized = _upsampled(F.instance_norm(x), upsample)
+        stream = NormalizedStream(x, upsample)
+        norm_0, norm_1 = self.spades[0], self.spades[1]
         if self.learned_shortcut:
-            shortcut = self.conv_s(modulate(normalized, *modulations[2]).to(dtype))
+            shortcut = self.conv_s(self.spades[2](stream, hiddens[2], None).to(dtype))
         else:
             shortcut = _upsampled(x, upsample)
-        dx = self.conv_0(F.leaky_relu(modulate(normalized, *modulations[0]), LEAKY_SLOPE).to(dtype))
-        dx = self.conv_1(F.leaky_relu(modulate(F.instance_norm(dx), *modulations[1]), LEAKY_SLOPE).to(dtype))
+        dx = self.conv_0(norm_0(stream, hiddens[0], LEAKY_SLOPE).to(dtype))
+        dx = self.conv_1(norm_1(NormalizedStream(dx), hiddens[1], LEAKY_SLOPE).to(dtype))
         return shortcut.to(x.dtype) + dx.to(x.dtype)
 
 
@@ -206,7 +245,7 @@ def _upsampled(x: torch.Tensor, scale: int) -> torch.Tensor:
 
 class ModulatedStage(nn.Module):
     """Residual blocks at one resolution (after a nearest x`upsample` of the stream) with the
-    modulations of all their SPADEs computed by one SpadeModulations. With normalize_first the
+    hidden maps of all their SPADEs computed by one SpadeHiddens. With normalize_first the
     stage's first block normalises the stream before the upsampling (ModulatedResnetBlock.forward:
     the same function, its statistics over 1/upsample**2 of the values)."""
 
@@ -216,25 +255,24 @@ class ModulatedStage(nn.Module):
         super().__init__()
         self.upsample = upsample
         self.blocks = nn.ModuleList(ModulatedResnetBlock(block) for block in blocks)
-        self.modulations = SpadeModulations([spade for block in blocks for spade in _spades_of(block)], scale)
+        self.hiddens = SpadeHiddens([spade for block in blocks for spade in _spades_of(block)], scale)
 
-    def forward(self, x: torch.Tensor, modulations: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                dtype: torch.dtype) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hiddens: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         upsample = self.upsample
         if upsample != 1 and not self.normalize_first:
             x, upsample = F.interpolate(x, scale_factor=upsample), 1
         start = 0
         for block in self.blocks:
-            x = block(x, modulations[start:start + block.num_spades], dtype, upsample)
-            start += block.num_spades
+            x = block(x, hiddens[start:start + len(block.spades)], dtype, upsample)
+            start += len(block.spades)
             upsample = 1
         return x
 
 
 class BatchedSPADEDecoder(nn.Module):
-    """SPADEDecoder with every SPADE modulation computed up front from the input feature: per
+    """SPADEDecoder with every SPADE's hidden map computed up front from the input feature: per
     resolution (the G_middle blocks at the feature's size, up_0 at 2x, up_1 at 4x) one
-    convolution for all mlp_shared, then one per SPADE for gamma and beta. Same function, same
+    convolution for all mlp_shared; then in each block one per SPADE for gamma and beta. Same function, same
     dtype behaviour (residual_dtype included); shares fc, the block convolutions and conv_img
     with the decoder it is built from."""
 
@@ -257,13 +295,13 @@ class BatchedSPADEDecoder(nn.Module):
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         if feature.dim() != 4 or feature.shape[1] != self.in_channels:
             raise ValueError(f"expected a feature batch (B, {self.in_channels}, H, W), got {tuple(feature.shape)}")
-        # Everything that depends on the feature alone first: the convolutions of all SPADEs.
-        modulations = [stage.modulations(feature) for stage in self.stages]
+        # What depends on the feature alone first: the shared convolutions of all SPADEs.
+        hiddens = [stage.hiddens(feature) for stage in self.stages]
         x = self.fc(feature)
         if self.residual_dtype is not None:
             x = x.to(self.residual_dtype)
-        for stage, stage_modulations in zip(self.stages, modulations):
-            x = stage(x, stage_modulations, feature.dtype)
+        for stage, stage_hiddens in zip(self.stages, hiddens):
+            x = stage(x, stage_hiddens, feature.dtype)
         return torch.sigmoid(self.conv_img(F.leaky_relu(x, LEAKY_SLOPE).to(feature.dtype)))
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
-from lpperf.optimize import kernels, rewrites, sampling
+from lpperf.optimize import kernels, modulation, rewrites, sampling
 from lpperf.optimize.engine import HEAVY_NETS, MEMORY_FORMATS, Engine, SourceCachedWarp, StepNotApplicable
 from lpperf.models import DECODER_NET, FEATURE_NET, WARP_NET, SPADEDecoder
 from lpperf.util.validation import IMAGE_SIZE
@@ -295,6 +295,10 @@ def phase_split_upsampled_convs(engine: Engine) -> None:
         raise StepNotApplicable("G has no convolution of a nearest-upsampled input left (already phase-split)")
 
 
+# a SPADE residual block's own convolutions (its SPADEs' gamma/beta convolutions are not among them)
+RESIDUAL_CONVS = ("conv_0", "conv_1", "conv_s")
+
+
 @register("+ G's last block on a Triton kernel")
 def triton_decoder_convs(engine: Engine) -> None:
     """The residual block of G's 256 x 256 stage (up_1: conv_0, conv_1 and the shortcut conv_s, 64
@@ -305,9 +309,21 @@ def triton_decoder_convs(engine: Engine) -> None:
     what cuDNN's did (kernel totals 3.864 against 3.858 ms), so the step is not part of `fastest`."""
     _require_triton(engine)
     decoder = _batched_decoder(engine, "the Triton kernel takes the residual block of the last stage")
-    if not kernels.triton_convs(decoder.stages[-1].blocks):
+    if not kernels.triton_convs(decoder.stages[-1].blocks, names=RESIDUAL_CONVS):
         raise StepNotApplicable("G's last residual block has no stride-1 'same' Conv2d left (already on the "
                                 "Triton kernel?)")
+
+
+@register("+ G's SPADE modulations fused on a Triton kernel")
+def triton_spade_modulations(engine: Engine) -> None:
+    """Each of G's SPADEs as one Triton kernel (lpperf.optimize.modulation): its gamma/beta convolution
+    with the modulation (and the leaky ReLU after it) applied to the accumulators, so gamma and beta
+    are never written to memory; only the activation is. On the card in half precision; the same
+    PyTorch ops elsewhere."""
+    _require_triton(engine)
+    decoder = _batched_decoder(engine, "the kernel takes the SPADEs' gamma/beta convolutions")
+    if not modulation.fused_spade_modulations(decoder):
+        raise StepNotApplicable("G's SPADE modulations are already on the fused kernel")
 
 
 @register("+ W's mask Conv3d split over depth")

@@ -45,13 +45,14 @@ from lpperf.optimize import recipes
 from lpperf.reports.charts import plain_number, shorten_middle
 from lpperf.optimize.engine import HEAVY_NETS, OptimizedAnimator
 from lpperf.optimize.kernels import TritonConv2d
+from lpperf.optimize.modulation import TritonSpadeModulation
 from lpperf.models import DECODER_NET, FEATURE_NET, MOTION_NET, WARP_NET
 from lpperf.optimize.rewrites import LAYER_TYPES
 from lpperf.util.arguments import at_least
 from lpperf.util.devices import DEVICES, device_name, resolve_device
 from lpperf.util.validation import check_positive_int
 
-TIMED_TYPES = (nn.Conv2d, nn.Conv3d, nn.Linear, TritonConv2d) + LAYER_TYPES
+TIMED_TYPES = (nn.Conv2d, nn.Conv3d, nn.Linear, TritonConv2d, TritonSpadeModulation) + LAYER_TYPES
 LAYER_RULE = timing.StoppingRule(min_repeats=10, min_seconds=0.02, max_rel_iqr=0.05, max_repeats=200, max_seconds=1.0)
 SPLIT_RULE = timing.StoppingRule(min_repeats=20, min_seconds=0.1, max_rel_iqr=0.05, max_repeats=300, max_seconds=5.0)
 CPU_SPLIT_RULE = timing.StoppingRule(min_repeats=5, min_seconds=0.0, max_rel_iqr=0.10, max_repeats=25, max_seconds=10.0)

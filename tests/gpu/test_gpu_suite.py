@@ -14,6 +14,7 @@ informational results (the `lpperf informational results` section of the summary
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
@@ -360,6 +361,52 @@ def test_triton_conv_matches_a_float64_convolution(cuda_device, cin, cout, kerne
     assert torch.equal(compiled, out)
     with torch.inference_mode():  # an NCHW input: the layer makes it channels-last before the op
         assert torch.equal(layer(x.contiguous()), out)
+
+
+@pytest.mark.parametrize("batch, channels, size, upsample, x_dtype, slope", [
+    (1, 256, 256, 2, torch.float32, 0.2),  # up_1's norm_0: the float32 stream read through the 2x upsampling
+    (1, 256, 256, 2, torch.float32, None),  # up_1's norm_s: no activation
+    (2, 64, 256, 1, torch.float16, 0.2),  # up_1's norm_1: conv_0's fp16 output, two frames
+    (1, 512, 64, 1, torch.float32, 0.2),  # a G_middle block
+    (1, 40, 37, 1, torch.float32, 0.2),  # partial tiles everywhere
+])
+def test_fused_spade_modulation_matches_a_float64_spade(cuda_device, batch, channels, size, upsample, x_dtype,
+                                                        slope):
+    """The fused SPADE kernel in fp16 on the card, eager and inside torch.compile (one graph, as the
+    recipes run it), against the SPADE's float64 modulation (plain module, float64 weights) at G's shapes."""
+    from lpperf.models.spade import SPADE
+    from lpperf.optimize import kernels, modulation, rewrites
+    if not kernels.triton_available():
+        pytest.skip("Triton is not installed with this torch")
+    generator = torch.Generator().manual_seed(0)
+    plain = rewrites.SpadeModulation(SPADE(channels, 4, 128))
+    with torch.no_grad():
+        plain.gamma_beta.weight.mul_(0.3)
+    hidden = torch.relu(torch.randn(batch, 128, size, size, generator=generator))
+    x = torch.randn(batch, channels, size // upsample, size // upsample, generator=generator) * 3 + 1
+    x = x.to(x_dtype)
+    expected = copy.deepcopy(plain).double().to(cuda_device)(
+        rewrites.NormalizedStream(x.double().to(cuda_device), upsample), hidden.double().to(cuda_device), slope)
+    fused = modulation.TritonSpadeModulation(plain).to(cuda_device).half()
+    hidden = hidden.half().to(cuda_device).contiguous(memory_format=torch.channels_last)
+    x = x.to(cuda_device).contiguous(memory_format=torch.channels_last)
+
+    def run(hidden, x):
+        return fused(rewrites.NormalizedStream(x, upsample), hidden, slope)
+    with torch.inference_mode():
+        assert modulation.kernel_applies(hidden, fused.w_gamma_taps, x, upsample)
+        out = run(hidden, x)
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(run)(hidden, x)
+        torch._dynamo.reset()
+        compiled = torch.compile(run)(hidden, x)
+    assert explained.graph_break_count == 0, [reason.reason for reason in explained.break_reasons]
+    assert out.dtype == torch.float16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.isfinite(out).all()
+    error = (torch.linalg.vector_norm(out.double() - expected) / torch.linalg.vector_norm(expected)).item()
+    assert error <= 2e-3, error  # fp16 weights, hidden map and output, float32 arithmetic
+    compiled_error = (torch.linalg.vector_norm(compiled.double() - out.double()) / torch.linalg.vector_norm(expected))
+    assert compiled_error.item() <= 1e-3  # the compiled graph's own statistics reduction may sum in another order
 
 
 def test_fft_mask_conv_matches_a_float64_convolution(cuda_device):
