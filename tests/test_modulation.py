@@ -126,7 +126,7 @@ INTERPRETED = textwrap.dedent("""
         expected = modulation.spade_modulate_reference(
             hidden.double(), weight[:channels].double(), weight[channels:].double(), bias[:channels].double(),
             bias[channels:].double(), x.double(), mean.double(), rstd.double(), upsample, slope)
-        for tile in (None,) + modulation.TILES[:3]:
+        for tile in (None,) + modulation.TILES[:3] + modulation.TILES[-10:-7]:
             out = modulation.spade_modulate_triton(
                 hidden, taps[:, :, :channels].contiguous(), taps[:, :, channels:].contiguous(), bias[:channels],
                 bias[channels:], x.contiguous(memory_format=torch.channels_last), mean, rstd, upsample, slope, 3, tile)

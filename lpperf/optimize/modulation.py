@@ -29,9 +29,11 @@ from torch import nn
 from lpperf.optimize.kernels import GPU_DTYPES
 from lpperf.optimize.rewrites import NormalizedStream, SpadeModulation, _replace_children, modulate
 
-# (BLOCK_M pixels, BLOCK_N channels of gamma and of beta each, BLOCK_K hidden channels, warps, stages)
-TILES = ((128, 64, 64, 8, 3), (128, 64, 64, 4, 3), (128, 64, 32, 4, 4), (128, 128, 64, 8, 3), (64, 64, 64, 4, 3),
-         (256, 64, 64, 8, 3), (128, 32, 64, 4, 4), (64, 128, 64, 4, 3), (128, 128, 32, 8, 4), (64, 64, 32, 4, 4))
+# (BLOCK_M pixels, BLOCK_N channels of gamma and of beta each, BLOCK_K hidden channels, warps, stages, one flat
+# loop over taps and channel blocks rather than taps unrolled)
+TILES = tuple(tile + (flat,) for flat in (False, True) for tile in (
+    (128, 64, 64, 8, 3), (128, 64, 64, 4, 3), (128, 64, 32, 4, 4), (128, 128, 64, 8, 3), (64, 64, 64, 4, 3),
+    (256, 64, 64, 8, 3), (128, 32, 64, 4, 4), (64, 128, 64, 4, 3), (128, 128, 32, 8, 4), (64, 64, 32, 4, 4)))
 
 
 @functools.cache
@@ -47,7 +49,7 @@ def _kernels():
                             out_ptr, PIXELS, HEIGHT, WIDTH, CIN, CHANNELS, stride_xb, stride_xc, stride_xh, stride_xw,
                             slope, UPSAMPLE: tl.constexpr, HAS_SLOPE: tl.constexpr, KH: tl.constexpr,
                             KW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                            EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
+                            FLAT: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
         pixels = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # b * H * W + h * W + w
         outputs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # channels of x, of gamma and of beta
         channels = tl.arange(0, BLOCK_K)
@@ -58,31 +60,52 @@ def _kernels():
         output_ok = outputs < CHANNELS
         gamma = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         beta = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for tap in tl.static_range(KH * KW):
-            source_row = row + tap // KW - KH // 2
-            source_column = column + tap % KW - KW // 2
-            inside = pixel_ok & (source_row >= 0) & (source_row < HEIGHT) & (source_column >= 0) & (source_column < WIDTH)
-            a_ptrs = hidden_ptr + (((image * HEIGHT + source_row) * WIDTH + source_column) * CIN)[:, None] + channels[None, :]
-            weight_offsets = (tap * CIN + channels)[:, None] * CHANNELS + outputs[None, :]
-            for start in range(0, CIN, BLOCK_K):
-                if EVEN_K:
-                    a = tl.load(a_ptrs + start, mask=inside[:, None], other=0.0)
-                    if EVEN_N:
-                        b_gamma = tl.load(w_gamma_ptr + weight_offsets + start * CHANNELS)
-                        b_beta = tl.load(w_beta_ptr + weight_offsets + start * CHANNELS)
+        if FLAT:
+            # One loop over every (tap, channel block), so that Triton pipelines its loads across taps.
+            k_blocks = tl.cdiv(CIN, BLOCK_K)
+            for step in range(0, KH * KW * k_blocks):
+                tap = step // k_blocks
+                start = (step % k_blocks) * BLOCK_K
+                source_row = row + tap // KW - KH // 2
+                source_column = column + tap % KW - KW // 2
+                inside = pixel_ok & (source_row >= 0) & (source_row < HEIGHT) & (source_column >= 0) \
+                    & (source_column < WIDTH)
+                a_ptrs = hidden_ptr + (((image * HEIGHT + source_row) * WIDTH + source_column) * CIN + start)[:, None] \
+                    + channels[None, :]
+                weight_offsets = (tap * CIN + start + channels)[:, None] * CHANNELS + outputs[None, :]
+                channel_ok = channels < CIN - start
+                a = tl.load(a_ptrs, mask=inside[:, None] & channel_ok[None, :], other=0.0)
+                weight_ok = channel_ok[:, None] & output_ok[None, :]
+                gamma = tl.dot(a, tl.load(w_gamma_ptr + weight_offsets, mask=weight_ok, other=0.0), gamma)
+                beta = tl.dot(a, tl.load(w_beta_ptr + weight_offsets, mask=weight_ok, other=0.0), beta)
+        else:
+            for tap in tl.static_range(KH * KW):
+                source_row = row + tap // KW - KH // 2
+                source_column = column + tap % KW - KW // 2
+                inside = pixel_ok & (source_row >= 0) & (source_row < HEIGHT) & (source_column >= 0) \
+                    & (source_column < WIDTH)
+                a_ptrs = hidden_ptr + (((image * HEIGHT + source_row) * WIDTH + source_column) * CIN)[:, None] \
+                    + channels[None, :]
+                weight_offsets = (tap * CIN + channels)[:, None] * CHANNELS + outputs[None, :]
+                for start in range(0, CIN, BLOCK_K):
+                    if EVEN_K:
+                        a = tl.load(a_ptrs + start, mask=inside[:, None], other=0.0)
+                        if EVEN_N:
+                            b_gamma = tl.load(w_gamma_ptr + weight_offsets + start * CHANNELS)
+                            b_beta = tl.load(w_beta_ptr + weight_offsets + start * CHANNELS)
+                        else:
+                            b_gamma = tl.load(w_gamma_ptr + weight_offsets + start * CHANNELS,
+                                              mask=output_ok[None, :], other=0.0)
+                            b_beta = tl.load(w_beta_ptr + weight_offsets + start * CHANNELS,
+                                             mask=output_ok[None, :], other=0.0)
                     else:
-                        b_gamma = tl.load(w_gamma_ptr + weight_offsets + start * CHANNELS, mask=output_ok[None, :],
-                                          other=0.0)
-                        b_beta = tl.load(w_beta_ptr + weight_offsets + start * CHANNELS, mask=output_ok[None, :],
-                                         other=0.0)
-                else:
-                    channel_ok = channels < CIN - start
-                    a = tl.load(a_ptrs + start, mask=inside[:, None] & channel_ok[None, :], other=0.0)
-                    weight_ok = channel_ok[:, None] & output_ok[None, :]
-                    b_gamma = tl.load(w_gamma_ptr + weight_offsets + start * CHANNELS, mask=weight_ok, other=0.0)
-                    b_beta = tl.load(w_beta_ptr + weight_offsets + start * CHANNELS, mask=weight_ok, other=0.0)
-                gamma = tl.dot(a, b_gamma, gamma)
-                beta = tl.dot(a, b_beta, beta)
+                        channel_ok = channels < CIN - start
+                        a = tl.load(a_ptrs + start, mask=inside[:, None] & channel_ok[None, :], other=0.0)
+                        weight_ok = channel_ok[:, None] & output_ok[None, :]
+                        b_gamma = tl.load(w_gamma_ptr + weight_offsets + start * CHANNELS, mask=weight_ok, other=0.0)
+                        b_beta = tl.load(w_beta_ptr + weight_offsets + start * CHANNELS, mask=weight_ok, other=0.0)
+                    gamma = tl.dot(a, b_gamma, gamma)
+                    beta = tl.dot(a, b_beta, beta)
         gamma += tl.load(b_gamma_ptr + outputs, mask=output_ok, other=0.0).to(tl.float32)[None, :]
         beta += tl.load(b_beta_ptr + outputs, mask=output_ok, other=0.0).to(tl.float32)[None, :]
 
@@ -99,8 +122,8 @@ def _kernels():
         out_ptrs = out_ptr + pixels[:, None] * CHANNELS + outputs[None, :]
         tl.store(out_ptrs, modulated.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-               for m, n, k, w, s in TILES]
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "FLAT": flat}, num_warps=w, num_stages=s)
+               for m, n, k, w, s, flat in TILES]
     if os.environ.get("TRITON_INTERPRET") == "1":
         configs = configs[:1]  # the CPU interpreter has no clock to choose by
     key = ["PIXELS", "HEIGHT", "WIDTH", "CIN", "CHANNELS", "UPSAMPLE", "HAS_SLOPE", "KH", "KW"]
@@ -124,7 +147,7 @@ def spade_modulate_reference(hidden: torch.Tensor, weight_gamma: torch.Tensor, w
 def spade_modulate_triton(hidden: torch.Tensor, w_gamma_taps: torch.Tensor, w_beta_taps: torch.Tensor,
                           bias_gamma: torch.Tensor, bias_beta: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
                           rstd: torch.Tensor, upsample: int, slope: Optional[float], kernel_w: int,
-                          tile: Optional[tuple[int, int, int, int, int]] = None) -> torch.Tensor:
+                          tile: Optional[tuple[int, int, int, int, int, bool]] = None) -> torch.Tensor:
     """The kernel: hidden (B, Cin, H, W) in the network's dtype, weights as (kh * kw, Cin, C), x (B, C, H /
     upsample, W / upsample) of any float dtype and strides, mean and rstd (B, C) float32 -> the activation
     (B, C, H, W) in hidden's dtype, channels-last."""
@@ -142,9 +165,10 @@ def spade_modulate_triton(hidden: torch.Tensor, w_gamma_taps: torch.Tensor, w_be
     if tile is None:
         autotuned[lambda meta: (_blocks(pixels, meta["BLOCK_M"]), _blocks(channels, meta["BLOCK_N"]))](*args, **shape)
     else:
-        block_m, block_n, block_k, warps, stages = tile
+        block_m, block_n, block_k, warps, stages, flat = tile
         plain[(_blocks(pixels, block_m), _blocks(channels, block_n))](
-            *args, **shape, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+            *args, **shape, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, FLAT=flat, num_warps=warps,
+            num_stages=stages)
     return out
 
 
