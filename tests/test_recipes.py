@@ -70,7 +70,7 @@ def test_exact_steps_do_not_change_the_frames(tiny_nets, driving, eager_frames, 
 def test_fastest_is_fast_plus_exact_rewrites_run_in_float32_and_compile_last():
     """fastest adds to fast the exact rewrites (each checked against eager above) and W's sampling kernel
     (the same arithmetic; the GPU suite checks it), all before the casts, so they rewrite float32 weights;
-    fastest-batched changes W's mask form, fastest-triton adds one kernel."""
+    fastest-batched changes W's mask form, fastest-triton and fastest-fused-spade add one kernel each."""
     fast, fastest = recipes.lookup("fast").steps, recipes.lookup("fastest").steps
     added = [step for step in fastest if step not in fast]
     assert [step for step in fastest if step in fast] == list(fast)
@@ -83,6 +83,9 @@ def test_fastest_is_fast_plus_exact_rewrites_run_in_float32_and_compile_last():
     triton = recipes.lookup("fastest-triton").steps
     assert [step for step in triton if step not in fastest] == [R.triton_decoder_convs]
     assert triton.index(R.triton_decoder_convs) == triton.index(R.half) - 1
+    fused = recipes.lookup("fastest-fused-spade").steps
+    assert [step for step in fused if step not in fastest] == [R.triton_spade_modulations]
+    assert fused.index(R.triton_spade_modulations) == fused.index(R.half) - 1
 
 
 def test_every_step_is_registered_once_with_a_label_and_every_recipe_uses_registered_steps():
