@@ -22,9 +22,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import register_flop_formula
-
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 from lpperf.optimize.kernels import GPU_DTYPES
 from lpperf.optimize.rewrites import NormalizedStream, SpadeModulation, _replace_children, modulate
