@@ -54,6 +54,23 @@ def test_every_per_frame_layer_is_timed_once_with_its_flops(layers):
     assert layers == sorted(layers, key=lambda layer: layer.ms, reverse=True)
 
 
+def test_a_fused_spade_is_timed_as_one_layer_with_its_gamma_beta_flops(driving):
+    """The fused SPADE takes the block's normalised stream (not a tensor) as an argument; off the card it
+    runs its PyTorch form, whose FLOPs are the kernel's: the gamma/beta convolution's."""
+    from lpperf.optimize import modulation
+    animator = frame.sample_animator(recipes.build("fastest", small_networks(), "cpu"))
+    decoder = animator.engine.nets[DECODER_NET]
+    assert modulation.fused_spade_modulations(decoder)
+    fused = [layer for layer in profile.profile_layers(animator, driving, torch.device("cpu"))
+             if layer.kind == "TritonSpadeModulation"]
+    assert len(fused) == sum(len(block.spades) for stage in decoder.stages for block in stage.blocks)
+    for layer in fused:
+        module = decoder.get_submodule(layer.name.split(".", 1)[1])
+        cin, channels = module.in_channels, module.channels
+        height, width = (int(size) for size in layer.shapes.split(") (")[0].strip("()").split(", ")[2:])
+        assert layer.flops == 2 * height * width * cin * 2 * channels * 9 and layer.ms > 0
+
+
 def test_the_table_reports_time_flops_and_share_of_the_peak(layers):
     text = profile.format_layers(layers, peak_tflops=100.0, top=3)
     assert len(text.splitlines()) == 2 + 3 + 1

@@ -146,6 +146,9 @@ def _spades_of(block: SPADEResnetBlock) -> list[SPADE]:
     return [block.norm_0, block.norm_1] + ([block.norm_s] if block.learned_shortcut else [])
 
 
+INSTANCE_NORM_EPS = 1e-5  # F.instance_norm's default, which SPADE uses
+
+
 class NormalizedStream:
     """G's residual stream as a block's SPADEs read it: x normalised per channel (F.instance_norm), then
     nearest-upsampled by `upsample`. Each form is computed once, on first use, and shared by the SPADEs
@@ -169,9 +172,6 @@ class NormalizedStream:
             variance, mean = torch.var_mean(wide, dim=(2, 3), correction=0)
             self._statistics = mean, torch.rsqrt(variance + INSTANCE_NORM_EPS)
         return self._statistics
-
-
-INSTANCE_NORM_EPS = 1e-5  # F.instance_norm's default, which SPADE uses
 
 
 class SpadeModulation(nn.Module):
@@ -229,9 +229,9 @@ class ModulatedResnetBlock(nn.Module):
         statistics are taken over 1/upsample**2 of the values."""
         # As SPADEResnetBlock.forward: convolutions run in `dtype` (the network's), x may be wider.
         stream = NormalizedStream(x, upsample)
-        norm_0, norm_1 = self.spades[0], self.spades[1]
+        norm_0, norm_1, *norm_s = self.spades
         if self.learned_shortcut:
-            shortcut = self.conv_s(self.spades[2](stream, hiddens[2], None).to(dtype))
+            shortcut = self.conv_s(norm_s[0](stream, hiddens[2], None).to(dtype))
         else:
             shortcut = _upsampled(x, upsample)
         dx = self.conv_0(norm_0(stream, hiddens[0], LEAKY_SLOPE).to(dtype))
