@@ -1,6 +1,12 @@
 """W's volume sampling off the card: the official form it replaces (`warping.sample_volumes`: the volume
 repeated per grid, then F.grid_sample), where the Triton kernel applies and where W keeps sampling as
-before, and the step that installs it (the GPU suite runs the kernel itself on the card)."""
+before, the step that installs it, and the kernel under Triton's CPU interpreter (the GPU suite runs it on
+the card)."""
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -8,7 +14,8 @@ import torch.nn.functional as F
 
 from lpperf.models import weights
 from lpperf.models.warping import sample_volumes
-from lpperf.optimize import recipes, sampling, steps
+from lpperf.optimize import kernels, recipes, sampling, steps
+from tests.helpers import interpreter_runs_runtime_loops
 
 
 def test_sample_volumes_samples_each_volume_at_each_of_its_grids(generator):
@@ -54,3 +61,33 @@ def test_the_step_installs_the_kernel_once(monkeypatch):
                            weights.tiny_networks(seed=0), "cpu")
     assert engine.nets["warping_module"].dense_motion_network.sampler is sampling.sample_volumes_on_kernel
     assert "already samples on the Triton kernel" in engine.skipped["triton_volume_sampling"]
+
+
+INTERPRETED = textwrap.dedent("""
+    import torch
+    from lpperf.models import warping
+    from lpperf.optimize import sampling
+    generator = torch.Generator().manual_seed(0)
+    for batch, candidates, channels, size, dtype, layout in [
+            (1, 3, 4, (4, 6, 5), torch.float16, torch.contiguous_format),
+            (2, 1, 5, (3, 5, 7), torch.float32, torch.channels_last_3d)]:
+        volume = torch.randn(batch, channels, *size, generator=generator).to(dtype)
+        grids = torch.rand(batch, candidates, 3, 4, 5, 3, generator=generator) * 2.4 - 1.2  # some outside
+        grids[:, :, 0, 0, :4] = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0], [-1.2, 0.5, 0.0], [5e6, 0.0, 0.0]])
+        expected = warping.sample_volumes(volume.double(), grids.double(), torch.float64, torch.float64)
+        out = sampling.sample_volumes_kernel(volume.contiguous(memory_format=layout), grids, torch.float32)
+        assert out.shape == expected.shape and out.dtype == torch.float32
+        error = (out.double() - expected).abs().max().item()
+        assert error <= 1e-5 * max(1.0, expected.abs().max().item()), (batch, candidates, channels, error)
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(not kernels.triton_available() or not interpreter_runs_runtime_loops(),
+                    reason="needs Triton >= 3.9 for its CPU interpreter (CUDA builds of torch ship Triton)")
+def test_kernel_under_the_triton_interpreter():
+    """The sampling kernel's corners, weights, borders and strides against float64 grid_sample, on the CPU
+    through TRITON_INTERPRET=1 (set before the kernel is defined: a fresh process)."""
+    run = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]

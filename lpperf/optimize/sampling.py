@@ -31,18 +31,6 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def add_corner(acc, volume, cx, cy, cz, weight, point_ok, channel_ok, DEPTH, HEIGHT, WIDTH,
-                   stride_d, stride_h, stride_w):
-        inside = point_ok & (cx >= 0) & (cx < WIDTH) & (cy >= 0) & (cy < HEIGHT) & (cz >= 0) & (cz < DEPTH)
-        # Clamped before the integer cast: a point far outside must not overflow its address.
-        offset = (tl.minimum(tl.maximum(cz, 0), DEPTH - 1).to(tl.int32) * stride_d
-                  + tl.minimum(tl.maximum(cy, 0), HEIGHT - 1).to(tl.int32) * stride_h
-                  + tl.minimum(tl.maximum(cx, 0), WIDTH - 1).to(tl.int32) * stride_w)
-        mask = inside[:, None] & channel_ok[None, :]
-        value = tl.load(volume + offset[:, None], mask=mask, other=0.0).to(tl.float32)
-        return acc + tl.where(mask, value * weight[:, None], 0.0)  # a corner outside adds nothing, as in PyTorch
-
-    @triton.jit
     def sample_trilinear(volume_ptr, grid_ptr, out_ptr, POINTS, CANDIDATES, CHANNELS, DEPTH, HEIGHT, WIDTH,
                          stride_b, stride_c, stride_d, stride_h, stride_w,
                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -64,23 +52,29 @@ def _kernel():
         volume = volume_ptr + (sample // CANDIDATES).to(tl.int64) * stride_b + (channels * stride_c)[None, :]
         acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
         # F.grid_sample's order: tnw, tne, tsw, tse, bnw, bne, bsw, bse (t/b: z0/z1, n/s: y0/y1, w/e: x0/x1),
-        # each corner weighted by the product of its distances to the opposite faces.
-        acc = add_corner(acc, volume, x0, y0, z0, (x1 - ix) * (y1 - iy) * (z1 - iz),
-                         point_ok, channel_ok, DEPTH, HEIGHT, WIDTH, stride_d, stride_h, stride_w)
-        acc = add_corner(acc, volume, x1, y0, z0, (ix - x0) * (y1 - iy) * (z1 - iz),
-                         point_ok, channel_ok, DEPTH, HEIGHT, WIDTH, stride_d, stride_h, stride_w)
-        acc = add_corner(acc, volume, x0, y1, z0, (x1 - ix) * (iy - y0) * (z1 - iz),
-                         point_ok, channel_ok, DEPTH, HEIGHT, WIDTH, stride_d, stride_h, stride_w)
-        acc = add_corner(acc, volume, x1, y1, z0, (ix - x0) * (iy - y0) * (z1 - iz),
-                         point_ok, channel_ok, DEPTH, HEIGHT, WIDTH, stride_d, stride_h, stride_w)
-        acc = add_corner(acc, volume, x0, y0, z1, (x1 - ix) * (y1 - iy) * (iz - z0),
-                         point_ok, channel_ok, DEPTH, HEIGHT, WIDTH, stride_d, stride_h, stride_w)
-        acc = add_corner(acc, volume, x1, y0, z1, (ix - x0) * (y1 - iy) * (iz - z0),
-                         point_ok, channel_ok, DEPTH, HEIGHT, WIDTH, stride_d, stride_h, stride_w)
-        acc = add_corner(acc, volume, x0, y1, z1, (x1 - ix) * (iy - y0) * (iz - z0),
-                         point_ok, channel_ok, DEPTH, HEIGHT, WIDTH, stride_d, stride_h, stride_w)
-        acc = add_corner(acc, volume, x1, y1, z1, (ix - x0) * (iy - y0) * (iz - z0),
-                         point_ok, channel_ok, DEPTH, HEIGHT, WIDTH, stride_d, stride_h, stride_w)
+        # i.e. corner bits (x, y, z); each corner weighted by the product of its distances to the opposite faces.
+        for corner in tl.static_range(8):
+            if corner % 2:
+                cx, weight_x = x1, ix - x0
+            else:
+                cx, weight_x = x0, x1 - ix
+            if corner // 2 % 2:
+                cy, weight_y = y1, iy - y0
+            else:
+                cy, weight_y = y0, y1 - iy
+            if corner // 4:
+                cz, weight_z = z1, iz - z0
+            else:
+                cz, weight_z = z0, z1 - iz
+            inside = point_ok & (cx >= 0) & (cx < WIDTH) & (cy >= 0) & (cy < HEIGHT) & (cz >= 0) & (cz < DEPTH)
+            # Clamped before the integer cast: a point far outside must not overflow its address.
+            offset = (tl.minimum(tl.maximum(cz, 0), DEPTH - 1).to(tl.int32) * stride_d
+                      + tl.minimum(tl.maximum(cy, 0), HEIGHT - 1).to(tl.int32) * stride_h
+                      + tl.minimum(tl.maximum(cx, 0), WIDTH - 1).to(tl.int32) * stride_w)
+            mask = inside[:, None] & channel_ok[None, :]
+            value = tl.load(volume + offset[:, None], mask=mask, other=0.0).to(tl.float32)
+            weight = weight_x * weight_y * weight_z
+            acc = acc + tl.where(mask, value * weight[:, None], 0.0)  # a corner outside adds nothing, as in PyTorch
         out = out_ptr + sample.to(tl.int64) * CHANNELS * POINTS + (channels * POINTS)[None, :] + points[:, None]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=point_ok[:, None] & channel_ok[None, :])
 
