@@ -22,7 +22,7 @@ from lpperf.measure import timing
 from lpperf.models.spade import LEAKY_SLOPE
 from lpperf.optimize import kernels, modulation, rewrites
 
-# Samples per form: CUDA-graph replays of one SPADE vary by well under 1 % (H100, H200).
+# Replays per form: at least 30, until their IQR is within 2 % of the median (at most 200, or 10 s).
 RULE = timing.StoppingRule(min_repeats=30, min_seconds=0.0, max_rel_iqr=0.02, max_repeats=200, max_seconds=10.0)
 
 

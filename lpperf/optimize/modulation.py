@@ -28,11 +28,10 @@ from torch.utils.flop_counter import register_flop_formula
 from lpperf.optimize.kernels import GPU_DTYPES
 from lpperf.optimize.rewrites import NormalizedStream, SpadeModulation, _replace_children, modulate
 
-# (BLOCK_M pixels, BLOCK_N channels of gamma and of beta each, BLOCK_K hidden channels, warps, stages, one flat
-# loop over taps and channel blocks rather than taps unrolled)
-TILES = tuple(tile + (flat,) for flat in (False, True) for tile in (
-    (128, 64, 64, 8, 3), (128, 64, 64, 4, 3), (128, 64, 32, 4, 4), (128, 128, 64, 8, 3), (64, 64, 64, 4, 3),
-    (256, 64, 64, 8, 3), (128, 32, 64, 4, 4), (64, 128, 64, 4, 3), (128, 128, 32, 8, 4), (64, 64, 32, 4, 4)))
+# (BLOCK_M pixels, BLOCK_N channels of gamma and of beta each, BLOCK_K hidden channels, warps, stages): a first
+# sweep, not yet run on a card; to be pruned to the winners per shape (each is compiled on a cold start)
+TILES = ((128, 64, 64, 8, 3), (128, 64, 64, 4, 3), (128, 64, 32, 4, 4), (128, 128, 64, 8, 3), (64, 64, 64, 4, 3),
+         (256, 64, 64, 8, 3), (128, 32, 64, 4, 4), (64, 128, 64, 4, 3), (128, 128, 32, 8, 4), (64, 64, 32, 4, 4))
 
 
 @functools.cache
@@ -48,7 +47,7 @@ def _kernels():
                             out_ptr, PIXELS, HEIGHT, WIDTH, CIN, CHANNELS, stride_xb, stride_xc, stride_xh, stride_xw,
                             slope, UPSAMPLE: tl.constexpr, HAS_SLOPE: tl.constexpr, KH: tl.constexpr,
                             KW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                            FLAT: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
+                            EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
         pixels = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # b * H * W + h * W + w
         outputs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # channels of x, of gamma and of beta
         channels = tl.arange(0, BLOCK_K)
@@ -59,52 +58,34 @@ def _kernels():
         output_ok = outputs < CHANNELS
         gamma = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         beta = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if FLAT:
-            # One loop over every (tap, channel block), so that Triton pipelines its loads across taps.
-            k_blocks = tl.cdiv(CIN, BLOCK_K)
-            for step in range(0, KH * KW * k_blocks):
-                tap = step // k_blocks
-                start = (step % k_blocks) * BLOCK_K
-                source_row = row + tap // KW - KH // 2
-                source_column = column + tap % KW - KW // 2
-                inside = pixel_ok & (source_row >= 0) & (source_row < HEIGHT) & (source_column >= 0) \
-                    & (source_column < WIDTH)
-                a_ptrs = hidden_ptr + (((image * HEIGHT + source_row) * WIDTH + source_column) * CIN + start)[:, None] \
-                    + channels[None, :]
-                weight_offsets = (tap * CIN + start + channels)[:, None] * CHANNELS + outputs[None, :]
-                channel_ok = channels < CIN - start
-                a = tl.load(a_ptrs, mask=inside[:, None] & channel_ok[None, :], other=0.0)
-                weight_ok = channel_ok[:, None] & output_ok[None, :]
-                gamma = tl.dot(a, tl.load(w_gamma_ptr + weight_offsets, mask=weight_ok, other=0.0), gamma)
-                beta = tl.dot(a, tl.load(w_beta_ptr + weight_offsets, mask=weight_ok, other=0.0), beta)
-        else:
-            for tap in tl.static_range(KH * KW):
-                source_row = row + tap // KW - KH // 2
-                source_column = column + tap % KW - KW // 2
-                inside = pixel_ok & (source_row >= 0) & (source_row < HEIGHT) & (source_column >= 0) \
-                    & (source_column < WIDTH)
-                a_ptrs = hidden_ptr + (((image * HEIGHT + source_row) * WIDTH + source_column) * CIN)[:, None] \
-                    + channels[None, :]
-                weight_offsets = (tap * CIN + channels)[:, None] * CHANNELS + outputs[None, :]
-                for start in range(0, CIN, BLOCK_K):
-                    if EVEN_K:
-                        a = tl.load(a_ptrs + start, mask=inside[:, None], other=0.0)
-                        if EVEN_N:
-                            b_gamma = tl.load(w_gamma_ptr + weight_offsets + start * CHANNELS)
-                            b_beta = tl.load(w_beta_ptr + weight_offsets + start * CHANNELS)
-                        else:
-                            b_gamma = tl.load(w_gamma_ptr + weight_offsets + start * CHANNELS,
-                                              mask=output_ok[None, :], other=0.0)
-                            b_beta = tl.load(w_beta_ptr + weight_offsets + start * CHANNELS,
-                                             mask=output_ok[None, :], other=0.0)
+        # Taps unrolled outside, channel blocks inside, as kernels.TritonConv2d (faster there than one flat loop).
+        for tap in tl.static_range(KH * KW):
+            source_row = row + tap // KW - KH // 2
+            source_column = column + tap % KW - KW // 2
+            inside = pixel_ok & (source_row >= 0) & (source_row < HEIGHT) & (source_column >= 0) \
+                & (source_column < WIDTH)
+            a_ptrs = hidden_ptr + (((image * HEIGHT + source_row) * WIDTH + source_column) * CIN)[:, None] \
+                + channels[None, :]
+            weight_offsets = (tap * CIN + channels)[:, None] * CHANNELS + outputs[None, :]
+            for start in range(0, CIN, BLOCK_K):
+                if EVEN_K:
+                    a = tl.load(a_ptrs + start, mask=inside[:, None], other=0.0)
+                    if EVEN_N:
+                        b_gamma = tl.load(w_gamma_ptr + weight_offsets + start * CHANNELS)
+                        b_beta = tl.load(w_beta_ptr + weight_offsets + start * CHANNELS)
                     else:
-                        channel_ok = channels < CIN - start
-                        a = tl.load(a_ptrs + start, mask=inside[:, None] & channel_ok[None, :], other=0.0)
-                        weight_ok = channel_ok[:, None] & output_ok[None, :]
-                        b_gamma = tl.load(w_gamma_ptr + weight_offsets + start * CHANNELS, mask=weight_ok, other=0.0)
-                        b_beta = tl.load(w_beta_ptr + weight_offsets + start * CHANNELS, mask=weight_ok, other=0.0)
-                    gamma = tl.dot(a, b_gamma, gamma)
-                    beta = tl.dot(a, b_beta, beta)
+                        b_gamma = tl.load(w_gamma_ptr + weight_offsets + start * CHANNELS,
+                                          mask=output_ok[None, :], other=0.0)
+                        b_beta = tl.load(w_beta_ptr + weight_offsets + start * CHANNELS,
+                                         mask=output_ok[None, :], other=0.0)
+                else:
+                    channel_ok = channels < CIN - start
+                    a = tl.load(a_ptrs + start, mask=inside[:, None] & channel_ok[None, :], other=0.0)
+                    weight_ok = channel_ok[:, None] & output_ok[None, :]
+                    b_gamma = tl.load(w_gamma_ptr + weight_offsets + start * CHANNELS, mask=weight_ok, other=0.0)
+                    b_beta = tl.load(w_beta_ptr + weight_offsets + start * CHANNELS, mask=weight_ok, other=0.0)
+                gamma = tl.dot(a, b_gamma, gamma)
+                beta = tl.dot(a, b_beta, beta)
         gamma += tl.load(b_gamma_ptr + outputs, mask=output_ok, other=0.0).to(tl.float32)[None, :]
         beta += tl.load(b_beta_ptr + outputs, mask=output_ok, other=0.0).to(tl.float32)[None, :]
 
@@ -121,8 +102,8 @@ def _kernels():
         out_ptrs = out_ptr + pixels[:, None] * CHANNELS + outputs[None, :]
         tl.store(out_ptrs, modulated.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "FLAT": flat}, num_warps=w, num_stages=s)
-               for m, n, k, w, s, flat in TILES]
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+               for m, n, k, w, s in TILES]
     if os.environ.get("TRITON_INTERPRET") == "1":
         configs = configs[:1]  # the CPU interpreter has no clock to choose by
     key = ["PIXELS", "HEIGHT", "WIDTH", "CIN", "CHANNELS", "UPSAMPLE", "HAS_SLOPE", "KH", "KW"]
@@ -139,14 +120,13 @@ def spade_modulate_reference(hidden: torch.Tensor, weight_gamma: torch.Tensor, w
     normalized = (x - mean[:, :, None, None]) * rstd[:, :, None, None]
     if upsample != 1:
         normalized = F.interpolate(normalized, scale_factor=upsample)
-    modulated = normalized * (1 + gamma) + beta
-    return modulated if slope is None else F.leaky_relu(modulated, slope)
+    return modulate(normalized, gamma, beta, slope)
 
 
 def spade_modulate_triton(hidden: torch.Tensor, w_gamma_taps: torch.Tensor, w_beta_taps: torch.Tensor,
                           bias_gamma: torch.Tensor, bias_beta: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
                           rstd: torch.Tensor, upsample: int, slope: Optional[float], kernel_w: int,
-                          tile: Optional[tuple[int, int, int, int, int, bool]] = None) -> torch.Tensor:
+                          tile: Optional[tuple[int, int, int, int, int]] = None) -> torch.Tensor:
     """The kernel: hidden (B, Cin, H, W) in the network's dtype, weights as (kh * kw, Cin, C), x (B, C, H /
     upsample, W / upsample) of any float dtype and strides, mean and rstd (B, C) float32 -> the activation
     (B, C, H, W) in hidden's dtype, channels-last."""
@@ -164,10 +144,9 @@ def spade_modulate_triton(hidden: torch.Tensor, w_gamma_taps: torch.Tensor, w_be
     if tile is None:
         autotuned[lambda meta: (_blocks(pixels, meta["BLOCK_M"]), _blocks(channels, meta["BLOCK_N"]))](*args, **shape)
     else:
-        block_m, block_n, block_k, warps, stages, flat = tile
+        block_m, block_n, block_k, warps, stages = tile
         plain[(_blocks(pixels, block_m), _blocks(channels, block_n))](
-            *args, **shape, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, FLAT=flat, num_warps=warps,
-            num_stages=stages)
+            *args, **shape, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
 
 
@@ -199,14 +178,21 @@ def _spade_modulate_flops(hidden_shape, w_gamma_shape, *args, **kwargs) -> int:
 def kernel_applies(hidden: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, upsample: int) -> bool:
     """Whether the kernel computes the modulation of these tensors: CUDA half-precision hidden maps in the
     weights' dtype, x the stream at 1/upsample of the hidden map's size, every offset within 32 bits."""
-    if not (hidden.is_cuda and x.is_cuda and hidden.dtype in GPU_DTYPES and hidden.dtype == weight.dtype
-            and x.is_floating_point() and hidden.dim() == 4 and x.dim() == 4):
+    return (hidden.is_cuda and x.is_cuda and hidden.dtype in GPU_DTYPES and hidden.dtype == weight.dtype
+            and x.is_floating_point() and shapes_fit(hidden.shape, weight.shape[2], x.shape, x.stride(), upsample))
+
+
+def shapes_fit(hidden_shape: torch.Size, channels: int, x_shape: torch.Size, x_stride: tuple[int, ...],
+               upsample: int) -> bool:
+    """Whether the kernel's indexing covers these shapes: a (B, Cin, H, W) hidden map, x (B, channels, H /
+    upsample, W / upsample) with H and W multiples of upsample, and every offset within 32 bits."""
+    if len(hidden_shape) != 4 or len(x_shape) != 4:
         return False
-    batch, cin, height, width = hidden.shape
-    channels = weight.shape[2]
-    if x.shape != (batch, channels, height // upsample, width // upsample) or height % upsample or width % upsample:
+    batch, cin, height, width = hidden_shape
+    if tuple(x_shape) != (batch, channels, height // upsample, width // upsample) or height % upsample \
+            or width % upsample:
         return False
-    farthest = sum((size - 1) * abs(stride) for size, stride in zip(x.shape, x.stride()))
+    farthest = sum((size - 1) * abs(stride) for size, stride in zip(x_shape, x_stride))
     return max(batch * height * width * max(cin, channels), farthest + 1) < 2 ** 31
 
 
@@ -249,8 +235,7 @@ class TritonSpadeModulation(nn.Module):
         padding = self.kernel_size[0] // 2, self.kernel_size[1] // 2
         gamma = F.conv2d(hidden, weight_gamma, self.bias_gamma, padding=padding)
         beta = F.conv2d(hidden, weight_beta, self.bias_beta, padding=padding)
-        modulated = modulate(stream.normalized(), gamma, beta)
-        return modulated if slope is None else F.leaky_relu(modulated, slope)
+        return modulate(stream.normalized(), gamma, beta, slope)
 
 
 def fused_spade_modulations(net: nn.Module) -> list[str]:

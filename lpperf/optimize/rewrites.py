@@ -97,10 +97,12 @@ def _conv_before_norm(module: nn.Module) -> str | None:
 # G: SPADE hidden maps computed up front, one gamma/beta convolution per SPADE
 
 
-def modulate(normalized: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+def modulate(normalized: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+             slope: float | None = None) -> torch.Tensor:
     """What SPADE.forward computes once its input is normalised (F.instance_norm) and gamma and beta
-    are known."""
-    return normalized * (1 + gamma) + beta
+    are known; then the leaky ReLU that follows it in a block, where a slope is given."""
+    modulated = normalized * (1 + gamma) + beta
+    return modulated if slope is None else F.leaky_relu(modulated, slope)
 
 
 def concatenated_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
@@ -184,8 +186,7 @@ class SpadeModulation(nn.Module):
 
     def forward(self, stream: NormalizedStream, hidden: torch.Tensor, slope: float | None) -> torch.Tensor:
         gamma, beta = self.gamma_beta(hidden).chunk(2, dim=1)
-        modulated = modulate(stream.normalized(), gamma, beta)
-        return modulated if slope is None else F.leaky_relu(modulated, slope)
+        return modulate(stream.normalized(), gamma, beta, slope)
 
 
 class SpadeHiddens(nn.Module):

@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from lpperf.animation import pipeline
 from lpperf.measure import frame, roofline, timing
 from lpperf.optimize import recipes
 from lpperf.reports.charts import plain_number, shorten_middle
@@ -158,9 +157,9 @@ def _distinct_names(names: list[str], width: int) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class StepRound:
-    """One round of the recipe's steps as animate() makes them: `run` makes `steps` steps on `driving`'s
-    batch size. A step each, or with motion ahead M over that many frames, then their steps from their
-    motion (lpperf.measure.frame.step_work)."""
+    """One round of the recipe's steps as animate() makes them (lpperf.measure.frame.step_work, on the
+    sample driving frames): `run` makes `steps` steps of `driving`'s batch size and returns the last. A
+    step each, or with motion ahead M over that many frames, then their steps from their motion."""
 
     run: Callable[[], object]
     steps: int
@@ -168,13 +167,13 @@ class StepRound:
     @classmethod
     def of(cls, animator: OptimizedAnimator, driving: torch.Tensor) -> "StepRound":
         batch = driving.shape[0]
-        if pipeline.steps_per_template(animator.motion_ahead, batch) == 1:
-            return cls(lambda: animator.step(driving), 1)
         work = frame.step_work(animator, batch)
+        calls = tuple(work.calls.values())
 
         def run():
-            for call in work.calls.values():
-                call()
+            for call in calls:
+                out = call()
+            return out
         return cls(run, work.frames // batch)
 
     def rounds_for(self, steps: int) -> int:
