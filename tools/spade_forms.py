@@ -43,6 +43,14 @@ def spade_uses(decoder: rewrites.BatchedSPADEDecoder, feature_size: int):
                 yield f"{prefix}.norm_s", spade, stream_channels, size // upsample, upsample, None, size
 
 
+def chosen_tile(pixels: int, channels: int, upsample: int) -> str:
+    """The autotuner's choice for a shape (its key begins PIXELS, HEIGHT, WIDTH, CIN, CHANNELS, UPSAMPLE)."""
+    cache = modulation._kernels()[1].cache
+    chosen = {str(config) for key, config in cache.items()
+              if key[0] == pixels and key[4] == channels and key[5] == upsample}
+    return " | ".join(sorted(chosen)) or "none"
+
+
 def measure(batch: int, device: torch.device, generator: torch.Generator) -> list[dict]:
     decoder = models.build(models.DECODER_NET)
     batched = rewrites.batch_spade_modulations(decoder)
@@ -76,6 +84,9 @@ def measure(batch: int, device: torch.device, generator: torch.Generator) -> lis
         print(f"b{batch} {name:26s} {channels:4d} ch {size:4d}^2  PyTorch {row['pytorch_ms']:.4f} ms  "
               f"fused {row['fused_ms']:.4f} ms  ({row['fused_ms'] / row['pytorch_ms']:.2f}x)  errors "
               f"{row['pytorch_error']:.1e} / {row['fused_error']:.1e}", flush=True)
+    for row in rows:  # the tile the autotuner chose for each SPADE's shape, to prune modulation.TILES by
+        row["tile"] = chosen_tile(batch * row["size"] ** 2, row["channels"], row["upsample"])
+        print(f"b{batch} {row['spade']:26s} tile {row['tile']}")
     pytorch, fused = (sum(row[f"{form}_ms"] for row in rows) for form in ("pytorch", "fused"))
     print(f"b{batch} all {len(rows)} SPADEs: PyTorch {pytorch:.3f} ms, fused {fused:.3f} ms ({fused - pytorch:+.3f})")
     return rows
