@@ -107,10 +107,12 @@ def main() -> int:
             setattr(torch._dynamo.config, limit, 256)
     device = torch.device("cuda")
     generator = torch.Generator().manual_seed(0)
-    rows = [row for batch in args.batch for row in measure(batch, device, generator)]
-    if args.out:
-        args.out.write_text(json.dumps({"card": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                        "rows": rows}, indent=1))
+    rows = []
+    for batch in args.batch:
+        rows += measure(batch, device, generator)
+        if args.out:  # after each batch size, so a run cut short keeps what it measured
+            args.out.write_text(json.dumps({"card": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                            "rows": rows}, indent=1))
     return 0
 
 
