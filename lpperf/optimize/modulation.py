@@ -29,7 +29,8 @@ from lpperf.optimize.kernels import GPU_DTYPES
 from lpperf.optimize.rewrites import NormalizedStream, SpadeModulation, _replace_children, modulate
 
 # (BLOCK_M pixels, BLOCK_N channels of gamma and of beta each, BLOCK_K hidden channels, warps, stages): a first
-# sweep, not yet run on a card; to be pruned to the winners per shape (each is compiled on a cold start)
+# sweep, each compiled and timed per new shape; not pruned to per-shape winners while the kernel is opt-in
+# (slower than cuDNN's convolution plus the modulation in the frame, docs/PERFORMANCE.md)
 TILES = ((128, 64, 64, 8, 3), (128, 64, 64, 4, 3), (128, 64, 32, 4, 4), (128, 128, 64, 8, 3), (64, 64, 64, 4, 3),
          (256, 64, 64, 8, 3), (128, 32, 64, 4, 4), (64, 128, 64, 4, 3), (128, 128, 32, 8, 4), (64, 64, 32, 4, 4))
 

@@ -83,7 +83,7 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     _recipe("official-motion-ahead", *OFFICIAL, "compile_nets[reduce-overhead]", "motion_ahead"),
     # G's last residual block on lpperf's Triton kernel: opt-in, it costs what cuDNN does in the frame
     _recipe("fastest-triton", *_before_half(FASTEST, ("triton_decoder_convs",))),
-    # each SPADE's gamma/beta conv and modulation as one Triton kernel: opt-in until the frame shows a gain
+    # each SPADE's gamma/beta conv and modulation as one Triton kernel: opt-in, slower in the frame
     _recipe("fastest-fused-spade", *_before_half(FASTEST, ("triton_spade_modulations",))),
 )}
 
