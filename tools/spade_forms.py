@@ -51,10 +51,10 @@ def chosen_tile(pixels: int, channels: int, upsample: int) -> str:
     return " | ".join(sorted(chosen)) or "none"
 
 
-def measure(batch: int, device: torch.device, generator: torch.Generator) -> list[dict]:
+def measure(batch: int, device: torch.device, generator: torch.Generator):
+    """Each SPADE's row at this batch size, as soon as it is measured."""
     decoder = models.build(models.DECODER_NET)
     batched = rewrites.batch_spade_modulations(decoder)
-    rows = []
     for name, plain, channels, x_size, upsample, slope, size in spade_uses(batched, feature_size=64):
         with torch.no_grad():
             plain.gamma_beta.weight.mul_(0.3)  # moderate modulations, as lpperf.models.weights.synthetic makes them
@@ -80,16 +80,12 @@ def measure(batch: int, device: torch.device, generator: torch.Generator) -> lis
             error = (torch.linalg.vector_norm(out.double().cpu() - expected) / torch.linalg.vector_norm(expected))
             row[f"{form}_ms"] = result.median_ms
             row[f"{form}_error"] = error.item()
-        rows.append(row)
+        # the tile the autotuner chose for this shape, to prune modulation.TILES by
+        row["tile"] = chosen_tile(batch * size ** 2, channels, upsample)
         print(f"b{batch} {name:26s} {channels:4d} ch {size:4d}^2  PyTorch {row['pytorch_ms']:.4f} ms  "
               f"fused {row['fused_ms']:.4f} ms  ({row['fused_ms'] / row['pytorch_ms']:.2f}x)  errors "
-              f"{row['pytorch_error']:.1e} / {row['fused_error']:.1e}", flush=True)
-    for row in rows:  # the tile the autotuner chose for each SPADE's shape, to prune modulation.TILES by
-        row["tile"] = chosen_tile(batch * row["size"] ** 2, row["channels"], row["upsample"])
-        print(f"b{batch} {row['spade']:26s} tile {row['tile']}")
-    pytorch, fused = (sum(row[f"{form}_ms"] for row in rows) for form in ("pytorch", "fused"))
-    print(f"b{batch} all {len(rows)} SPADEs: PyTorch {pytorch:.3f} ms, fused {fused:.3f} ms ({fused - pytorch:+.3f})")
-    return rows
+              f"{row['pytorch_error']:.1e} / {row['fused_error']:.1e}  tile {row['tile']}", flush=True)
+        yield row
 
 
 def main() -> int:
@@ -109,10 +105,15 @@ def main() -> int:
     generator = torch.Generator().manual_seed(0)
     rows = []
     for batch in args.batch:
-        rows += measure(batch, device, generator)
-        if args.out:  # after each batch size, so a run cut short keeps what it measured
-            args.out.write_text(json.dumps({"card": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                            "rows": rows}, indent=1))
+        for row in measure(batch, device, generator):
+            rows.append(row)
+            if args.out:  # after each row, so a run cut short keeps what it measured
+                args.out.write_text(json.dumps({"card": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                                "rows": rows}, indent=1))
+        batch_rows = [row for row in rows if row["batch"] == batch]
+        pytorch, fused = (sum(row[f"{form}_ms"] for row in batch_rows) for form in ("pytorch", "fused"))
+        print(f"b{batch} all {len(batch_rows)} SPADEs: PyTorch {pytorch:.3f} ms, fused {fused:.3f} ms "
+              f"({fused - pytorch:+.3f})")
     return 0
 
 
