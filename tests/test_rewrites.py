@@ -15,6 +15,7 @@ from lpperf import models
 from lpperf.measure import roofline
 from lpperf.optimize import recipes, rewrites, steps
 from lpperf.models.blocks import ResBlock3d
+from lpperf.models.warping import DepthFoldedConv2d
 from tests.helpers import relative_error, tiny_decoder
 
 EXACT = 1e-6
@@ -294,7 +295,7 @@ def test_depth_split_flops_equal_the_conv3d(generator):
 @pytest.mark.parametrize("conv, message", [
     (nn.Conv3d(2, 2, 3, padding=(0, 1, 1)), "'same' depth padding"),
     (nn.Conv3d(2, 2, 3, padding=1, stride=(1, 2, 2)), "stride 1"),
-    (nn.Conv2d(2, 2, 3), "expected an Conv3d"),
+    (nn.Conv2d(2, 2, 3), "expected a Conv3d layer"),
 ])
 def test_depth_split_refuses_what_it_cannot_compute(conv, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -370,7 +371,7 @@ def test_fft_conv3d_keeps_only_the_filters_asked_for(generator):
 @pytest.mark.parametrize("build, message", [
     (lambda: rewrites.FFTConv3d(nn.Conv3d(2, 2, 3, padding=(1, 0, 1)), (8, 8)), "'same' padding"),
     (lambda: rewrites.FFTConv3d(nn.Conv3d(2, 2, 3, padding=1, stride=(1, 2, 2)), (8, 8)), "stride 1"),
-    (lambda: rewrites.FFTConv3d(nn.Conv2d(2, 2, 3, padding=1), (8, 8)), "expected an Conv3d"),
+    (lambda: rewrites.FFTConv3d(nn.Conv2d(2, 2, 3, padding=1), (8, 8)), "expected a Conv3d layer"),
     (lambda: rewrites.FFTConv3d(nn.Conv3d(2, 2, 3, padding=1), (8, 8), frames_per_chunk=0), "frames_per_chunk"),
     (lambda: rewrites.FFTConv3d(nn.Conv3d(2, 2, 3, padding=1), (8, 8), outputs=3), "outputs must be 1..2"),
 ])
@@ -392,13 +393,22 @@ def test_fft_conv3d_names_the_input_it_was_built_for(shape):
 
 @pytest.mark.parametrize("outputs, kernel, padding, bias", [(1, 7, 3, True), (2, 3, 1, False),
                                                             (1, (3, 5), (0, 2), True)])
-def test_tap_sum_conv_equals_the_conv(generator, outputs, kernel, padding, bias):
-    conv = nn.Conv2d(10, outputs, kernel, padding=padding, bias=bias).double()
+def test_tap_sum_conv_equals_the_depth_folded_conv(generator, outputs, kernel, padding, bias):
+    conv = DepthFoldedConv2d(5, 2, outputs, kernel, padding=padding).double()
+    if not bias:
+        conv.bias = None
     taps = rewrites.TapSumConv2d(conv)
-    x = torch.randn(2, 10, 9, 8, generator=generator, dtype=torch.float64)
-    expected = conv(x)
-    assert relative_error(taps(x), expected) <= EXACT
-    assert relative_error(channels_last(taps)(channels_last(x)), expected) <= EXACT
+    assert taps.weight.shape[0] % 8 == 0 and taps.weight.shape[1:] == (5, 2, 1, 1)  # maps padded to aligned rows
+    volume = torch.randn(2, 5, 2, 9, 8, generator=generator, dtype=torch.float64)
+    expected = F.conv2d(volume.flatten(1, 2), conv.weight, conv.bias, padding=padding)
+    assert relative_error(conv(volume), expected) == 0
+    assert relative_error(taps(volume), expected) <= EXACT
+    assert relative_error(channels_last(taps)(channels_last(volume)), expected) <= EXACT
+
+
+def test_tap_sum_conv_takes_only_a_depth_folded_conv():
+    with pytest.raises(TypeError, match="expected a DepthFoldedConv2d layer, got Conv2d"):
+        rewrites.TapSumConv2d(nn.Conv2d(4, 1, 3, padding=1))
 
 
 # --------------------------------------------------------------------------------------

@@ -31,6 +31,20 @@ def sample_volumes(volume: torch.Tensor, grids: torch.Tensor, sample_dtype: torc
     return warped.to(out_dtype).view(batch, candidates, *warped.shape[1:])
 
 
+class DepthFoldedConv2d(nn.Conv2d):
+    """A Conv2d over a volume (B, C, D, H, W) read as 2-D channels (B, C*D, H, W), channel c*D + d: the
+    official occlusion layer, which sees the hourglass output with its depth folded into channels.
+    Given the volume itself, a rewrite can read it where it lies (folding a channels-last volume is a
+    copy). Parameters and state-dict keys are the Conv2d's."""
+
+    def __init__(self, volume_channels: int, depth: int, out_channels: int, kernel_size: int, padding: int):
+        super().__init__(volume_channels * depth, out_channels, kernel_size, padding=padding)
+        self.depth = depth
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        return super().forward(volume.flatten(1, 2))
+
+
 class DenseMotionNetwork(nn.Module):
     """Keypoints + compressed feature volume -> per-voxel mixture of K+1 candidate motions.
 
@@ -50,7 +64,7 @@ class DenseMotionNetwork(nn.Module):
         self.compress = nn.Conv3d(feature_channel, compress, kernel_size=1)
         self.norm = nn.BatchNorm3d(compress)
         if estimate_occlusion_map:
-            self.occlusion = nn.Conv2d(self.hourglass.out_filters * reshape_depth, 1, kernel_size=7, padding=3)
+            self.occlusion = DepthFoldedConv2d(self.hourglass.out_filters, reshape_depth, 1, kernel_size=7, padding=3)
         else:
             self.occlusion = None
 
@@ -104,7 +118,7 @@ class DenseMotionNetwork(nn.Module):
         deformation = blend_motions(mask.to(motions.dtype), motions)
         out = {"mask": mask, "deformation": deformation}
         if self.occlusion is not None:
-            out["occlusion_map"] = torch.sigmoid(self.occlusion(prediction.flatten(1, 2)))
+            out["occlusion_map"] = torch.sigmoid(self.occlusion(prediction))
         return out
 
 

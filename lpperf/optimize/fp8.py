@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lpperf.models.warping import DepthFoldedConv2d
+
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = float(torch.finfo(E4M3).max)  # 448
 CONVOLUTIONS = (nn.Conv2d, nn.Conv3d)
@@ -92,6 +94,8 @@ class Fp8SimulatedConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
         function = F.conv2d if isinstance(conv, nn.Conv2d) else F.conv3d
+        if isinstance(conv, DepthFoldedConv2d):  # given the volume; the convolution sees it folded
+            x = x.flatten(1, 2)
         rounded = (round_to_e4m3(x, self.input_scale) if self.channel_block is None
                    else round_blocks_to_e4m3(x, self.channel_block))
         return function(rounded, self.weight.to(x.dtype), conv.bias, conv.stride, conv.padding, conv.dilation,

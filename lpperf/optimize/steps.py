@@ -28,6 +28,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from lpperf.optimize import kernels, modulation, rewrites, sampling
 from lpperf.optimize.engine import HEAVY_NETS, MEMORY_FORMATS, Engine, SourceCachedWarp, StepNotApplicable
 from lpperf.models import DECODER_NET, FEATURE_NET, WARP_NET, SPADEDecoder
+from lpperf.models.warping import DepthFoldedConv2d
 from lpperf.util.validation import IMAGE_SIZE
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -233,7 +234,7 @@ def pad_warp_channels(engine: Engine, multiple: int = 8) -> None:
     first = glass.encoder.down_blocks[0].conv
     rewritten = [layer for layer in (first, glass.decoder.conv, dense.mask) if type(layer) is not nn.Conv3d]
     if rewritten or not isinstance(glass.decoder.norm, nn.BatchNorm3d) or (
-            dense.occlusion is not None and type(dense.occlusion) is not nn.Conv2d):
+            dense.occlusion is not None and type(dense.occlusion) is not DepthFoldedConv2d):
         raise StepNotApplicable("W's dense-motion layers were already rewritten (fold_batch_norm, warp_depth_split "
                                 "or occlusion_as_taps); pad_warp_channels must come before those steps")
     pad = -first.in_channels % multiple
@@ -385,13 +386,14 @@ def _depth_split(engine: Engine, every_conv3d: bool) -> None:
 
 @register('+ occlusion conv as tap maps')
 def occlusion_as_taps(engine: Engine) -> None:
-    """W's occlusion convolution (all hourglass channels x depth -> 1, 7x7) as a 1x1 convolution to
-    49 tap maps, then the maps shifted by their tap offsets and summed (a fixed one-hot 7x7 conv)."""
+    """W's occlusion convolution (all hourglass channels x depth -> 1, 7x7) as a full-depth 1x1 Conv3d
+    to 49 tap maps that reads the hourglass output where it lies, then the maps shifted by their tap
+    offsets and summed."""
     dense = _inner(engine.nets[WARP_NET]).dense_motion_network
     if dense.occlusion is None:
         raise StepNotApplicable("W estimates no occlusion map")
     if not rewrites.occlusion_as_taps(engine.nets[WARP_NET]):
-        raise StepNotApplicable(f"W's occlusion layer is a {type(dense.occlusion).__name__}, not a Conv2d "
+        raise StepNotApplicable(f"W's occlusion layer is a {type(dense.occlusion).__name__}, not a DepthFoldedConv2d "
                                 "(already rewritten?)")
 
 
