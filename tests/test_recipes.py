@@ -349,3 +349,33 @@ def test_a_failing_compile_of_the_motion_ahead_calls_falls_back_to_eager(tiny_ne
     torch.testing.assert_close(frames, expected, rtol=1e-4, atol=1e-5)
     assert not engine.compiled and "inductor exploded" in engine.skipped["compile_step[default]"]
     assert animator.step(clip).shape == (3, 3, 512, 512)  # the step runs eager too
+
+
+def test_held_addresses_copy_a_new_value_into_the_tensor_held_for_its_role():
+    held = engine_module.HeldAddresses()
+    first = torch.zeros(2, 3)
+    assert held.hold("x", first) is first and first._dynamo_static_input_type == "unguarded"
+    assert held.hold("x", torch.ones(2, 3)) is first and bool((first == 1).all())
+    other_shape = torch.ones(3, 2)
+    assert held.hold("x", other_shape) is other_shape  # a new shape: a new tensor, held from now on
+    assert held.hold("y", torch.ones(2, 3)) is not first  # roles are apart
+    motion = pipeline.Motion(*(torch.full((1, 2), float(i)) for i in range(5)))
+    kept = held.hold_motion("m", motion)
+    again = held.hold_motion("m", pipeline.Motion(*(torch.full((1, 2), 9.0) for _ in range(5))))
+    assert all(a is b and bool((a == 9).all()) for a, b in zip(again.tensors(), kept.tensors()))
+
+
+def test_an_animator_replaying_cuda_graphs_animates_a_new_source_in_the_same_tensors(tiny_nets, monkeypatch):
+    monkeypatch.setattr(engine_module.Engine, "replays_graphs", property(lambda engine: True))
+    animator = frame.sample_animator(recipes.build("fastest", tiny_nets, "cpu"))
+    warp = animator.engine.nets[models.WARP_NET]
+    before = [animator.source.feature, animator.source.keypoints, *animator.source.motion.tensors(),
+              *warp.terms.values(), *animator.reference.tensors()]
+    mirrored = sample.portrait().flip(-1)
+    animator.set_source(mirrored)
+    after = [animator.source.feature, animator.source.keypoints, *animator.source.motion.tensors(),
+             *warp.terms.values(), *animator.reference.tensors()]
+    assert all(a is b for a, b in zip(before, after))
+    clip = frame.driving_batch(2, offset=1)
+    fresh = recipes.build("fastest", tiny_nets, "cpu").animator(mirrored, reference=frame.driving_batch(1))
+    torch.testing.assert_close(animator.step(clip), fresh.step(clip), rtol=0, atol=0)

@@ -55,6 +55,11 @@ class Engine:
         return self.device.type == "cuda"
 
     @property
+    def replays_graphs(self) -> bool:
+        """Whether the compiled step runs as CUDA graphs (torch.compile's reduce-overhead)."""
+        return self.is_cuda and "reduce-overhead" in (self.compile_step_mode, self.compile_nets_mode)
+
+    @property
     def compiled(self) -> bool:
         """Whether the step runs through torch.compile (whole, or network by network). A compile that
         failed on the first step fell back to eager and is no longer counted."""
@@ -159,6 +164,7 @@ class OptimizedAnimator(pipeline.Animator):
         compiling = engine.compile_step_mode is not None or engine.compile_nets_mode is not None
         self._compiled_once: set[str] = set() if compiling else set(self._calls)
         self._benchmarked_shapes: set[tuple[str, torch.Size]] = set()
+        self._held = HeldAddresses()
 
     def set_source(self, image: torch.Tensor, **kwargs) -> pipeline.SourceState:
         with self.engine.context():
@@ -167,11 +173,22 @@ class OptimizedAnimator(pipeline.Animator):
             if isinstance(warp, SourceCachedWarp):
                 Boundary(warp.prepare, self.engine.weight_dtype, self.engine.channels_last)(
                     state.feature, state.keypoints)
+            if self.engine.replays_graphs:
+                for name in ("image", "feature", "keypoints"):
+                    setattr(state, name, self._held.hold(f"source.{name}", getattr(state, name)))
+                state.motion = self._held.hold_motion("source.motion", state.motion)
+                if state.lip_delta is not None:
+                    state.lip_delta = self._held.hold("source.lip_delta", state.lip_delta)
+                if isinstance(warp, SourceCachedWarp):
+                    warp.terms = {name: self._held.hold(f"warp.{name}", value) for name, value in warp.terms.items()}
         return state
 
     def set_reference(self, frame: torch.Tensor) -> pipeline.Motion:
         with self.engine.context():
-            return super().set_reference(frame)
+            reference = super().set_reference(frame)
+            if self.engine.replays_graphs:
+                self.reference = reference = self._held.hold_motion("reference", reference)
+        return reference
 
     def step(self, driving: torch.Tensor, **kwargs) -> torch.Tensor:
         return self._call("step", driving.shape, driving, **kwargs)
@@ -238,6 +255,31 @@ class OptimizedAnimator(pipeline.Animator):
         self.engine.compile_seconds = (self.engine.compile_seconds or 0.0) + time.perf_counter() - start
         self._compiled_once.add(name)
         return out
+
+
+class HeldAddresses:
+    """Tensors that a CUDA graph reads where they lie, one address per role for as long as the animator
+    lives. A new value of the same shape, dtype and layout is copied into the tensor held for its role.
+    Each held tensor is marked static, so the graph's replays copy nothing in (unmarked, torch copies
+    every input that is not a parameter into the graph's own buffer on every replay), and a new source
+    never makes torch re-record the graph (after 128 re-records torch stops replaying it, silently)."""
+
+    def __init__(self):
+        self._held: dict[str, torch.Tensor] = {}
+
+    def hold(self, role: str, value: torch.Tensor) -> torch.Tensor:
+        held = self._held.get(role)
+        if held is not None and (held.shape, held.dtype, held.device, held.stride()) == (
+                value.shape, value.dtype, value.device, value.stride()):
+            held.copy_(value)
+            return held
+        torch._dynamo.mark_static_address(value, guard=False)
+        self._held[role] = value
+        return value
+
+    def hold_motion(self, role: str, motion: pipeline.Motion) -> pipeline.Motion:
+        return pipeline.Motion(*(self.hold(f"{role}.{field}", value)
+                                 for field, value in zip(pipeline.Motion.__dataclass_fields__, motion.tensors())))
 
 
 class SourceCachedWarp(nn.Module):

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from lpperf.measure import FRAME_STAGES, STAGES, frame, memory, parity, roofline, timing
+from lpperf.models import sample
 from lpperf.optimize import recipes, rewrites, steps
 
 pytestmark = pytest.mark.gpu
@@ -36,6 +37,7 @@ BATCHED = "fastest-batched"  # W's mask in the frequency domain: parity checked 
 AHEAD, AHEAD_PEER = "fastest-motion-ahead", "official-motion-ahead"
 EAGER_FRAMES = (BASELINE, "autocast-fp16")  # informational only
 FRAMES_PER_ROUND = 8  # one timed round: ~35-50 ms of back-to-back frames, the GPU never idle between them
+NEW_SOURCE_FRAMES = 4  # frames made from each source in the source-change test
 RULE = timing.StoppingRule(min_repeats=30, min_seconds=0.3, max_rel_iqr=0.05, max_repeats=500, max_seconds=10.0)
 
 
@@ -234,6 +236,35 @@ def test_parity(gpu_session, reference_frames, lpperf_thresholds, recipe):
     assert not report.has_nonfinite, f"{recipe} produced NaN/Inf"
     lpperf_thresholds.min_psnr_db.check(report.frame.psnr_db, recipe)
     lpperf_thresholds.max_level_diff.check(report.frame.max_level_diff, recipe)
+
+
+@pytest.mark.parametrize("recipe", (OPTIMIZED, AHEAD))
+def test_a_new_source_is_animated_not_the_old_one(gpu_session, reference_frames, lpperf_thresholds, recipe):
+    """The compiled step replays a CUDA graph that reads the source's cached tensors (F's volume, W's
+    source terms) where they lie. After set_source the frames must be the new portrait's, within the
+    parity budget, and after setting the first portrait again, its frames once more."""
+    device = gpu_session.device
+    portrait = sample.portrait().to(device)
+    mirrored = portrait.flip(-1)
+    reference = frame.sample_animator(recipes.build("reference", gpu_session.nets, device))
+    reference.set_source(mirrored)
+    expected = frame.run_frames(reference, NEW_SOURCE_FRAMES)
+    animator = gpu_session.animator(recipe)
+    try:
+        animator.set_source(mirrored)
+        got = frame.run_frames(animator, NEW_SOURCE_FRAMES)
+    finally:
+        animator.set_source(portrait)
+    again = frame.run_frames(animator, NEW_SOURCE_FRAMES)
+    precision = animator.engine.precision
+    for frames, wanted, label in ((got, expected, f"{recipe}, the mirrored portrait"),
+                                  (again, reference_frames[:NEW_SOURCE_FRAMES], f"{recipe}, the portrait again")):
+        report = parity.compare({}, {}, frames, wanted, precision=precision)
+        assert not report.has_nonfinite, f"{label}: NaN/Inf"
+        lpperf_thresholds.min_psnr_db.check(report.frame.psnr_db, label)
+        lpperf_thresholds.max_level_diff.check(report.frame.max_level_diff, label)
+    stale = parity.compare({}, {}, got, reference_frames[:NEW_SOURCE_FRAMES], precision=precision)
+    assert stale.frame.psnr_db < 30, f"{recipe}: the mirrored portrait's frames look like the first portrait's"
 
 
 def test_stage_parity(gpu_session):
