@@ -165,6 +165,38 @@ def test_gpu_activity_merges_busy_time_and_counts_kernels_not_copies():
     assert activity.busy_ms == pytest.approx((12 + 1 + 4 + 6) / 1e3 / 2) and activity.kernels_per_frame == 1.5
 
 
+@pytest.mark.parametrize("name, family", [
+    ("sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64", "convolutions"),
+    ("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_f16_s16816fprop_optimized_f16_256x64_32x4_nhwc_align8>", "convolutions"),
+    ("void nhwcAddPaddingKernel<__half, __half, float, true, (cudnnKernelDataType_t)0>(int)", "convolutions"),
+    ("conv2d_c1_k1_nhwc_specialized", "convolutions"),
+    ("triton_poi_fused__to_copy_add_convolution_leaky_relu_45", "inductor"),
+    ("nvjet_sm90_hsh_128x256_64x4_2x1_v_bz_coopA_TNN", "matrix products"),
+    ("void cutlass::Kernel2<cutlass_75_wmma_tensorop_f16_s161616gemm_f16_32x32_128x1_tn_align1>", "matrix products"),
+    ("std::enable_if<!(false), void>::type internal::gemvx::kernel<int, int, float>", "matrix products"),
+    ("Memset (Unknown)", "copies and fills"), ("memset32", "copies and fills"),
+    ("Memcpy DtoD (Device -> Device)", "copies and fills"),
+    ("sample_trilinear", "other"), ("void at::native::elementwise_kernel<128, 4>", "other"),
+])
+def test_kernels_are_sorted_into_families_by_name(name, family):
+    assert profile.kernel_family(name).startswith(family)
+
+
+def test_kernel_families_count_time_per_frame_and_the_wait_after_each_fill():
+    intervals = [(0.0, 1.0, "Memset (Unknown)"), (4.0, 24.0, "sm90_xmma_fprop_x"), (24.5, 26.5, "triton_poi_a"),
+                 (27.0, 28.0, "Memset (Unknown)"), (30.0, 50.0, "sm90_xmma_fprop_y"), (51.0, 53.0, "triton_poi_b"),
+                 (60.0, 61.0, "Memset (Unknown)")]  # a last fill: nothing after it to wait for
+    families = profile.KernelFamilies.from_intervals(intervals, frames=2)
+    assert list(families.per_frame)[0].startswith("convolutions")  # by time, the largest first
+    assert families.per_frame[profile.kernel_family("sm90_xmma_fprop_x")] == pytest.approx((1.0, 0.020))
+    assert families.per_frame[profile.kernel_family("triton_poi_a")] == pytest.approx((1.0, 0.002))
+    assert families.fills_per_frame == 1.5 and families.wait_after_fills_ms == pytest.approx((3 + 2) / 1e3 / 2)
+    text = profile.format_families(families)
+    assert "mean of 2 frames" in text and "idle after fills (memsets)" in text
+    with pytest.raises(ValueError, match="frames"):
+        profile.KernelFamilies.from_intervals(intervals, frames=0)
+
+
 def test_an_interval_that_ends_before_it_starts_is_refused():
     with pytest.raises(ValueError, match=r"must not end before it starts, got \(2.0, 1.0\)"):
         profile.merge_intervals([(0.0, 1.0), (2.0, 1.0)])

@@ -11,7 +11,8 @@ reads in) and the share of the card's measured bf16 matmul peak (an FFTConv3d's 
 are its complex matmul's as torch counts them, one real multiply-add per complex one, and no FFTs:
 its TFLOP/s is not comparable with a convolution's; its time is). `--kernels` adds
 torch.profiler's kernel table of the recipe's whole compiled frame (times only: kernels carry no
-FLOP counts).
+FLOP counts) and, on a card, the kernels by family per frame (convolutions, inductor's generated
+kernels, matrix products, copies and fills) with the GPU's wait after each fill.
 
 Layers timed alone are not the frame: the compiled frame fuses the norms and element-wise work
 around them, and the per-layer sum omits everything that is not a convolution or a matmul.
@@ -184,18 +185,87 @@ class StepRound:
 def kernel_table(animator: OptimizedAnimator, driving: torch.Tensor, device: torch.device,
                  steps: int = 20) -> str:
     """torch.profiler's kernels of at least `steps` whole steps as the recipe runs them (whole rounds of
-    them with motion ahead), by total device time."""
+    them with motion ahead), by total device time; on a card, then their families per frame."""
     from torch.profiler import ProfilerActivity, profile
 
     round_ = StepRound.of(animator, driving)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    rounds = round_.rounds_for(steps)
     with profile(activities=activities) as profiler:
-        for _ in range(round_.rounds_for(steps)):
+        for _ in range(rounds):
             round_.run()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    return profiler.key_averages().table(sort_by=sort_by, row_limit=25, max_name_column_width=70)
+    table = profiler.key_averages().table(sort_by=sort_by, row_limit=25, max_name_column_width=70)
+    if device.type != "cuda":
+        return table
+    families = KernelFamilies.from_intervals(_gpu_intervals(profiler, device), rounds * round_.steps)
+    return table + "\n" + format_families(families)
+
+
+# Kernel families by the names the profiler gives them; the first family whose test a name passes.
+KERNEL_FAMILIES: tuple[tuple[str, Callable[[str], bool]], ...] = (
+    ("copies and fills", lambda name: name.startswith(("Memcpy", "Memset")) or name.startswith("memset")),
+    ("inductor's generated kernels", lambda name: name.startswith("triton_")),
+    ("convolutions (cuDNN, CUTLASS, ATen)", lambda name: "fprop" in name or "cudnn" in name.lower()
+     or name.startswith("conv")),
+    ("matrix products (cuBLAS, CUTLASS)", lambda name: name.startswith(("nvjet", "cutlass")) or "gemm" in name
+     or "gemv" in name),
+)
+OTHER_FAMILY = "other (lpperf's kernels, ATen's)"
+
+
+def kernel_family(name: str) -> str:
+    """The family of a GPU interval named `name` by torch.profiler (KERNEL_FAMILIES, else OTHER_FAMILY)."""
+    return next((family for family, member in KERNEL_FAMILIES if member(name)), OTHER_FAMILY)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelFamilies:
+    """Per frame: each kernel family's intervals and time, and the GPU's wait after each fill (a memset
+    node in a CUDA graph holds the next kernel back for microseconds: cuDNN's segment-K convolutions
+    ask for one each)."""
+
+    per_frame: dict[str, tuple[float, float]]  # family -> (intervals per frame, ms per frame), by time
+    fills_per_frame: float
+    wait_after_fills_ms: float
+    frames: int
+
+    @classmethod
+    def from_intervals(cls, intervals: Iterable[tuple[float, float, str]], frames: int) -> "KernelFamilies":
+        """From (start us, end us, name) of every GPU interval of `frames` frames on one stream."""
+        check_positive_int(frames, "frames")
+        ordered = sorted(intervals)
+        totals: dict[str, list[float]] = {}
+        for start, end, name in ordered:
+            total = totals.setdefault(kernel_family(name), [0, 0.0])
+            total[0] += 1
+            total[1] += end - start
+        fills = [i for i, (_, _, name) in enumerate(ordered) if name.startswith("Memset")]
+        wait_us = sum(max(0.0, ordered[i + 1][0] - ordered[i][1]) for i in fills if i + 1 < len(ordered))
+        per_frame = {family: (count / frames, us / 1e3 / frames)
+                     for family, (count, us) in sorted(totals.items(), key=lambda item: -item[1][1])}
+        return cls(per_frame, len(fills) / frames, wait_us / 1e3 / frames, frames)
+
+
+def format_families(families: KernelFamilies) -> str:
+    lines = [f"kernel families per frame (mean of {families.frames} frames):",
+             f"  {'family':<38} {'per frame':>9} {'ms':>8}"]
+    lines += [f"  {family:<38} {count:>9.1f} {ms:>8.3f}" for family, (count, ms) in families.per_frame.items()]
+    lines.append(f"  {'idle after fills (memsets)':<38} {families.fills_per_frame:>9.1f} "
+                 f"{families.wait_after_fills_ms:>8.3f}   the wait before the interval after each fill")
+    return "\n".join(lines)
+
+
+def _gpu_intervals(profiler, device: torch.device) -> list[tuple[float, float, str]]:
+    """(start us, end us, name) of the profiled GPU work on `device`. User annotations (record_function
+    ranges, also mirrored on the GPU timeline) span idle time: left out."""
+    from torch.autograd import DeviceType
+
+    return [(event.time_range.start, event.time_range.end, event.name) for event in profiler.events()
+            if event.device_type == DeviceType.CUDA and not event.is_user_annotation
+            and event.device_index == device.index]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,7 +402,6 @@ def gpu_activity(animator: OptimizedAnimator, driving: torch.Tensor, device: tor
                  frames: int = SPLIT_PROFILED_FRAMES) -> GpuActivity:
     """The GPU's busy time and kernel count per step, mean over at least `frames` steps under
     torch.profiler, made as the recipe makes them (StepRound: whole rounds with motion ahead)."""
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     if device.type != "cuda":
@@ -344,11 +413,7 @@ def gpu_activity(animator: OptimizedAnimator, driving: torch.Tensor, device: tor
         for _ in range(rounds):
             round_.run()
         torch.cuda.synchronize(device)
-    # User annotations (record_function ranges, also mirrored on the GPU timeline) span idle time: left out.
-    intervals = [(event.time_range.start, event.time_range.end, event.name) for event in profiler.events()
-                 if event.device_type == DeviceType.CUDA and not event.is_user_annotation
-                 and event.device_index == device.index]
-    return GpuActivity.from_intervals(intervals, rounds * round_.steps)
+    return GpuActivity.from_intervals(_gpu_intervals(profiler, device), rounds * round_.steps)
 
 
 def merge_intervals(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
