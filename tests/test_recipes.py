@@ -378,4 +378,6 @@ def test_an_animator_replaying_cuda_graphs_animates_a_new_source_in_the_same_ten
     assert all(a is b for a, b in zip(before, after))
     clip = frame.driving_batch(2, offset=1)
     fresh = recipes.build("fastest", tiny_nets, "cpu").animator(mirrored, reference=frame.driving_batch(1))
-    torch.testing.assert_close(animator.step(clip), fresh.step(clip), rtol=0, atol=0)
+    # the same float32 function on the same values: agreement at float32 rounding; the old portrait's
+    # frames, which a stale tensor would give, differ by orders of magnitude more
+    torch.testing.assert_close(animator.step(clip), fresh.step(clip))

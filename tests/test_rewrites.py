@@ -401,7 +401,7 @@ def test_tap_sum_conv_equals_the_depth_folded_conv(generator, outputs, kernel, p
     assert taps.weight.shape[0] % 8 == 0 and taps.weight.shape[1:] == (5, 2, 1, 1)  # maps padded to aligned rows
     volume = torch.randn(2, 5, 2, 9, 8, generator=generator, dtype=torch.float64)
     expected = F.conv2d(volume.flatten(1, 2), conv.weight, conv.bias, padding=padding)
-    assert relative_error(conv(volume), expected) == 0
+    assert relative_error(conv(volume), expected) <= EXACT
     assert relative_error(taps(volume), expected) <= EXACT
     assert relative_error(channels_last(taps)(channels_last(volume)), expected) <= EXACT
 

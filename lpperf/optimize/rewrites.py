@@ -599,7 +599,8 @@ class TapSumConv2d(nn.Module):
     it lies, then each map shifted by its tap offset (zeros outside) and summed, plus the bias: k*k
     additions per output pixel instead of C*D*k*k MACs. Exact reordering of the original sum. The
     maps are padded to a multiple of 8 with zero filters, so the Conv3d's output rows stay aligned
-    (at 49 maps cuDNN fell back to an unaligned GEMM: 34 us of W's frame on an H100, torch 2.11)."""
+    (at 49 maps cuDNN fell back to an unaligned GEMM: 34 us of W's frame on an H100, torch 2.11;
+    docs/PERFORMANCE.md)."""
 
     MAPS_MULTIPLE = 8
 
@@ -609,7 +610,7 @@ class TapSumConv2d(nn.Module):
         weight = conv.weight
         outputs, folded, kernel_h, kernel_w = weight.shape
         depth = conv.depth
-        self.in_channels, self.out_channels, self.depth = folded // depth, outputs, depth
+        self.in_channels, self.out_channels = folded // depth, outputs
         self.kernel_size, self.padding = conv.kernel_size, conv.padding
         maps = outputs * kernel_h * kernel_w
         with torch.no_grad():

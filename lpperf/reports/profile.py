@@ -206,7 +206,7 @@ def kernel_table(animator: OptimizedAnimator, driving: torch.Tensor, device: tor
 
 # Kernel families by the names the profiler gives them; the first family whose test a name passes.
 KERNEL_FAMILIES: tuple[tuple[str, Callable[[str], bool]], ...] = (
-    ("copies and fills", lambda name: name.startswith(("Memcpy", "Memset")) or name.startswith("memset")),
+    ("copies and fills", lambda name: name.startswith(("Memcpy", "Memset", "memset"))),
     ("inductor's generated kernels", lambda name: name.startswith("triton_")),
     ("convolutions (cuDNN, CUTLASS, ATen)", lambda name: "fprop" in name or "cudnn" in name.lower()
      or name.startswith("conv")),
