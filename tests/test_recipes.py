@@ -54,7 +54,10 @@ REORDERED_SUMS = [(R.fold_batch_norm,), (R.warp_depth_split,), (R.warp_depth_spl
                   (R.batch_spade_modulations, R.spade_norm_before_upsample, R.phase_split_upsampled_convs),
                   (R.pad_warp_channels, R.warp_depth_split, R.pad_warp_mask_input),
                   (R.pad_warp_channels, R.fold_batch_norm, R.warp_depth_split_all, R.occlusion_as_taps),
-                  (R.pad_warp_channels, R.fold_batch_norm, R.warp_mask_fft, R.occlusion_as_taps)]
+                  (R.pad_warp_channels, R.fold_batch_norm, R.warp_mask_fft, R.occlusion_as_taps),
+                  (R.phase_split_hourglass,), (R.phase_split_hourglass, R.fold_batch_norm),
+                  (R.pad_warp_channels, R.fold_batch_norm, R.phase_split_hourglass, R.warp_depth_split,
+                   R.pad_warp_mask_input, R.occlusion_as_taps)]
 
 
 @pytest.mark.parametrize("steps", SAME_WORK + REORDERED_SUMS, ids=lambda steps: "+".join(s.name for s in steps))
@@ -174,6 +177,7 @@ def test_official_reduce_overhead_compiles_each_network_in_half(tiny_nets, monke
     ((R.spade_norm_before_upsample,), "spade_norm_before_upsample", "batch_spade_modulations, which must run"),
     ((R.batch_spade_modulations, R.spade_norm_before_upsample, R.spade_norm_before_upsample),
      "spade_norm_before_upsample", "already normalise before upsampling"),
+    ((R.phase_split_hourglass, R.phase_split_hourglass), "phase_split_hourglass", "already phase-split"),
     ((R.pad_warp_mask_input,), "pad_warp_mask_input", "warp_depth_split must run first"),
     ((R.warp_mask_fft, R.pad_warp_mask_input), "pad_warp_mask_input", "warp_depth_split must run first"),
     ((R.warp_depth_split, R.pad_warp_mask_input, R.pad_warp_mask_input), "pad_warp_mask_input", "already padded"),

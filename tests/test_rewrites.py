@@ -131,8 +131,41 @@ def test_phase_split_without_bias_and_its_flops(generator):
     assert ratio == pytest.approx(4 / 9 * 17 * 17 / (16 * 16))  # a 2x2 kernel on the (H+1, W+1) grid
 
 
+@pytest.mark.parametrize("depth_kernel, depth_padding", [(3, 1), (1, 0), (3, 0)])
+@pytest.mark.parametrize("scale", [2, 3])
+def test_phase_split_conv3d_equals_conv_of_plane_upsampled_volume(generator, depth_kernel, depth_padding, scale):
+    conv = nn.Conv3d(3, 4, (depth_kernel, 3, 3), padding=(depth_padding, 1, 1)).double()
+    split = rewrites.PhaseSplitConv(conv, scale)
+    x = torch.randn(2, 3, 4, 5, 6, generator=generator, dtype=torch.float64)
+    expected = conv(F.interpolate(x, scale_factor=(1, scale, scale)))
+    assert split.conv.weight.shape == (4 * scale * scale, 3, depth_kernel, 2, 2)
+    assert relative_error(split(x), expected) <= EXACT
+    assert relative_error(channels_last(split)(channels_last(x)), expected) <= EXACT
+
+
+def test_phase_split_hourglass_blocks_keep_w_and_take_4_9_of_their_flops(generator):
+    warp = tiny_warp(generator)
+    inputs = warp_inputs(generator)
+    expected = warp(*inputs)
+    rewrites.fold_batch_norms(warp)
+    decoder = warp.dense_motion_network.hourglass.decoder
+    blocks = list(decoder.up_blocks)
+    x = torch.randn(1, blocks[0].conv.in_channels, 2, 8, 8, generator=generator, dtype=torch.float64)
+    flops_before = roofline.count_flops(blocks[0], x).total
+    changed = rewrites.phase_split_upsampling_blocks(warp)
+    assert changed == [f"dense_motion_network.hourglass.decoder.up_blocks.{i}" for i in range(len(blocks))]
+    assert all(isinstance(block.conv, rewrites.PhaseSplitConv) and block.upsample == 1 for block in blocks)
+    out = warp(*inputs)
+    for key in ("out", "deformation", "occlusion_map"):
+        assert relative_error(out[key], expected[key]) <= EXACT, key
+    # a 3x2x2 kernel to 4 phases on the (H+1, W+1) plane: 4/9 of the taps, on a plane one pixel wider
+    assert roofline.count_flops(blocks[0], x).total / flops_before == pytest.approx(4 / 9 * 9 * 9 / (8 * 8))
+    assert rewrites.phase_split_upsampling_blocks(warp) == []
+
+
 @pytest.mark.parametrize("conv, scale, message", [
-    (nn.Conv2d(2, 2, 5, padding=2), 2, "3x3 convolution with padding 1"),
+    (nn.Conv2d(2, 2, 5, padding=2), 2, "3x3 plane kernel with padding 1"),
+    (nn.Conv3d(2, 2, (3, 3, 3), padding=(1, 0, 1)), 2, "3x3 plane kernel with padding 1"),
     (nn.Conv2d(2, 2, 3, padding=1, stride=2), 2, "stride 1"),
     (nn.Conv2d(2, 2, 3, padding=1), 1, "integer upsampling scale >= 2"),
 ])

@@ -19,14 +19,16 @@ def _activate(x: torch.Tensor, negative_slope: float) -> torch.Tensor:
 
 
 class ConvBlock(nn.Module):
-    """Conv -> BatchNorm -> ReLU (leaky if negative_slope > 0) -> optional average pool.
+    """Optional nearest upsampling -> Conv -> BatchNorm -> ReLU (leaky if negative_slope > 0) ->
+    optional average pool.
 
-    `dims` is 2 or 3; `pool` is the pooling kernel (None: no pooling). The
-    convolution is 'same'-padded.
+    `dims` is 2 or 3; `upsample` scales the last two axes (the plane) before the convolution (1: none;
+    the hourglass decoder's blocks use 2, as the official UpBlock3d's scale_factor (1, 2, 2));
+    `pool` is the pooling kernel (None: no pooling). The convolution is 'same'-padded.
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, dims: int = 2, kernel_size: int = 3,
-                 negative_slope: float = 0.0, pool: tuple[int, ...] | None = None):
+                 negative_slope: float = 0.0, pool: tuple[int, ...] | None = None, upsample: int = 1):
         super().__init__()
         if dims not in _CONV:
             raise ValueError(f"ConvBlock supports dims 2 or 3, got {dims}")
@@ -34,8 +36,11 @@ class ConvBlock(nn.Module):
         self.norm = _BATCH_NORM[dims](out_channels)
         self.negative_slope = negative_slope
         self.pool = pool
+        self.upsample = upsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upsample > 1:
+            x = F.interpolate(x, scale_factor=(1,) * (x.dim() - 4) + (self.upsample, self.upsample))
         x = _activate(self.norm(self.conv(x)), self.negative_slope)
         if self.pool is not None:
             pool = F.avg_pool2d if len(self.pool) == 2 else F.avg_pool3d
@@ -94,7 +99,7 @@ class HourglassDecoder(nn.Module):
             deeper = hourglass_width(level + 1, block_expansion, max_features)
             # Every level but the deepest receives [upsampled, skip], twice the channels.
             cin = deeper if level == num_blocks - 1 else 2 * deeper
-            blocks.append(ConvBlock(cin, hourglass_width(level, block_expansion, max_features), dims=3))
+            blocks.append(ConvBlock(cin, hourglass_width(level, block_expansion, max_features), dims=3, upsample=2))
         self.up_blocks = nn.ModuleList(blocks)
         self.out_filters = block_expansion + in_features
         self.conv = nn.Conv3d(self.out_filters, self.out_filters, 3, padding=1)
@@ -103,7 +108,7 @@ class HourglassDecoder(nn.Module):
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         out = levels[-1]
         for block, skip in zip(self.up_blocks, reversed(levels[:-1])):
-            out = block(F.interpolate(out, scale_factor=(1, 2, 2)))
+            out = block(out)
             out = torch.cat([out, skip], dim=1)
         return F.relu(self.norm(self.conv(out)))
 

@@ -12,8 +12,9 @@ returns the new decoder, which replaces the whole network):
 - normalize_before_upsample: an instance norm of a nearest-upsampled map is the upsampled
   instance norm of the map (every value repeated alike), so G's upsampling stages take their
   statistics at the lower resolution.
-- phase_split_upsampled_convs: a 3x3 convolution of an s-times nearest-upsampled map run at the
-  low resolution as one 2x2 convolution to s*s phases plus pixel shuffle: 4/9 of the FLOPs.
+- phase_split_upsampled_convs, phase_split_upsampling_blocks: a 3x3 convolution of an s-times
+  nearest-upsampled map (G's SPADE hidden maps; W's hourglass decoder, upsampled in the plane) run at
+  the low resolution as one 2x2 convolution to s*s phases plus pixel shuffle: 4/9 of the FLOPs.
 - depth_split_conv3ds: a Conv3d (kd, k, k) as one Conv2d over the depth slices producing every
   depth tap, then a shifted sum over the taps.
 - fft_conv3ds: a Conv3d with in-plane FFTs, one matmul per frequency and a shifted sum of the
@@ -352,30 +353,34 @@ def _phase_taps(scale: int) -> torch.Tensor:
 
 
 def phase_split_weight(weight: torch.Tensor, scale: int) -> torch.Tensor:
-    """The (Cout * scale^2, Cin, 2, 2) weight of PhaseSplitConv for a (Cout, Cin, 3, 3) weight;
-    output channel o * scale^2 + qy * scale + qx (pixel_shuffle's order), float64."""
+    """The (Cout * scale^2, Cin, *depth, 2, 2) weight of PhaseSplitConv for a (Cout, Cin, *depth, 3, 3)
+    weight (depth: a Conv3d's depth kernel, kept as it is); output channel o * scale^2 + qy * scale + qx
+    (pixel_shuffle's order), float64."""
     taps = _phase_taps(scale).to(weight.device)
-    split = torch.einsum("ytk,xul,oikl->oyxitu", taps, taps, weight.double())
-    return split.reshape(weight.shape[0] * scale * scale, weight.shape[1], 2, 2)
+    split = torch.einsum("ytk,xul,oi...kl->oyxi...tu", taps, taps, weight.double())
+    return split.reshape(weight.shape[0] * scale * scale, *weight.shape[1:-2], 2, 2)
 
 
 class PhaseSplitConv(nn.Module):
-    """conv(nearest-upsample(x, scale)) for a 3x3, padding 1 convolution, computed at x's
-    resolution: one 2x2 convolution (padding 1) to scale^2 phases per output channel, pixel
-    shuffle, and a slice. Exact; 4/9 of the FLOPs of the convolution it replaces."""
+    """conv(nearest-upsample(x, scale)) for a convolution with a 3x3 plane kernel and padding 1 in the
+    plane (a Conv2d, or a Conv3d with any depth kernel and padding, upsampled in the plane only),
+    computed at x's resolution: one convolution with a 2x2 plane kernel (padding 1) to scale^2 phases
+    per output channel, pixel shuffle, and a slice. Exact; 4/9 of the FLOPs of the convolution it
+    replaces, with scale^2 times its output channels on 1/scale^2 of its pixels."""
 
-    def __init__(self, conv: nn.Conv2d, scale: int):
+    def __init__(self, conv: nn.Conv2d | nn.Conv3d, scale: int):
         super().__init__()
-        _check_plain_conv(conv, nn.Conv2d)
-        if conv.kernel_size != (3, 3) or conv.padding != (1, 1):
-            raise ValueError(f"phase split needs a 3x3 convolution with padding 1, got kernel {conv.kernel_size} "
-                             f"padding {conv.padding}")
-        if not isinstance(scale, int) or scale < 2:
+        _check_plain_conv(conv, nn.Conv2d, nn.Conv3d)
+        if conv.kernel_size[-2:] != (3, 3) or conv.padding[-2:] != (1, 1):
+            raise ValueError(f"phase split needs a 3x3 plane kernel with padding 1 in the plane, got kernel "
+                             f"{conv.kernel_size} padding {conv.padding}")
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
             raise ValueError(f"phase split needs an integer upsampling scale >= 2, got {scale!r}")
         self.scale = scale
         weight = conv.weight
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels * scale * scale, 2, padding=1,
-                              bias=conv.bias is not None, device=weight.device, dtype=weight.dtype)
+        self.conv = type(conv)(conv.in_channels, conv.out_channels * scale * scale,
+                               (*conv.kernel_size[:-2], 2, 2), padding=(*conv.padding[:-2], 1, 1),
+                               bias=conv.bias is not None, device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             self.conv.weight.copy_(phase_split_weight(weight, scale))
             if conv.bias is not None:
@@ -383,7 +388,9 @@ class PhaseSplitConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        shuffled = F.pixel_shuffle(self.conv(x), self.scale)  # (B, Cout, scale (H+1), scale (W+1))
+        # pixel_shuffle takes the channels third from last: a volume's depth moves before them and back
+        phases = self.conv(x).movedim(1, -3)
+        shuffled = F.pixel_shuffle(phases, self.scale).movedim(-3, 1)  # (B, Cout, *D, s (H+1), s (W+1))
         start = self.scale // 2
         return shuffled[..., start:start + self.scale * height, start:start + self.scale * width]
 
@@ -393,6 +400,20 @@ def phase_split_upsampled_convs(net: nn.Module) -> list[str]:
     return _replace_children(net, lambda parent, name, child: isinstance(child, NearestUpsampledConv)
                              and child.scale >= 2,
                              lambda child: PhaseSplitConv(child.conv, child.scale))
+
+
+def phase_split_upsampling_blocks(net: nn.Module) -> list[str]:
+    """In every ConvBlock of `net` that upsamples its input (W's hourglass decoder) with a 3x3 plane
+    kernel, the upsampling and convolution as one PhaseSplitConv on the input as it comes; the names of
+    the blocks changed."""
+    changed = []
+    for name, block in net.named_modules():
+        if (isinstance(block, ConvBlock) and block.upsample > 1 and type(block.conv) in (nn.Conv2d, nn.Conv3d)
+                and block.conv.kernel_size[-2:] == (3, 3) and block.conv.padding[-2:] == (1, 1)):
+            block.conv = PhaseSplitConv(block.conv, block.upsample)
+            block.upsample = 1
+            changed.append(name)
+    return changed
 
 
 # --------------------------------------------------------------------------------------
@@ -646,10 +667,11 @@ def occlusion_as_taps(net: nn.Module) -> list[str]:
 # helpers
 
 
-def _check_plain_conv(conv: nn.Module, kind: type) -> None:
-    """A convolution the rewrites handle: stride 1, no dilation, one group, zero padding given as sizes."""
-    if type(conv) is not kind:
-        raise TypeError(f"expected a {kind.__name__} layer, got {type(conv).__name__}")
+def _check_plain_conv(conv: nn.Module, *kinds: type) -> None:
+    """A convolution of one of `kinds` the rewrites handle: stride 1, no dilation, one group, zero
+    padding given as sizes."""
+    if type(conv) not in kinds:
+        raise TypeError(f"expected a {' or '.join(kind.__name__ for kind in kinds)} layer, got {type(conv).__name__}")
     ones = (1,) * len(conv.kernel_size)
     if (conv.stride != ones or conv.dilation != ones or conv.groups != 1 or conv.padding_mode != "zeros"
             or isinstance(conv.padding, str)):

@@ -296,6 +296,16 @@ def phase_split_upsampled_convs(engine: Engine) -> None:
         raise StepNotApplicable("G has no convolution of a nearest-upsampled input left (already phase-split)")
 
 
+@register("+ W's hourglass upsampling phase-split")
+def phase_split_hourglass(engine: Engine) -> None:
+    """Each of W's hourglass decoder blocks (nearest 2x upsampling of the plane, then a 3x3x3 Conv3d)
+    as one Conv3d with a 3x2x2 kernel at the input's resolution to the four phases of every output
+    channel, plus pixel shuffle: exact, 4/9 of their FLOPs, and four times the output channels on a
+    quarter of the voxels (the 32- and 64-output levels fill the kernel's tiles)."""
+    if not rewrites.phase_split_upsampling_blocks(engine.nets[WARP_NET]):
+        raise StepNotApplicable("W has no upsampling conv block left (already phase-split)")
+
+
 # a SPADE residual block's own convolutions (its SPADEs' gamma/beta convolutions are not among them)
 RESIDUAL_CONVS = ("conv_0", "conv_1", "conv_s")
 
