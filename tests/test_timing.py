@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -168,22 +169,33 @@ def test_first_call_and_warmup_are_kept_out_of_steady_state():
     assert len(calls) == 1 + 2 + result.stats.count
 
 
-def test_sampling_stops_at_max_repeats_when_noisy():
-    durations = iter([0.0, 0.004] * 100)
+def _alternating_clock(monkeypatch, *seconds):
+    """A host clock that each call of the returned callable advances by the next of `seconds`, in turn:
+    the stopping rule then sees exactly these durations, however loaded the machine is."""
+    clock = [0.0]
+    durations = itertools.cycle(seconds)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+    def run():
+        clock[0] += next(durations)
+    return run
+
+
+def test_sampling_stops_at_max_repeats_when_noisy(monkeypatch):
     rule = StoppingRule(min_repeats=3, min_seconds=0.0, max_rel_iqr=0.01, max_repeats=8, max_seconds=30)
-    result = time_callable(lambda: time.sleep(next(durations)), "cpu", warmup=0, rule=rule)
+    result = time_callable(_alternating_clock(monkeypatch, 0.0, 0.004), "cpu", warmup=0, rule=rule)
     assert result.stats.count == 8
     assert result.converged is False
     assert "max_repeats" in result.stop_reason
 
 
-def test_sampling_stops_at_max_seconds():
-    durations = iter([0.0, 0.004] * 1000)
+def test_sampling_stops_at_max_seconds(monkeypatch):
     rule = StoppingRule(min_repeats=3, min_seconds=0.0, max_rel_iqr=0.01, max_repeats=100_000, max_seconds=0.1)
-    result = time_callable(lambda: time.sleep(next(durations)), "cpu", warmup=0, rule=rule)
+    result = time_callable(_alternating_clock(monkeypatch, 0.0, 0.004), "cpu", warmup=0, rule=rule)
     assert result.converged is False
     assert "max_seconds" in result.stop_reason
-    assert 0.1 <= result.measurement_wall_s < 1.0
+    assert 0.1 <= result.measurement_wall_s < 0.11
+    assert result.stats.count < 100
 
 
 def test_converges_on_a_steady_callable():
