@@ -198,9 +198,9 @@ def test_sampling_stops_at_max_seconds(monkeypatch):
     assert result.stats.count < 100
 
 
-def test_converges_on_a_steady_callable():
+def test_converges_on_a_steady_callable(monkeypatch):
     rule = StoppingRule(min_repeats=5, min_seconds=0.02, max_rel_iqr=0.5, max_repeats=500, max_seconds=10)
-    result = time_callable(lambda: time.sleep(0.002), "cpu", warmup=0, rule=rule)
+    result = time_callable(_alternating_clock(monkeypatch, 0.002, 0.0021), "cpu", warmup=0, rule=rule)
     assert result.converged, result.stop_reason
     assert sum(result.samples_s) >= 0.02 and result.stats.count >= 5
 
