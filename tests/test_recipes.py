@@ -115,8 +115,9 @@ def test_fastest_on_cpu_skips_the_cuda_steps_and_keeps_the_frames(tiny_nets, dri
     assert "needs a CUDA device" in engine.skipped["triton_volume_sampling"]
     assert engine.report()["applied"] == ["inference_mode", "fold_spectral_norm", "warp_source_cache",
                                           "pad_warp_channels", "fold_batch_norm", "phase_split_hourglass",
-                                          "warp_depth_split", "pad_warp_mask_input", "occlusion_as_taps", "batch_spade_modulations",
-                                          "spade_norm_before_upsample", "phase_split_upsampled_convs"]
+                                          "warp_depth_split", "pad_warp_mask_input", "occlusion_as_taps",
+                                          "batch_spade_modulations", "spade_norm_before_upsample",
+                                          "phase_split_upsampled_convs"]
     assert engine.precision == "fp32" and not engine.compiled  # what runs on the CPU, not what was asked
     reference = _frames(recipes.build("reference", tiny_nets, "cpu"), driving)
     _assert_same_up_to_float32_reordering(_frames(engine, driving), reference)

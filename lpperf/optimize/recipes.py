@@ -48,8 +48,9 @@ def _before_half(step_names: tuple[str, ...], inserted: tuple[str, ...]) -> tupl
 OFFICIAL = ("half",)
 FAST = ("inference_mode", "cudnn_benchmark", "fold_spectral_norm", "warp_source_cache", "pad_warp_channels", "half",
         "residual_float32", "channels_last", "compile_step[reduce-overhead]")
-EXACT_REWRITES = ("fold_batch_norm", "phase_split_hourglass", "warp_depth_split", "pad_warp_mask_input", "occlusion_as_taps",
-                  "batch_spade_modulations", "spade_norm_before_upsample", "phase_split_upsampled_convs")
+EXACT_REWRITES = ("fold_batch_norm", "phase_split_hourglass", "warp_depth_split", "pad_warp_mask_input",
+                  "occlusion_as_taps", "batch_spade_modulations", "spade_norm_before_upsample",
+                  "phase_split_upsampled_convs")
 FASTEST = _before_half(FAST, EXACT_REWRITES + ("triton_volume_sampling",))
 # the depth-split mask's input padding: faster at batch 1 (0.427 against 0.480 ms alone), slower at 16
 # (7.45 against 7.25 ms; H100, torch 2.11), and the batched recipe's mask is not split over depth
