@@ -477,6 +477,28 @@ def test_w_rewrites_after_padding_and_folding_leave_w_unchanged(generator, monke
             assert relative_error(out[key], expected[key]) <= EXACT, key
 
 
+def test_w_padded_to_multiples_of_32_needs_no_mask_input_padding_and_is_unchanged(generator):
+    # the official decoder's 32 added channels (block_expansion), so that in and out pad to x32 together
+    dense_params = {**models.TINY["warping_module"]["dense_motion_params"], "block_expansion": 32, "max_features": 64}
+    warp = tiny_warp(generator, dense_motion_params=dense_params)
+    inputs = warp_inputs(generator)
+    expected = warp(*inputs)
+    chosen = [steps.pad_warp_channels_x32, steps.fold_batch_norm, steps.phase_split_hourglass, steps.warp_depth_split,
+              steps.pad_warp_mask_input, steps.occlusion_as_taps]
+    engine = recipes.build(chosen, {"warping_module": warp}, "cpu")
+    assert "already padded" in engine.skipped["pad_warp_mask_input"]
+    dense = engine.nets["warping_module"].dense_motion_network
+    glass = dense.hourglass
+    assert glass.encoder.down_blocks[0].conv.in_channels % 32 == 0 == glass.out_filters % 32
+    assert glass.decoder.conv.weight.shape[:2] == (glass.out_filters, glass.out_filters)
+    assert dense.mask.weight.shape[:2] == (7 * 24, glass.out_filters)  # outputs still padded 22 -> 24 per tap
+    out = engine.nets["warping_module"](*inputs)
+    for key in ("out", "deformation", "occlusion_map"):
+        assert relative_error(out[key], expected[key]) <= EXACT, key
+    tiny = recipes.build([steps.pad_warp_channels_x32], {"warping_module": tiny_warp(generator)}, "cpu")
+    assert "cannot be padded to multiples of 32 together" in tiny.skipped["pad_warp_channels_x32"]
+
+
 def test_rewrites_of_w_report_what_they_changed(generator):
     warp = tiny_warp(generator)
     assert rewrites.depth_split_conv3ds(warp) == ["dense_motion_network.mask"]
