@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lpperf.measure import frame, parity
+from lpperf.measure import frame, parity, timing
 from lpperf.models import weights
 from lpperf.optimize import recipes, steps
 
@@ -47,20 +47,9 @@ def edited_steps(recipe: str, edits: str) -> list[steps.Step]:
         raise SystemExit(str(error)) from None
 
 
-def round_ms(work: frame.FrameWork) -> float:
+def round_ms(work: frame.FrameWork, device: torch.device) -> float:
     """One round of the variant's frames, ms per frame (CUDA events around the whole round)."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for call in work.calls.values():
-        call()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / work.frames
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
+    return timing.cuda_sample_s(lambda: [call() for call in work.calls.values()], device) * 1e3 / work.frames
 
 
 def main() -> int:
@@ -72,7 +61,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("step_ab times CUDA graphs with CUDA events: it needs a CUDA GPU (none is visible)")
+        raise SystemExit("step_ab times frames with CUDA events: it needs a CUDA GPU (none is visible)")
     if args.batch < 1 or args.rounds < 2:
         raise SystemExit("--batch must be >= 1 and --rounds >= 2")
     variants = {}
@@ -99,7 +88,7 @@ def main() -> int:
                              "nonfinite": report.nonfinite_actual}
         works[label] = frame.step_work(animator, args.batch)
         for _ in range(3):  # compile, capture and warm the variant before any round counts
-            round_ms(works[label])
+            round_ms(works[label], device)
         row["build_and_warmup_s"] = time.perf_counter() - built
         result["variants"][label] = row
         print(label, json.dumps(row), flush=True)
@@ -107,12 +96,12 @@ def main() -> int:
     samples = {label: [] for label in works}
     for index in range(args.rounds):
         for label in (list(works) if index % 2 == 0 else reversed(list(works))):
-            samples[label].append(round_ms(works[label]))
+            samples[label].append(round_ms(works[label], device))
     base = samples[next(iter(works))]
     for label, values in samples.items():
-        ratios = [value / first for value, first in zip(values, base)]
+        ratios = sorted(value / first for value, first in zip(values, base))
         summary = {"median_ms": statistics.median(values), "ratio": statistics.median(ratios),
-                   "ratio_5th": percentile(ratios, 0.05), "ratio_95th": percentile(ratios, 0.95),
+                   "ratio_5th": timing.percentile(ratios, 5), "ratio_95th": timing.percentile(ratios, 95),
                    "round_ms": values}
         result["variants"][label].update(summary)
         print(f"{label:32s} {summary['median_ms']:.4f} ms per frame, ratio {summary['ratio']:.4f} "

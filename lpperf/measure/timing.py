@@ -302,7 +302,8 @@ def host_call_s(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _cuda_sample_s(fn: Callable[[], object], device: torch.device) -> float:
+def cuda_sample_s(fn: Callable[[], object], device: torch.device) -> float:
+    """GPU time of one call in seconds: CUDA events around it on the current stream, after a synchronize."""
     torch.cuda.synchronize(device)
     stream = torch.cuda.current_stream(device)
     start = torch.cuda.Event(enable_timing=True)
@@ -380,7 +381,7 @@ def time_parts(
     part_samples: list[list[float]] = [[] for _ in calls]
     loop_start = time.perf_counter()
     while True:
-        round_s = [_cuda_sample_s(fn, device) if is_cuda else _host_sample_s(fn) for fn in calls]
+        round_s = [cuda_sample_s(fn, device) if is_cuda else _host_sample_s(fn) for fn in calls]
         for kept, sample in zip(part_samples, round_s):
             kept.append(sample)
         samples.append(sum(round_s))

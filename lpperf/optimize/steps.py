@@ -319,7 +319,7 @@ def phase_split_hourglass(engine: Engine) -> None:
     """Each of W's hourglass decoder blocks (nearest 2x upsampling of the plane, then a 3x3x3 Conv3d)
     as one Conv3d with a 3x2x2 kernel at the input's resolution to the four phases of every output
     channel, plus pixel shuffle: exact, 4/9 of their FLOPs, and four times the output channels on a
-    quarter of the voxels (the 32- and 64-output levels fill the kernel's tiles)."""
+    quarter of the voxels; the upsampled input is never written."""
     if not rewrites.phase_split_upsampling_blocks(engine.nets[WARP_NET]):
         raise StepNotApplicable("W has no upsampling conv block left (already phase-split)")
 
