@@ -386,3 +386,13 @@ def test_an_animator_replaying_cuda_graphs_animates_a_new_source_in_the_same_ten
     # the same float32 function on the same values: agreement at float32 rounding; the old portrait's
     # frames, which a stale tensor would give, differ by orders of magnitude more
     torch.testing.assert_close(animator.step(clip), fresh.step(clip))
+
+
+def test_cudnn_deterministic_is_the_engines_flag_inside_its_context_only(tiny_nets):
+    engine = recipes.build([R.lookup("cudnn_deterministic")], tiny_nets, "cpu")
+    assert "needs a CUDA device" in engine.skipped["cudnn_deterministic"]
+    engine.cudnn_deterministic = True  # as the step sets it on a CUDA engine
+    before = torch.backends.cudnn.deterministic
+    with engine.context():
+        assert torch.backends.cudnn.deterministic
+    assert torch.backends.cudnn.deterministic == before

@@ -38,6 +38,7 @@ class Engine:
     autocast_dtype: torch.dtype | None = None
     inference_mode: bool = False
     cudnn_benchmark: bool = False
+    cudnn_deterministic: bool = False
     allow_tf32: bool = True
     channels_last: bool = False
     compile_nets_mode: str | None = None
@@ -83,7 +84,8 @@ class Engine:
         with contextlib.ExitStack() as stack:
             stack.enter_context(grad)
             stack.enter_context(torch.backends.cudnn.flags(
-                enabled=True, benchmark=self.cudnn_benchmark, deterministic=False, allow_tf32=self.allow_tf32))
+                enabled=True, benchmark=self.cudnn_benchmark, deterministic=self.cudnn_deterministic,
+                allow_tf32=self.allow_tf32))
             stack.enter_context(_matmul_tf32(self.allow_tf32))
             if self.autocast_dtype is not None:
                 stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
