@@ -424,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure fp32 eager and the recipes on the sample data")
     bench.add_argument("--device", default="auto", type=device_name, help=device_help)
     bench.add_argument("--recipes", nargs="+", metavar="NAME",
-                       help="recipes to measure (fp32-eager is added first as the baseline); default: the "
-                            "waterfall and peer rows on CUDA, fp32-eager and fast on the CPU")
+                       help="recipes to measure (fp32-eager is added first as the baseline; on CUDA the "
+                            "modules-only peers last, so that 'vs peer' divides by the strongest peer); default: "
+                            "the waterfall and peer rows on CUDA, fp32-eager and fast on the CPU")
     bench.add_argument("--batch", nargs="+", type=at_least(1, most=MAX_BATCH), default=[1], metavar="N",
                        help=f"driving frames per step, at most {MAX_BATCH} (a step holds its whole batch of frames, "
                             "outputs and activations on the card at once); several values run every row per "

@@ -57,6 +57,9 @@ def test_default_rows_and_unknown_recipes():
     assert [(row.recipe, row.modules) for row in peers if row.modules] == [
         ("official-reduce-overhead", ("M", "W", "G")), ("official-motion-ahead", ("M", "W", "G"))]
     assert bench.recipe_row("official-default").peer and not bench.recipe_row("fastest").peer
+    modules_peers = [row.name for row in peers if row.modules]
+    assert [row.name for row in bench.default_rows(cuda, ["fastest"])] == ["fp32-eager", "fastest", modules_peers[0]]
+    assert [row.name for row in bench.default_rows(cuda, ["fastest-motion-ahead"])][2:] == modules_peers
     with pytest.raises(ValueError, match="unknown recipe 'warp-speed'; known recipes: fp32-eager, reference"):
         bench.default_rows(cpu, ["warp-speed"])
 

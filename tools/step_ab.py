@@ -1,14 +1,20 @@
 """A/B of recipe variants in one process on one card: each variant is built once, then timed in
 alternated rounds (ABAB..., the order reversed every other round), so that drift of clocks and
 temperature falls on every variant alike. A round times the variant's frames as `lpperf bench` does
-(lpperf.measure.frame.step_work) with CUDA events; a variant's ratio is the median of its per-round
+(lpperf.measure.frame.step_work), each call alone between CUDA events after a synchronize, summed
+(the sample of lpperf.measure.timing.time_parts); a variant's ratio is the median of its per-round
 ratios to the first variant, with their 5th and 95th percentiles. At batch 1 each variant's parity
 against the float32 reference frames is printed too.
 
 A variant is a label and edits of the recipe's steps: `-step` drops a step, `+step` appends one,
 `+step@other` inserts it before `other`. The first variant is the base.
 
-    python tools/step_ab.py --recipe fastest-motion-ahead --rounds 30 \\
+With --peer the rounds also time the modules-only peer of `lpperf bench` (the official networks,
+.half() + compile(reduce-overhead), M, W and G each alone on the frame's inputs; with M batched ahead
+when the recipe batches it), and each variant's speedup over it is printed the same way: the median
+of its per-round ratios, with their 5th and 95th percentiles.
+
+    python tools/step_ab.py --recipe fastest-motion-ahead --rounds 30 --peer \\
         "base=" "without the phase split=-phase_split_hourglass" --out ab.json
 """
 
@@ -23,6 +29,9 @@ import torch
 from lpperf.measure import frame, parity, timing
 from lpperf.models import weights
 from lpperf.optimize import recipes, steps
+from lpperf.reports import bench
+
+PEER = "peer"  # the label of the modules-only peer among the timed works
 
 
 def edited_steps(recipe: str, edits: str) -> list[steps.Step]:
@@ -48,8 +57,21 @@ def edited_steps(recipe: str, edits: str) -> list[steps.Step]:
 
 
 def round_ms(work: frame.FrameWork, device: torch.device) -> float:
-    """One round of the variant's frames, ms per frame (CUDA events around the whole round)."""
-    return timing.cuda_sample_s(lambda: [call() for call in work.calls.values()], device) * 1e3 / work.frames
+    """One round of the variant's frames, ms per frame: each call alone between CUDA events, summed."""
+    return sum(timing.cuda_sample_s(call, device) for call in work.calls.values()) * 1e3 / work.frames
+
+
+def ratio_summary(values: list[float], others: list[float]) -> tuple[float, float, float]:
+    """The median of the per-round ratios values / others, and their 5th and 95th percentiles."""
+    ratios = sorted(value / other for value, other in zip(values, others))
+    return statistics.median(ratios), timing.percentile(ratios, 5), timing.percentile(ratios, 95)
+
+
+def peer_work(recipe: str, nets: dict, device: torch.device, batch: int) -> tuple[str, frame.FrameWork]:
+    """lpperf bench's modules-only peer for `recipe`: with M batched ahead where the recipe batches it."""
+    ahead = any(step.name == "motion_ahead" for step in recipes.lookup(recipe).steps)
+    peer = bench.MODULES_AHEAD_PEER_RECIPE if ahead else bench.MODULES_PEER_RECIPE
+    return peer, frame.modules_alone(recipes.build(peer, nets, device), batch)
 
 
 def main() -> int:
@@ -58,6 +80,8 @@ def main() -> int:
     parser.add_argument("--recipe", default="fastest")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--peer", action="store_true",
+                        help="also time lpperf bench's modules-only peer and print each variant's speedup over it")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -67,8 +91,8 @@ def main() -> int:
     variants = {}
     for spec in args.variants:
         label, equals, edits = spec.partition("=")
-        if not equals or not label or label in variants:
-            raise SystemExit(f"a variant is a new LABEL=EDITS, got {spec!r}")
+        if not equals or not label or label in variants or label == PEER:
+            raise SystemExit(f"a variant is a new LABEL=EDITS (LABEL not {PEER!r}), got {spec!r}")
         variants[label] = edited_steps(args.recipe, edits)
 
     device = torch.device("cuda")
@@ -92,20 +116,35 @@ def main() -> int:
         row["build_and_warmup_s"] = time.perf_counter() - built
         result["variants"][label] = row
         print(label, json.dumps(row), flush=True)
+    peer = None
+    if args.peer:
+        built = time.perf_counter()
+        peer, works[PEER] = peer_work(args.recipe, nets, device, args.batch)
+        for _ in range(3):
+            round_ms(works[PEER], device)
+        result["peer"] = {"recipe": peer, "build_and_warmup_s": time.perf_counter() - built}
+        print(f"{PEER}: {peer}, its networks alone", json.dumps(result["peer"]), flush=True)
 
     samples = {label: [] for label in works}
     for index in range(args.rounds):
         for label in (list(works) if index % 2 == 0 else reversed(list(works))):
             samples[label].append(round_ms(works[label], device))
-    base = samples[next(iter(works))]
+    base = samples[next(iter(variants))]
+    if peer is not None:
+        peer_samples = samples.pop(PEER)
+        result["peer"].update(median_ms=statistics.median(peer_samples), round_ms=peer_samples)
+        print(f"{PEER + ' (' + peer + ')':32s} {result['peer']['median_ms']:.4f} ms per frame", flush=True)
     for label, values in samples.items():
-        ratios = sorted(value / first for value, first in zip(values, base))
-        summary = {"median_ms": statistics.median(values), "ratio": statistics.median(ratios),
-                   "ratio_5th": timing.percentile(ratios, 5), "ratio_95th": timing.percentile(ratios, 95),
+        ratio, low, high = ratio_summary(values, base)
+        summary = {"median_ms": statistics.median(values), "ratio": ratio, "ratio_5th": low, "ratio_95th": high,
                    "round_ms": values}
+        line = f"{label:32s} {summary['median_ms']:.4f} ms per frame, ratio {ratio:.4f} ({low:.4f}-{high:.4f})"
+        if peer is not None:
+            speedup, low, high = ratio_summary(peer_samples, values)
+            summary.update(speedup_over_peer=speedup, speedup_5th=low, speedup_95th=high)
+            line += f", {speedup:.3f}x the peer ({low:.3f}-{high:.3f})"
         result["variants"][label].update(summary)
-        print(f"{label:32s} {summary['median_ms']:.4f} ms per frame, ratio {summary['ratio']:.4f} "
-              f"({summary['ratio_5th']:.4f}-{summary['ratio_95th']:.4f})", flush=True)
+        print(line, flush=True)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     return 0

@@ -135,11 +135,18 @@ def variant_rows() -> list[Row]:
 
 
 def default_rows(device: torch.device, names: Sequence[str] = ()) -> list[Row]:
-    """What `lpperf bench` measures: the named recipes, fp32-eager first as the baseline; without names
-    the waterfall, peer and variant rows on CUDA, fp32-eager and fast on the CPU."""
+    """What `lpperf bench` measures: the named recipes, fp32-eager first as the baseline, and on CUDA the
+    modules-only peers last (with M batched ahead only where a named recipe batches it), so that "vs
+    peer" divides by the strongest peer; without names the waterfall, peer and variant rows on CUDA,
+    fp32-eager and fast on the CPU."""
     if names:
         names = list(dict.fromkeys(names))
-        return [recipe_row(name) for name in ([] if BASELINE_RECIPE in names else [BASELINE_RECIPE]) + names]
+        rows = [recipe_row(name) for name in ([] if BASELINE_RECIPE in names else [BASELINE_RECIPE]) + names]
+        if device.type != "cuda":
+            return rows
+        ahead = any(step.name == "motion_ahead" for row in rows for step in row.steps)
+        return rows + [row for row in peer_rows()
+                       if row.modules and (ahead or row.recipe != MODULES_AHEAD_PEER_RECIPE)]
     if device.type == "cuda":
         return waterfall_rows() + peer_rows() + variant_rows()
     return [recipe_row(name) for name in CPU_DEFAULT_RECIPES]
