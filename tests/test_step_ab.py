@@ -47,9 +47,9 @@ def test_ratio_summary_is_the_median_of_per_round_ratios_and_its_percentiles():
 
 def test_the_peer_is_the_modules_only_measure_with_m_ahead_only_where_the_recipe_batches_it():
     nets = small_networks()
-    peer, work = step_ab.peer_work("fastest-motion-ahead", nets, "cpu", 1)
+    peer, work = step_ab.peer_work(step_ab.edited_steps("fastest-motion-ahead", ""), nets, "cpu", 1)
     assert peer == bench.MODULES_AHEAD_PEER_RECIPE and work.frames == 16
-    peer, work = step_ab.peer_work("fastest", nets, "cpu", 1)
+    peer, work = step_ab.peer_work(step_ab.edited_steps("fastest-motion-ahead", "-motion_ahead"), nets, "cpu", 1)
     assert peer == bench.MODULES_PEER_RECIPE and work.frames == 1 and list(work.calls) == ["M", "W", "G"]
 
 

@@ -67,10 +67,10 @@ def ratio_summary(values: list[float], others: list[float]) -> tuple[float, floa
     return statistics.median(ratios), timing.percentile(ratios, 5), timing.percentile(ratios, 95)
 
 
-def peer_work(recipe: str, nets: dict, device: torch.device, batch: int) -> tuple[str, frame.FrameWork]:
-    """lpperf bench's modules-only peer for `recipe`: with M batched ahead where the recipe batches it."""
-    ahead = any(step.name == "motion_ahead" for step in recipes.lookup(recipe).steps)
-    peer = bench.MODULES_AHEAD_PEER_RECIPE if ahead else bench.MODULES_PEER_RECIPE
+def peer_work(chosen: list[steps.Step], nets: dict, device: torch.device, batch: int) -> tuple[str, frame.FrameWork]:
+    """lpperf bench's modules-only peer for the base variant's steps: with M batched ahead where they batch it
+    (the last of bench.modules_peer_rows, the strongest for such a recipe)."""
+    peer = bench.modules_peer_rows(steps.motion_ahead in chosen)[-1].recipe
     return peer, frame.modules_alone(recipes.build(peer, nets, device), batch)
 
 
@@ -119,7 +119,7 @@ def main() -> int:
     peer = None
     if args.peer:
         built = time.perf_counter()
-        peer, works[PEER] = peer_work(args.recipe, nets, device, args.batch)
+        peer, works[PEER] = peer_work(next(iter(variants.values())), nets, device, args.batch)
         for _ in range(3):
             round_ms(works[PEER], device)
         result["peer"] = {"recipe": peer, "build_and_warmup_s": time.perf_counter() - built}

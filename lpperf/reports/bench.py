@@ -50,7 +50,7 @@ import torch
 
 from lpperf.animation import pipeline
 from lpperf.measure import frame, memory, parity, roofline, timing
-from lpperf.optimize import recipes
+from lpperf.optimize import recipes, steps
 from lpperf.reports import charts, history
 from lpperf.optimize.steps import Step
 from lpperf.util.validation import check_positive_int
@@ -129,6 +129,11 @@ def peer_rows() -> list[Row]:
                                          (MODULES_AHEAD_PEER_RECIPE, MODULES_AHEAD_PEER_ROW))]
 
 
+def modules_peer_rows(motion_ahead: bool) -> list[Row]:
+    """The modules-only peers: as shipped, then, where the measured recipes batch M ahead, given the same."""
+    return [row for row in peer_rows() if row.modules and (motion_ahead or row.recipe != MODULES_AHEAD_PEER_RECIPE)]
+
+
 def variant_rows() -> list[Row]:
     """lpperf's own recipes measured beside the waterfall: variants of the fastest one."""
     return [recipe_row(name) for name in VARIANT_RECIPES]
@@ -144,9 +149,7 @@ def default_rows(device: torch.device, names: Sequence[str] = ()) -> list[Row]:
         rows = [recipe_row(name) for name in ([] if BASELINE_RECIPE in names else [BASELINE_RECIPE]) + names]
         if device.type != "cuda":
             return rows
-        ahead = any(step.name == "motion_ahead" for row in rows for step in row.steps)
-        return rows + [row for row in peer_rows()
-                       if row.modules and (ahead or row.recipe != MODULES_AHEAD_PEER_RECIPE)]
+        return rows + modules_peer_rows(any(steps.motion_ahead in row.steps for row in rows))
     if device.type == "cuda":
         return waterfall_rows() + peer_rows() + variant_rows()
     return [recipe_row(name) for name in CPU_DEFAULT_RECIPES]
