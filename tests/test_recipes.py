@@ -396,3 +396,17 @@ def test_cudnn_deterministic_is_the_engines_flag_inside_its_context_only(tiny_ne
     with engine.context():
         assert torch.backends.cudnn.deterministic
     assert torch.backends.cudnn.deterministic == before
+
+
+@pytest.mark.parametrize("step, setting", [("inductor_freezing", "freezing"),
+                                           ("inductor_coordinate_descent", "coordinate_descent_tuning")])
+def test_inductor_settings_hold_inside_the_engines_context_only(tiny_nets, step, setting):
+    import torch._inductor.config as inductor_config
+
+    engine = recipes.build([R.lookup(step)], tiny_nets, "cpu")
+    assert "needs a CUDA device" in engine.skipped[step]
+    engine.inductor_settings[setting] = True  # as the step sets it on a CUDA engine
+    before = getattr(inductor_config, setting)
+    with engine.context():
+        assert getattr(inductor_config, setting) is True
+    assert getattr(inductor_config, setting) == before

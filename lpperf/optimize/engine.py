@@ -43,7 +43,8 @@ class Engine:
     channels_last: bool = False
     compile_nets_mode: str | None = None
     compile_step_mode: str | None = None
-    inductor_freezing: bool = False
+    # torch._inductor.config settings the compile runs under (it compiles on the first step, inside context())
+    inductor_settings: dict[str, object] = dataclasses.field(default_factory=dict)
     # driving frames whose motion animate() extracts in one M call ahead of their steps (1: M in each step);
     # a measure times that many frames as one unit (lpperf.measure.frame.step_work)
     motion_ahead: int = 1
@@ -89,8 +90,8 @@ class Engine:
             stack.enter_context(_matmul_tf32(self.allow_tf32))
             if self.autocast_dtype is not None:
                 stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
-            if self.inductor_freezing:
-                stack.enter_context(_inductor_config(freezing=True))
+            if self.inductor_settings:
+                stack.enter_context(_inductor_config(**self.inductor_settings))
             yield
 
     def animator(self, source: torch.Tensor, reference: torch.Tensor | None = None,

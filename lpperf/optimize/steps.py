@@ -447,7 +447,18 @@ def inductor_freezing(engine: Engine) -> None:
     """Inductor treats the weights as constants: folds BatchNorm into convolutions and
     pre-packs weight layouts at compile time."""
     _require_cuda(engine)
-    engine.inductor_freezing = True
+    engine.inductor_settings["freezing"] = True
+
+
+@register("+ inductor's kernels tuned by coordinate descent")
+def inductor_coordinate_descent(engine: Engine) -> None:
+    """Inductor times each Triton kernel it generates at neighbouring block sizes, warp counts and stages
+    (coordinate descent from its heuristic choice) at compile time and keeps the fastest. The frame's
+    inductor kernels are its norms and modulations, memory-bound, where the block shape decides how much
+    of the card's bandwidth they reach. Same arithmetic per element; a reduction's tile may change its
+    summation order. Lengthens the compile."""
+    _require_cuda(engine)
+    engine.inductor_settings["coordinate_descent_tuning"] = True
 
 
 # --------------------------------------------------------------------------------------
