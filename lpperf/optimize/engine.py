@@ -38,12 +38,11 @@ class Engine:
     autocast_dtype: torch.dtype | None = None
     inference_mode: bool = False
     cudnn_benchmark: bool = False
-    cudnn_deterministic: bool = False
     allow_tf32: bool = True
     channels_last: bool = False
     compile_nets_mode: str | None = None
     compile_step_mode: str | None = None
-    # torch._inductor.config settings the compile runs under (it compiles on the first step, inside context())
+    # torch._inductor.config settings the engine's compiles run under (see Engine.compile)
     inductor_settings: dict[str, object] = dataclasses.field(default_factory=dict)
     # driving frames whose motion animate() extracts in one M call ahead of their steps (1: M in each step);
     # a measure times that many frames as one unit (lpperf.measure.frame.step_work)
@@ -85,14 +84,22 @@ class Engine:
         with contextlib.ExitStack() as stack:
             stack.enter_context(grad)
             stack.enter_context(torch.backends.cudnn.flags(
-                enabled=True, benchmark=self.cudnn_benchmark, deterministic=self.cudnn_deterministic,
-                allow_tf32=self.allow_tf32))
+                enabled=True, benchmark=self.cudnn_benchmark, deterministic=False, allow_tf32=self.allow_tf32))
             stack.enter_context(_matmul_tf32(self.allow_tf32))
             if self.autocast_dtype is not None:
                 stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
-            if self.inductor_settings:
-                stack.enter_context(_inductor_config(**self.inductor_settings))
             yield
+
+    def compile(self, fn, mode: str):
+        """torch.compile(fn, mode=mode), with the engine's inductor settings added to the mode's. They go in as
+        torch.compile's options, not as a config patched around the first call: the options are part of
+        what dynamo matches a compiled program on, so a function another engine of this process compiled
+        without them is compiled again, not reused."""
+        if not self.inductor_settings:
+            return torch.compile(fn, mode=mode)
+        from torch._inductor import list_mode_options
+
+        return torch.compile(fn, options={**list_mode_options(mode), **self.inductor_settings})
 
     def animator(self, source: torch.Tensor, reference: torch.Tensor | None = None,
                  **options) -> "OptimizedAnimator":
@@ -107,7 +114,7 @@ class Engine:
         eager_nets = dict(nets)
         if self.compile_nets_mode is not None:
             for name in HEAVY_NETS:
-                nets[name] = torch.compile(nets[name], mode=self.compile_nets_mode)
+                nets[name] = self.compile(nets[name], self.compile_nets_mode)
         options.setdefault("motion_ahead", self.motion_ahead)
         animator = OptimizedAnimator(nets, self, eager_nets=eager_nets, **options)
         animator.set_source(source.to(self.device))
@@ -162,7 +169,7 @@ class OptimizedAnimator(pipeline.Animator):
                              "from_motion": self._frames_from_motion_tensors}
         self._calls = dict(self._eager_calls)
         if engine.compile_step_mode is not None:
-            self._calls = {name: torch.compile(call, mode=engine.compile_step_mode)
+            self._calls = {name: engine.compile(call, engine.compile_step_mode)
                            for name, call in self._eager_calls.items()}
         compiling = engine.compile_step_mode is not None or engine.compile_nets_mode is not None
         self._compiled_once: set[str] = set() if compiling else set(self._calls)
@@ -316,10 +323,3 @@ def _matmul_tf32(allow: bool) -> Iterator[None]:
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
 
-
-@contextlib.contextmanager
-def _inductor_config(**settings) -> Iterator[None]:
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(**settings):
-        yield

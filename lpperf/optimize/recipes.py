@@ -51,10 +51,15 @@ FAST = ("inference_mode", "cudnn_benchmark", "fold_spectral_norm", "warp_source_
 EXACT_REWRITES = ("fold_batch_norm", "phase_split_hourglass", "warp_depth_split", "pad_warp_mask_input",
                   "occlusion_as_taps", "batch_spade_modulations", "spade_norm_before_upsample",
                   "phase_split_upsampled_convs")
-FASTEST = _before_half(FAST, EXACT_REWRITES + ("triton_volume_sampling",))
-# the depth-split mask's input padding: faster at batch 1 (0.427 against 0.480 ms alone), slower at 16
-# (7.45 against 7.25 ms; H100, torch 2.11), and the batched recipe's mask is not split over depth
-BATCHED_MASK = {"warp_depth_split": "warp_mask_fft", "pad_warp_mask_input": None}
+# W's channels padded to x32 rather than x8: -0.023 ms per frame at batch 1 in the frame (H100, torch 2.11,
+# docs/PERFORMANCE.md); the mask's input is then already a multiple of 32, so its own padding goes
+FASTEST = _before_half(tuple("pad_warp_channels_x32" if name == "pad_warp_channels" else name for name in FAST),
+                       tuple(name for name in EXACT_REWRITES if name != "pad_warp_mask_input")
+                       + ("triton_volume_sampling",))
+# batched, W's mask runs in the frequency domain, not split over depth, and its work grows with its input
+# channels: the x8 padding (x32 is unmeasured at batch 16). The depth-split mask's input padding was faster
+# at batch 1 (0.427 against 0.480 ms alone), slower at 16 (7.45 against 7.25 ms; H100, torch 2.11)
+BATCHED_MASK = {"warp_depth_split": "warp_mask_fft", "pad_warp_channels_x32": "pad_warp_channels"}
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     # float32, eager, torch defaults (TF32 convolutions on): every speedup's baseline

@@ -152,15 +152,6 @@ def cudnn_benchmark(engine: Engine) -> None:
     engine.cudnn_benchmark = True
 
 
-@register('+ cuDNN deterministic')
-def cudnn_deterministic(engine: Engine) -> None:
-    """Only cuDNN algorithms whose result does not depend on the order of atomic additions. That rules
-    out the split-K ("segment-K") convolutions, each of which needs its output zeroed by a memset first,
-    and the graph then waits a few microseconds after each memset before the convolution starts."""
-    _require_cuda(engine)
-    engine.cudnn_deterministic = True
-
-
 @register('+ TF32 off')
 def tf32_off(engine: Engine) -> None:
     """True float32 arithmetic in matmuls and convolutions: the parity reference."""
