@@ -79,8 +79,7 @@ def test_fastest_is_fast_plus_exact_rewrites_run_in_float32_and_compile_last():
     # W's channels padded to x32 in x8's place: the mask's input is then whole tiles already
     assert [step for step in fastest if step in fast] == [step for step in fast if step is not R.pad_warp_channels]
     assert fastest.index(R.pad_warp_channels_x32) == fast.index(R.pad_warp_channels)
-    assert [step.name for step in added] == ["pad_warp_channels_x32", *(
-        name for name in recipes.EXACT_REWRITES if name != "pad_warp_mask_input"), "triton_volume_sampling"]
+    assert [step.name for step in added] == ["pad_warp_channels_x32", *recipes.EXACT_REWRITES, "triton_volume_sampling"]
     assert all(fastest.index(step) < fastest.index(R.half) for step in added)
     assert fastest[-1].compile_scope is R.CompileScope.STEP and fastest[-1].compile_mode == "reduce-overhead"
     batched = recipes.lookup("fastest-batched").steps
@@ -405,3 +404,21 @@ def test_inductor_settings_are_compile_options_added_to_the_mode(tiny_nets, monk
     engine.compile(len, "reduce-overhead")
     # as options, they are part of what dynamo matches a compiled program on (a patched config is not)
     assert compiled == [{"mode": "reduce-overhead"}, {"options": {"triton.cudagraphs": True, setting: True}}]
+
+
+def test_a_program_compiled_without_the_engines_inductor_settings_is_not_reused():
+    from torch._dynamo.utils import counters
+
+    def scaled(x):
+        return torch.relu(x) * 2 + 1
+
+    x = torch.randn(8)
+    plain = engine_module.Engine(nets={}, device=torch.device("cpu"))
+    tuned = engine_module.Engine(nets={}, device=torch.device("cpu"),
+                                 inductor_settings={"coordinate_descent_tuning": True})
+    graphs = counters["stats"]["unique_graphs"]
+    plain.compile(scaled, "default")(x)
+    plain.compile(scaled, "default")(x)  # the same mode: dynamo reuses the program
+    assert counters["stats"]["unique_graphs"] == graphs + 1
+    torch.testing.assert_close(tuned.compile(scaled, "default")(x), scaled(x))
+    assert counters["stats"]["unique_graphs"] == graphs + 2  # compiled again, under its settings

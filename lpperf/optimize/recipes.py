@@ -45,20 +45,23 @@ def _before_half(step_names: tuple[str, ...], inserted: tuple[str, ...]) -> tupl
     return step_names[:at] + inserted + step_names[at:]
 
 
+def _swapped(step_names: tuple[str, ...], swaps: dict[str, str]) -> tuple[str, ...]:
+    """The steps with each one named in `swaps` replaced by its counterpart, in its place."""
+    return tuple(swaps.get(name, name) for name in step_names)
+
+
 OFFICIAL = ("half",)
 FAST = ("inference_mode", "cudnn_benchmark", "fold_spectral_norm", "warp_source_cache", "pad_warp_channels", "half",
         "residual_float32", "channels_last", "compile_step[reduce-overhead]")
-EXACT_REWRITES = ("fold_batch_norm", "phase_split_hourglass", "warp_depth_split", "pad_warp_mask_input",
-                  "occlusion_as_taps", "batch_spade_modulations", "spade_norm_before_upsample",
-                  "phase_split_upsampled_convs")
-# W's channels padded to x32 rather than x8: -0.023 ms per frame at batch 1 in the frame (H100, torch 2.11,
-# docs/PERFORMANCE.md); the mask's input is then already a multiple of 32, so its own padding goes
-FASTEST = _before_half(tuple("pad_warp_channels_x32" if name == "pad_warp_channels" else name for name in FAST),
-                       tuple(name for name in EXACT_REWRITES if name != "pad_warp_mask_input")
-                       + ("triton_volume_sampling",))
+# W's channels padded to x32 rather than x8: -0.023 ms per frame at batch 1 (H100, torch 2.11,
+# docs/PERFORMANCE.md). The depth-split mask's input is then 160 channels already, so pad_warp_mask_input,
+# an exact rewrite under the x8 padding, has nothing left to do and is not among these.
+FASTEST_PADDING = {"pad_warp_channels": "pad_warp_channels_x32"}
+EXACT_REWRITES = ("fold_batch_norm", "phase_split_hourglass", "warp_depth_split", "occlusion_as_taps",
+                  "batch_spade_modulations", "spade_norm_before_upsample", "phase_split_upsampled_convs")
+FASTEST = _before_half(_swapped(FAST, FASTEST_PADDING), EXACT_REWRITES + ("triton_volume_sampling",))
 # batched, W's mask runs in the frequency domain, not split over depth, and its work grows with its input
-# channels: the x8 padding (x32 is unmeasured at batch 16). The depth-split mask's input padding was faster
-# at batch 1 (0.427 against 0.480 ms alone), slower at 16 (7.45 against 7.25 ms; H100, torch 2.11)
+# channels: the x8 padding (x32 is unmeasured at batch 16)
 BATCHED_MASK = {"warp_depth_split": "warp_mask_fft", "pad_warp_channels_x32": "pad_warp_channels"}
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
@@ -82,7 +85,7 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     # fast plus the exact layer rewrites
     _recipe("fastest", *FASTEST),
     # W's mask Conv3d in the frequency domain instead of split over depth: for batched frames (447 MB of spectra)
-    _recipe("fastest-batched", *(step for step in (BATCHED_MASK.get(name, name) for name in FASTEST) if step)),
+    _recipe("fastest-batched", *_swapped(FASTEST, BATCHED_MASK)),
     # driving frames known ahead (a video file): M over 16 of them in one call, then each step from its motion
     _recipe("fastest-motion-ahead", *FASTEST, "motion_ahead"),
     # the official speed script's networks given the same: its modules-only measure with M batched likewise
