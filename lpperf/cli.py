@@ -311,7 +311,7 @@ def cmd_history(args) -> int:
         raise history.HistoryError(
             f"--pinned {args.pinned} is a {pinned.format.value} run of {pinned.card or 'no card recorded'}, and "
             f"{args.dir} holds no run of that card and kind to compare with it; pin a run of a card in the history")
-    crept = []
+    crept, checked = [], 0
     for card, by_kind in kinds.items():
         print(f"== {card}: {len(groups[card])} run(s)")
         for run in groups[card]:
@@ -329,17 +329,35 @@ def cmd_history(args) -> int:
                       + (f" and vs the pinned run {kept.source}:" if kept else ":"))
                 print(trends.format_creep(findings, args.best_of))
                 crept += [f"{card}: {item.name}" for item in findings if item.flagged]
+                checked += sum(item.checked for item in findings)
 
     if reason:
         _say(f"trend charts skipped: {reason}")
     else:
         written = charts.trend_charts(groups, out_dir)
         print(f"\n{len(written)} trend chart(s) in {args.out} (dashed lines: change points)")
+    if args.creep_limit is not None:
+        _no_creep_verdict(skipped, checked, crept)
     if crept:
         _say(f"lpperf history: FAILED: {len(crept)} benchmark(s) crept more than {history.percent(args.creep_limit)} "
              f"above the best of the {args.best_of} runs before or the pinned run: " + history.names_text(crept))
         return Exit.REGRESSED
     return 0
+
+
+def _no_creep_verdict(skipped: list, checked: int, crept: list[str]) -> None:
+    """A creep check gives 0 or 1 only where it read the whole history and held a benchmark against an
+    earlier time; otherwise it stops with exit 2, saying why."""
+    if skipped:
+        raise history.HistoryError(
+            f"no creep verdict: {len(skipped)} file(s) of the history could not be read (named above), and the "
+            f"latest run may be among them{f' ({len(crept)} benchmark(s) flagged among the rest)' if crept else ''}; "
+            "repair or remove them, then run again")
+    if not checked:
+        raise history.HistoryError(
+            "no creep verdict: no benchmark of a latest run has an earlier run (or the pinned run) to hold it "
+            "against: creep needs two runs of a card and kind with a benchmark in common; record another run "
+            "first, or leave out --creep-limit until the history has one")
 
 
 # ---------------------------------------------------------------------------------------------- animate

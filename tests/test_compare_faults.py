@@ -4,6 +4,7 @@ history files and conflicting options."""
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -309,6 +310,46 @@ def test_history_skips_broken_files_with_a_warning_and_goes_on(tmp_path, capsys,
     assert "frame: 10.000 ms -> 20.000 ms, 2.00x slower" in captured.out
     with pytest.raises(history.HistoryError):  # the library stays strict unless told to skip
         history.load_history(store)
+
+
+def test_a_creep_check_over_an_unreadable_file_is_no_verdict(tmp_path, capsys, monkeypatch):
+    """The file skipped may be the very run the check should judge: exit 2, not a pass over the rest."""
+    monkeypatch.setattr(charts, "unavailable_reason", lambda: "not needed here")
+    store = tmp_path / "store"
+    write(store / "0001_a.json", pytest_benchmark_data({"frame": 0.010}, when="2026-11-28T08:00"))
+    write(store / "0002_b.json", pytest_benchmark_data({"frame": 0.010}, when="2026-11-28T09:00"))
+    write(store / "0003_c.json", '{"machine_info": ')
+    assert cli.main(["history", str(store), "--creep-limit", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert f"warning: skipped {store / '0003_c.json'}" in err
+    line = err.strip().splitlines()[-1]
+    assert "no creep verdict" in line and "1 file(s)" in line and "repair or remove" in line
+    assert cli.main(["history", str(store)]) == 0  # without a creep check the charts and tables still come
+
+
+@pytest.mark.parametrize("later", [None, "renamed"], ids=["one run", "no benchmark in common"])
+def test_a_creep_check_with_nothing_to_hold_the_latest_run_against_is_no_verdict(tmp_path, capsys, monkeypatch,
+                                                                                  later):
+    monkeypatch.setattr(charts, "unavailable_reason", lambda: "not needed here")
+    store = tmp_path / "store"
+    write(store / "0001_a.json", pytest_benchmark_data({"frame": 0.010}, when="2026-11-28T08:00"))
+    if later:
+        write(store / "0002_b.json", pytest_benchmark_data({later: 0.010}, when="2026-11-28T09:00"))
+    assert cli.main(["history", str(store), "--creep-limit", "0.05"]) == 2
+    captured = capsys.readouterr()
+    assert "no creep verdict" in captured.err.strip().splitlines()[-1]
+    if later:
+        assert "not checked (new)" in captured.out
+
+
+def test_a_benchmark_new_in_the_latest_run_is_not_checked_while_the_rest_are(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(charts, "unavailable_reason", lambda: "not needed here")
+    store = tmp_path / "store"
+    write(store / "0001_a.json", pytest_benchmark_data({"frame": 0.010}, when="2026-11-28T08:00"))
+    write(store / "0002_b.json", pytest_benchmark_data({"frame": 0.010, "added": 0.5}, when="2026-11-28T09:00"))
+    assert cli.main(["history", str(store), "--creep-limit", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"added .* not checked \(new\)", out) and re.search(r"frame .* ok", out)
 
 
 def test_history_with_only_broken_files_says_so(tmp_path, capsys):

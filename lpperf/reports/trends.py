@@ -31,6 +31,12 @@ class Creep:
         return None if self.best_s is None else median_ratio(self.best_s, self.latest_s)
 
     @property
+    def checked(self) -> bool:
+        """Whether there was anything to hold the latest time against (a benchmark new in the latest run
+        has neither a pinned nor an earlier time)."""
+        return self.pinned_s is not None or self.best_s is not None
+
+    @property
     def flagged(self) -> bool:
         """A cumulative slowdown past the limit: each merge may have stayed under the per-merge gate."""
         return any(ratio is not None and ratio - 1 > self.limit for ratio in (self.vs_pinned, self.vs_best))
@@ -66,11 +72,17 @@ def format_creep(findings: list[Creep], best_of: int) -> str:
         def ratio(value):
             return "-" if value is None else f"{(value - 1) * 100:+.1f}%"
         lines.append(f"{item.name:<{width}}  {item.latest_s * 1e3:>10.3f}  {ratio(item.vs_pinned):>9}  "
-                     f"{ratio(item.vs_best):>14}  {'FLAGGED' if item.flagged else 'ok'}"
+                     f"{ratio(item.vs_best):>14}  {_verdict(item)}"
                      f"{'' if item.settled else ' ' + UNSETTLED_MARK}")
     if not all(item.settled for item in findings):
         lines.append(f"{UNSETTLED_MARK} {UNSETTLED_NOTE}")
     return "\n".join(lines)
+
+
+def _verdict(item: Creep) -> str:
+    if not item.checked:
+        return "not checked (new)"
+    return "FLAGGED" if item.flagged else "ok"
 
 
 # Change points by binary segmentation: the cut that splits a series best into two levels (least squares
