@@ -277,6 +277,26 @@ def test_image_size_is_checked_from_the_header(tmp_path):
         video.read_image(big)
 
 
+@pytest.mark.parametrize(("suffix", "pixels"), [
+    (".tif", np.full((256, 256), np.nan, dtype=np.float32)),  # float NaN: used to read as a black image
+    (".tif", np.full((256, 256), 0.5, dtype=np.float32)),  # float in [0, 1]: also black
+    (".png", np.full((256, 256), 40000, dtype=np.uint16)),  # 16-bit: used to clip to white
+], ids=["float NaN", "float", "16-bit"])
+def test_an_image_of_more_than_8_bits_a_channel_is_refused_not_clipped(tmp_path, capsys, media, no_loading, suffix,
+                                                                        pixels):
+    wide = tmp_path / f"wide{suffix}"
+    Image.fromarray(pixels).save(wide)
+    with pytest.raises(ValueError, match=r"holds '(I|F)[^']*' pixels \(16-bit or 32-bit"):
+        video.read_image(wide)
+    assert cli.main(animate_args(media, tmp_path, **{"--source": str(wide)})) == 2
+    line = error_line(capsys)
+    assert str(wide) in line and "8-bit RGB PNG or JPEG" in line
+    driving = media["folder"] / f"500{wide.suffix}"  # a driving folder's images are checked the same way
+    wide.rename(driving)
+    assert cli.main(animate_args(media, tmp_path, **{"--driving": str(media["folder"])})) == 2
+    assert str(driving) in error_line(capsys)
+
+
 def test_missing_video_support_is_found_before_anything_loads(tmp_path, capsys, media, no_loading, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError
     assert cli.main(animate_args(media, tmp_path, **{"--driving": str(media["folder"])})) == 2

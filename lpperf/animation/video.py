@@ -105,7 +105,16 @@ def _opened_image(path: Path, size: int | None) -> Iterator:
     with image:
         if size is not None:
             _check_dimensions(image.width, image.height, f"image {path}", size)
+        if _wide_mode(image.mode):
+            raise ValueError(f"image {path} holds {image.mode!r} pixels (16-bit or 32-bit integers, or floats), which "
+                             "do not map onto 8-bit colour without a range only its maker knows; save it as an 8-bit "
+                             "RGB PNG or JPEG")
         yield image
+
+
+def _wide_mode(mode: str) -> bool:
+    """Pillow's modes of more than 8 bits a channel ("I", "F", "I;16" and its byte orders)."""
+    return mode in ("I", "F") or mode.startswith(("I;", "F;"))
 
 
 def read_image(path: str | Path, size: int | None = IMAGE_SIZE) -> torch.Tensor:
