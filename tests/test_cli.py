@@ -374,6 +374,20 @@ def test_history_trends_per_card(tmp_path, capsys):
         png_size(charts_dir / "trend-frame.png")
 
 
+def test_history_draws_one_chart_per_benchmark_where_names_share_a_file_name(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    prefix = "tests/gpu/test_frames.py::test_frame_latency_of_each_recipe_at_each_batch_size_on_this_card"
+    names = [f"{prefix}[fast-batch1]", f"{prefix}[Fast-Batch1]", f"{prefix}[fastest-batch1]"]  # one slug: cut at 80
+    assert len({charts.slug(name) for name in names}) == 1
+    store = tmp_path / ".benchmarks"
+    pytest_benchmark_run(store / "0000_run.json", "H100", dict.fromkeys(names, 0.01), "2026-01")
+    charts_dir = tmp_path / "charts"
+    assert cli.main(["history", str(store), "--out", str(charts_dir)]) == 0
+    assert "3 trend chart(s)" in capsys.readouterr().out
+    assert len(list(charts_dir.glob("trend-*.png"))) == 3
+    assert charts.distinct_slugs(["frame", "other"]) == {"frame": "frame", "other": "other"}  # unshared: plain
+
+
 def test_history_reads_bench_reports(tmp_path, capsys, monkeypatch):
     """`lpperf history` (default folder) after two `lpperf bench` runs (default history) shows both and
     compares them; it used to say to run `lpperf bench` first, which wrote where it never looked."""

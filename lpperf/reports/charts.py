@@ -8,8 +8,10 @@ renamed when complete.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +51,15 @@ def _save(figure, path: Path) -> Path:
 def slug(text: str) -> str:
     """A file-name-safe version of a benchmark or recipe name."""
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:80] or "unnamed"
+
+
+def distinct_slugs(names: Sequence[str]) -> dict[str, str]:
+    """slug() of each name, with a short hash of the name added where two names share a slug (slug folds
+    case and cuts at 80 characters), so one chart never overwrites another."""
+    slugs = {name: slug(name) for name in names}
+    shared = Counter(slugs.values())
+    return {name: text if shared[text] == 1 else f"{text[:71]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+            for name, text in slugs.items()}
 
 
 def _finite(value) -> bool:
@@ -236,13 +247,14 @@ def trend_charts(groups: Mapping[str, Sequence[Run]], out_dir: Path) -> list[Pat
     """trend_chart for every benchmark of the runs, one line per group (card), runs oldest first; each
     title names the cards and the networks and weights its runs recorded."""
     names = dict.fromkeys(result.name for runs in groups.values() for run in runs for result in run.results)
+    files = distinct_slugs(names)
     written = []
     for name in names:
         series = {card: [(_run_label(run), run.result(name).median_s) for run in runs if run.result(name)]
                   for card, runs in groups.items()}
         series = {card: points for card, points in series.items() if points}
         measured = [run for runs in groups.values() for run in runs if run.result(name)]
-        written.append(trend_chart(name, series, out_dir / f"trend-{slug(name)}.png", what_ran(measured)))
+        written.append(trend_chart(name, series, out_dir / f"trend-{files[name]}.png", what_ran(measured)))
     return written
 
 
