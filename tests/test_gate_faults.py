@@ -295,12 +295,34 @@ def test_out_that_is_a_file_says_it_must_be_a_folder(fake_workers, capsys, tmp_p
     (("--gate-stages", "--no-stages"), "--gate-stages"),
     (("--startup-floor-s", "-1"), "--startup-floor-s"),
     (("--startup-floor-s", "nan"), "--startup-floor-s"),
-    (("--weights", "/nonexistent/weights"), "--weights /nonexistent/weights is not a folder"),
+    (("--weights", "/nonexistent/weights"), "--weights: weights folder /nonexistent/weights does not exist"),
 ])
 def test_bad_arguments_are_refused_before_any_worker_starts(fake_workers, capsys, tmp_path, args, message):
     code, lines = gate(capsys, "--base", ".", "--device", "cpu", "--out", str(tmp_path / "out"), *args)
     assert code == 2 and message in lines[-1], lines
     assert not fake_workers and not (tmp_path / "out").exists()
+
+
+def test_a_weights_folder_without_the_checkpoints_is_refused_before_any_worker_starts(fake_workers, capsys,
+                                                                                      tmp_path):
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "gate.json").write_text("{}")  # an earlier verdict stays until a run can start
+    code, lines = gate(capsys, "--base", ".", "--device", "cpu", "--weights", str(empty), "--out",
+                       str(tmp_path / "out"))
+    assert code == 2 and "lacks 5 of the 5 official checkpoint files" in lines[-1], lines
+    assert "stitching_retargeting_module.pth" in lines[-1] and "synthetic weights" in lines[-1]
+    assert not fake_workers and (tmp_path / "out" / "gate.json").is_file()
+
+
+def test_a_long_worker_error_keeps_its_end():
+    from lpperf.gate import worker
+
+    text = "load: FileNotFoundError: " + "x" * 5000 + " Put all 5 files in the folder."
+    short = worker._shortened(text)
+    assert len(short) == 2000 and short.startswith("load: FileNotFoundError") and short.endswith("in the folder.")
+    assert worker._shortened("short") == "short"
 
 
 @pytest.mark.parametrize("args, message", [(("--max-rounds", "32"), "--max-rounds"),

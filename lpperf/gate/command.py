@@ -229,9 +229,8 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
         startup=checks.StartupBudget(args.startup_threshold, args.startup_floor_s),
         output_frames=args.output_frames, processes=args.processes, inject_slowdown=args.inject_slowdown,
         inject_memory_mib=args.inject_memory_mib, inject_output_levels=args.inject_output_levels)
-    if args.weights not in (None, "synthetic") and not Path(args.weights).expanduser().is_dir():
-        raise GateError(f"--weights {args.weights} is not a folder; give the folder of the official checkpoints "
-                        "(or leave --weights out for synthetic weights)")
+    if args.weights not in (None, "synthetic"):
+        _check_weights_folder(args.weights)
     _check_recipes(args.recipes)
     metrics = controller.default_metrics(args.recipes, args.batches, stages=not args.no_stages,
                                          gate_stages=args.gate_stages)
@@ -247,6 +246,16 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
     if args.summary and Path(args.summary).is_dir():
         raise GateError(f"--summary {args.summary} is a folder; give a file for the Markdown tables")
     return config, metrics, gpus
+
+
+def _check_weights_folder(folder: str) -> None:
+    """The five official checkpoint files present (nothing read), before --out is touched or a worker starts."""
+    from lpperf.models import weights
+
+    try:
+        weights.official_files(folder)
+    except (FileNotFoundError, ValueError) as error:
+        raise GateError(f"--weights: {error} (or leave --weights out for synthetic weights)") from None
 
 
 def _check_recipes(names) -> None:

@@ -71,7 +71,7 @@ def main() -> int:
             traceback.print_exc()
             metric = f"{request['metric']}: " if request.get("metric") else ""  # which call failed, for the log
             answer = {"ok": False, "kind": kind,
-                      "error": f"{metric}{type(error).__name__}: {' '.join(str(error).split())}"[:800]}
+                      "error": _shortened(f"{metric}{type(error).__name__}: {' '.join(str(error).split())}")}
         protocol_out.write(json.dumps(answer) + "\n")
         protocol_out.flush()
         if not answer["ok"]:
@@ -465,5 +465,16 @@ def _slowed(call, torch, cycles: int):
     return slowed
 
 
+def _shortened(text: str, limit: int = 2000) -> str:
+    """`text` within `limit` characters for the one-line answer: a long message keeps its start (what
+    failed) and its end (what to do), the middle cut."""
+    if len(text) <= limit:
+        return text
+    cut = " [...] "
+    head = (limit - len(cut)) * 2 // 3
+    return text[:head] + cut + text[-(limit - len(cut) - head):]
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
+
