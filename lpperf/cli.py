@@ -144,6 +144,8 @@ def cmd_bench(args) -> int:
     device = resolve_device(args.device)
     rows = bench.default_rows(device, args.recipes or ())  # an unknown name raises, naming the known recipes
     configs = [_bench_config(device, batch, args) for batch in dict.fromkeys(args.batch)]
+    if args.weights not in (None, "synthetic"):
+        weights.official_files(args.weights)  # before --out is made: a wrong folder leaves nothing behind
     if args.history:  # checked now, created only when the report is saved: a failed run leaves none behind
         prepare_out_dir(Path(args.history), "--history", create=False)
     out_dir = prepare_out_dir(Path(args.out))

@@ -195,6 +195,14 @@ def test_out_that_is_a_file_is_refused_before_anything_loads(tmp_path, capsys, n
         error_line(capsys)
 
 
+def test_a_weights_folder_without_the_checkpoints_is_refused_before_out_is_made(tmp_path, capsys, no_loading):
+    (tmp_path / "weights").mkdir()
+    assert cli.main(["bench", "--device", "cpu", "--no-history", "--weights", str(tmp_path / "weights"), "--out",
+                     str(tmp_path / "report")]) == 2
+    assert "lacks 5 of the 5 official checkpoint files" in error_line(capsys)
+    assert not (tmp_path / "report").exists()
+
+
 def test_a_report_json_that_cannot_be_written_names_its_path(tmp_path, monkeypatch):
     def full(self, text, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
