@@ -196,12 +196,15 @@ def test_a_checkpoint_with_integer_keys_is_named(tmp_path):
     (b"not a checkpoint", "not a PyTorch checkpoint or is damaged"),
     (b"PK\x03\x04truncated", "not a PyTorch checkpoint or is damaged"),
     (None, "holds pickled Python objects"),
+    ("torchscript", "it is a TorchScript archive (a scripted or traced model), not a state dict"),
 ])
-def test_an_unreadable_checkpoint_never_suggests_unsafe_loading(tmp_path, content, reason):
+def test_an_unreadable_checkpoint_never_suggests_unsafe_loading(tmp_path, recwarn, content, reason):
     folder = weights_folder(tmp_path, {})
     target = folder / weights.OFFICIAL_FILES[models.FEATURE_NET]
     if content is None:
         torch.save({"first.conv.weight": torch.nn.Identity()}, target)  # a pickled module: needs arbitrary code
+    elif content == "torchscript":
+        torch.jit.script(torch.nn.Linear(2, 2)).save(str(target))
     else:
         target.write_bytes(content)
     with pytest.raises(RuntimeError) as caught:
@@ -209,6 +212,7 @@ def test_an_unreadable_checkpoint_never_suggests_unsafe_loading(tmp_path, conten
     message = str(caught.value)
     assert str(target) in message and reason in message
     assert "weights_only" not in message.replace("weights_only=True", "") and "will likely succeed" not in message
+    assert not [warning for warning in recwarn if "TorchScript" in str(warning.message)]  # said once, by lpperf
 
 
 @pytest.mark.parametrize("change, message", [
@@ -216,6 +220,7 @@ def test_an_unreadable_checkpoint_never_suggests_unsafe_loading(tmp_path, conten
                                               r"floating dtype"),
     (lambda value: torch.full_like(value, math.nan), r"first\.conv\.weight holds \d+ NaN or infinite value"),
     (lambda value: value.to(torch.int32), r"first\.conv\.weight has dtype torch\.int32, expected a real floating"),
+    (lambda value: value.to("meta"), r"first\.conv\.weight is a tensor without data \(the meta device"),
 ])
 def test_weights_are_checked_for_dtype_and_finiteness(tmp_path, change, message):
     state = appearance_state()

@@ -266,6 +266,8 @@ def test_bench_with_official_weights_on_the_cpu_says_so(tmp_path, capsys, monkey
     TINY networks and meaningless images."""
     folder = tmp_path / "checkpoints"
     folder.mkdir()
+    for name in (*weights.OFFICIAL_FILES.values(), weights.RETARGETING_FILE):  # present; their reading is faked
+        (folder / name).touch()
     monkeypatch.setattr(weights, "load_official", lambda directory, device: small_networks())
     monkeypatch.setattr(bench, "run", lambda rows, nets, device, config, progress: [
         fake_result(row.name, config.batch, 10.0, 1.0) for row in rows])

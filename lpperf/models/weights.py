@@ -15,6 +15,7 @@ checkpoint layout and its checks.
 import contextlib
 import dataclasses
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -102,6 +103,10 @@ def _why_unreadable(error: Exception) -> str:
         detail = text.split(marker, 1)[1].strip().split("\n")[0].split(" was not an allowed global")[0]
     else:
         detail = "" if "weights_only" in text else text.split(". ")[0].strip()
+    if "TorchScript" in text:
+        return ("it is a TorchScript archive (a scripted or traced model), not a state dict; lpperf loads plain "
+                "state dicts only. Use the official file, or save the network's state_dict() (torch.save("
+                "model.state_dict(), path)) where the model was made")
     if detail.startswith("Unsupported global"):
         return (f"it holds pickled Python objects, not only tensors ({detail}); lpperf loads plain state "
                 "dicts only and never runs code from a checkpoint. Use the official file, or save the network's "
@@ -113,7 +118,9 @@ def _why_unreadable(error: Exception) -> str:
 
 def _read_checkpoint(path: Path) -> dict:
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a TorchScript archive before refusing it: said below
+            warnings.filterwarnings("ignore", message=".*TorchScript archive")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any file content: torch.load raises KeyError, EOFError, ... on garbage
         raise RuntimeError(f"could not read {path}: {_why_unreadable(error)}.") from None
     if not isinstance(checkpoint, dict):
@@ -136,6 +143,9 @@ def _check_values(state_dict: dict, expected: dict, source: str) -> None:
     parameters, integer for counters) and holds finite values: a complex, NaN or infinite weight
     would load without a word (a torch warning at most) and make every frame NaN."""
     for key, value in state_dict.items():
+        if value.is_meta:
+            raise RuntimeError(f"{source}: {key} is a tensor without data (the meta device: saved from a model "
+                               "that was never given its weights). " + _HOW_TO_GET)
         if value.is_floating_point() != expected[key].is_floating_point() or value.is_complex():
             kind = "a real floating dtype" if expected[key].is_floating_point() else "an integer dtype"
             raise RuntimeError(f"{source}: {key} has dtype {value.dtype}, expected {kind}. " + _HOW_TO_GET)

@@ -292,7 +292,8 @@ def compare_runs(baseline: Run, current: Run, threshold: float = 0.10) -> Compar
     if baseline.card is not None and current.card is not None and card_slug(baseline.card) != card_slug(current.card):
         raise HistoryError(
             f"{baseline.source} was measured on {baseline.card!r} but {current.source} on {current.card!r}; "
-            "timings of different cards are not comparable. Compare runs of the same card (runs_for_card)."
+            "timings of different cards are not comparable. Compare runs of the same card, or give --any-card "
+            "(lpperf compare, history) to compare them anyway"
         )
     deltas = []
     for new in current.results:
