@@ -553,6 +553,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("lpperf: interrupted (Ctrl-C); unfinished output files were removed")
         return Exit.INTERRUPTED
+    except torch.cuda.OutOfMemoryError as error:
+        if show_traceback:
+            raise
+        _say(f"lpperf: error: the card ran out of memory ({_one_line(error).split('. ')[0]}); give a smaller --batch "
+             "where the command has one, or free the card (nvidia-smi lists what holds it), then run again")
+        return Exit.ERROR
     except (OSError, ValueError, RuntimeError, history.HistoryError) as error:
         if show_traceback:
             raise

@@ -278,6 +278,17 @@ def test_bench_with_official_weights_on_the_cpu_says_so(tmp_path, capsys, monkey
     assert "TINY" not in captured.err + captured.out and "meaningless" not in captured.err
 
 
+def test_out_of_memory_is_one_line_saying_what_to_do(tmp_path, capsys, monkeypatch, small_nets):
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                          "capacity of 79.19 GiB of which 1.2 GiB is free.")
+
+    monkeypatch.setattr(bench, "run", out_of_memory)
+    assert cli.main(["bench", "--device", "cpu", "--out", str(tmp_path / "r")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "Traceback" not in line and "ran out of memory (CUDA out of memory)" in line and "smaller --batch" in line and "nvidia-smi" in line
+
+
 def test_bench_interrupted_leaves_no_report(tmp_path, capsys, monkeypatch, small_nets):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
