@@ -1,5 +1,5 @@
-"""tools/step_ab.py's parts that run without a card: the recipe edits, the ratio summary, the peer it
-picks and its per-round sample."""
+"""tools/step_ab.py's parts that run without a card: the recipe edits, the ratio summaries over builds,
+the alternated rounds, the peer it picks and its per-round sample."""
 
 import importlib.util
 import re
@@ -45,6 +45,33 @@ def test_ratio_summary_is_the_median_of_per_round_ratios_and_its_percentiles():
     assert low == pytest.approx(1.5 + 0.15 * 0.5) and high == pytest.approx(5 - 0.15 * 3)
 
 
+def test_a_pooled_ratio_pairs_every_build_of_one_side_with_every_build_of_the_other():
+    a = [[2.0, 2.0], [3.0, 3.0]]  # two builds, two rounds each
+    b = [[1.0, 1.0], [2.0, 2.0]]
+    ratio, low, high = step_ab.pooled_summary(a, b)
+    # per round: 2/1, 2/2, 3/1, 3/2 -> 1, 1.5, 2, 3 twice over
+    assert ratio == pytest.approx(1.75) and low == pytest.approx(1.0) and high == pytest.approx(3.0)
+    assert step_ab.ratio_summary([2.0, 3.0], [1.0, 2.0]) == step_ab.pooled_summary([[2.0, 3.0]], [[1.0, 2.0]])
+
+
+def test_a_side_against_itself_is_the_spread_between_its_builds():
+    builds = [[1.00, 1.00], [1.01, 1.01]]
+    ratio, low, high = step_ab.pooled_summary(builds, builds, same=True)  # 1.01 and 1/1.01, never a build / itself
+    assert low == pytest.approx(1 / 1.01) and high == pytest.approx(1.01) and ratio == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="needs two builds"):
+        step_ab.pooled_summary([[1.0]], [[1.0]], same=True)
+    with pytest.raises(ValueError):  # builds timed over different rounds are not paired
+        step_ab.pooled_summary([[1.0, 2.0]], [[1.0]])
+
+
+def test_rounds_alternate_their_order_and_time_every_work_once_a_round():
+    order = []
+    works = {name: (lambda name=name: order.append(name) or len(order)) for name in ("a#1", "a#2", "peer#1")}
+    samples = step_ab.alternated_rounds(works, 3)
+    assert order == ["a#1", "a#2", "peer#1", "peer#1", "a#2", "a#1", "a#1", "a#2", "peer#1"]
+    assert samples == {"a#1": [1, 6, 7], "a#2": [2, 5, 8], "peer#1": [3, 4, 9]}
+
+
 def test_the_peer_is_the_modules_only_measure_with_m_ahead_only_where_the_recipe_batches_it():
     nets = small_networks()
     peer, work = step_ab.peer_work(step_ab.edited_steps("fastest-motion-ahead", ""), nets, "cpu", 1)
@@ -59,3 +86,25 @@ def test_a_round_is_each_call_timed_alone_summed_per_frame(monkeypatch):
     work = step_ab.frame.FrameWork(calls={"M": lambda: "M", "step 1": lambda: "1", "step 2": lambda: "2"}, frames=2)
     assert step_ab.round_ms(work, "cuda") == pytest.approx(3 * 4.0 / 2)
     assert timed == ["M", "1", "2"]
+
+
+def test_measure_builds_every_variant_and_the_peer_and_pools_their_rounds(monkeypatch, capsys):
+    """The whole measurement on the CPU, its clock faked: every build warmed then timed in every round."""
+    clock = iter(range(1, 1000))
+    monkeypatch.setattr(step_ab, "round_ms", lambda work, device: [call() for call in work.calls.values()] and
+                        float(next(clock)))
+    variants = {"base": step_ab.edited_steps("fast", ""), "fewer": step_ab.edited_steps("fast", "-pad_warp_channels")}
+    result = step_ab.measure(variants, small_networks(), "cpu", batch=1, rounds=2, builds=2, with_peer=True)
+    assert (result["builds"], result["rounds"]) == (2, 2) and result["peer"]["recipe"] == bench.MODULES_PEER_RECIPE
+    for row in result["variants"].values():
+        assert len(row["build_and_warmup_s"]) == 2 and len(row["round_ms_by_build"]) == 2
+        assert all(len(rounds) == 2 for rounds in row["round_ms_by_build"]) and "psnr_db" in row["parity"]
+        assert row["ratio_5th"] <= row["ratio"] <= row["ratio_95th"] and "speedup_over_peer" in row
+        assert len(row["builds_apart"]) == 3
+    assert "pad_warp_channels" not in result["variants"]["fewer"]["steps"]
+    times = sorted(t for row in [*result["variants"].values(), result["peer"]] for rounds in row["round_ms_by_build"]
+                   for t in rounds)
+    assert times == [float(t) for t in range(3 * 6 + 1, 3 * 6 + 13)]  # 6 builds x 3 warm-ups, then 2 x 6 timed
+    out = capsys.readouterr().out
+    assert "its builds apart" in out and "x the peer" in out
+
