@@ -16,6 +16,7 @@ import pytest
 import torch
 from pytest_benchmark.utils import get_machine_id
 
+from lpperf.models import weights
 from lpperf.reports import history
 from lpperf.suite import multigpu, plugin as pytest_plugin
 from lpperf.util.cores import core_shares, describe_cores
@@ -102,6 +103,14 @@ def minimal_saved_run(card):
     }
 
 
+def checkpoint_folder(folder: Path) -> Path:
+    """A folder holding the five official checkpoint names (empty files: the option checks names only)."""
+    folder.mkdir(parents=True)
+    for name in (*weights.OFFICIAL_FILES.values(), weights.RETARGETING_FILE):
+        folder.joinpath(name).touch()
+    return folder
+
+
 # --- options: one table, ini defaults, command line wins ---------------------------------------------
 
 THRESHOLDS_TEST = """
@@ -140,8 +149,7 @@ def test_thresholds_are_stated_once_in_the_plugin(suite):
 def test_the_space_form_of_a_folder_option_parses_outside_the_repository(suite, tmp_path):
     """The plugin is registered by its entry point before pytest parses the command line, so a folder
     after --lpperf-weights is not mistaken for a test path (pytest -p does the same as the entry point)."""
-    weights = tmp_path / "outside" / "checkpoints"
-    weights.mkdir(parents=True)
+    weights = checkpoint_folder(tmp_path / "outside" / "checkpoints")
     add_test(suite, THRESHOLDS_TEST)
     suite.runpytest("-p", "lpperf.suite.plugin", "--lpperf-weights", str(weights)).assert_outcomes(passed=1)
     assert dumped_settings(suite)["weights_dir"] == str(weights)
@@ -184,8 +192,7 @@ def test_ini_values_are_used_and_the_command_line_overrides_them(suite, tmp_path
         "min_speedup": 2.5, "min_speedup_ahead": 1.55, "memory_budget_mib": 1024, "min_psnr_db": 33.5,
         "max_level_diff": 3, "weights_dir": None,
     }  # fmt: skip
-    weights = tmp_path / "checkpoints"
-    weights.mkdir()
+    weights = checkpoint_folder(tmp_path / "checkpoints")
     suite.runpytest("--lpperf-min-speedup=4", "--lpperf-max-level-diff", "0", f"--lpperf-weights={weights}")
     assert dumped_settings(suite) == {
         "min_speedup": 4.0, "min_speedup_ahead": 1.55, "memory_budget_mib": 1024, "min_psnr_db": 33.5,
@@ -327,6 +334,99 @@ def test_comparing_against_history_outside_the_current_directory_is_refused(suit
     result = suite.runpytest(FAKE_TIMER, f"--lpperf-history={tmp_path / 'elsewhere'}", *GATE)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "outside the current directory" in output(result)
+
+
+def write_baseline(suite, data, name="0001_baseline.json"):
+    folder = card_folder(suite)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("extra, problem", [
+    (("-n", "2"), "pytest-benchmark turns benchmarks off under xdist (-n)"),
+    (("--benchmark-disable",), "--benchmark-disable leaves none to gate"),
+    (("--benchmark-skip",), "--benchmark-skip leaves none to gate"),
+], ids=["xdist", "disabled", "skipped"])
+def test_a_gate_over_benchmarks_that_will_not_run_is_refused(suite, extra, problem):
+    """pytest-benchmark switches benchmarks off under xdist and when told to; the gate then passed over nothing."""
+    pytest.importorskip("xdist")
+    add_test(suite, BENCHMARK_TEST)
+    write_baseline(suite, minimal_saved_run(CPU_CARD))
+    result = suite.runpytest(FAKE_TIMER, *GATE, *extra)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
+    assert problem in output(result) and "Traceback" not in output(result)
+
+
+@pytest.mark.filterwarnings("ignore:Benchmark machine_info is different:pytest_benchmark.logger.PytestBenchmarkWarning")
+def test_a_gate_that_compared_nothing_is_no_verdict(suite):
+    add_test(suite, BENCHMARK_TEST)
+    other = minimal_saved_run(CPU_CARD)
+    other["benchmarks"][0]["fullname"] = "tests/test_sub.py::test_renamed"
+    write_baseline(suite, other)
+    result = suite.runpytest(FAKE_TIMER, *GATE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
+    assert "lpperf gate: no verdict" in output(result) and "nothing was compared" in output(result)
+    write_baseline(suite, minimal_saved_run(CPU_CARD), "0002_same_names.json")  # the same benchmark: compared
+    assert suite.runpytest(FAKE_TIMER, *GATE).ret == pytest.ExitCode.OK
+
+
+def test_a_baseline_without_the_statistics_pytest_benchmark_shows_is_refused_before_the_run(suite):
+    add_test(suite, BENCHMARK_TEST)
+    data = minimal_saved_run(CPU_CARD)
+    del data["benchmarks"][0]["stats"]["ops"], data["benchmarks"][0]["stats"]["outliers"]
+    path = write_baseline(suite, data)
+    result = suite.runpytest(FAKE_TIMER, *GATE)
+    text = output(result)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "Traceback" not in text
+    assert f"{path}: 'tests/test_sub.py::test_frame' lacks stats outliers, ops" in text
+    assert "1 passed" not in text  # refused before any test ran
+
+
+def test_a_bench_report_among_the_saved_runs_is_refused(suite):
+    add_test(suite, BENCHMARK_TEST)
+    write_baseline(suite, minimal_saved_run(CPU_CARD))
+    bench_report = {"kind": history.REPORT_KIND, "version": history.REPORT_VERSION, "commit": None,
+                    "machine_info": {"card": CPU_CARD}, "datetime": "2026-11-28T09:00:00+00:00", "rows": [],
+                    "benchmarks": []}
+    report = write_baseline(suite, bench_report, "0002_report.json")
+    result = suite.runpytest(FAKE_TIMER, *GATE)
+    text = output(result)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, text
+    assert f"{report} is a" in text and "not a pytest-benchmark run" in text
+
+
+def test_history_that_is_a_file_and_weights_without_checkpoints_are_refused_at_the_start(suite, tmp_path):
+    add_test(suite, BENCHMARK_TEST)
+    taken = tmp_path / "histfile"
+    taken.write_text("")
+    result = suite.runpytest(f"--lpperf-history={taken}", "--benchmark-autosave")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "is a file, not a history folder" in output(result)
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    result = suite.runpytest(f"--lpperf-weights={empty}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "lacks 5 of the 5 official checkpoint files" in output(result) and "Traceback" not in output(result)
+
+
+def test_an_empty_threshold_on_the_command_line_is_refused_not_the_default(suite):
+    write_ini(suite, **INI_VALUES)
+    add_test(suite, THRESHOLDS_TEST)
+    result = suite.runpytest("--lpperf-min-speedup=")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--lpperf-min-speedup was given an empty value" in output(result)
+    suite.runpytest("--lpperf-weights=").assert_outcomes(passed=1)  # an empty folder option is "off"
+    assert dumped_settings(suite)["min_speedup"] == 2.5
+
+
+def test_a_relative_history_folder_in_the_ini_file_is_the_ini_file_s(suite, monkeypatch):
+    add_test(suite, BENCHMARK_TEST)
+    monkeypatch.chdir(suite.path / "tests")
+    suite.runpytest(FAKE_TIMER, "--benchmark-autosave", "-c", str(suite.path / "pytest.ini"),
+                    "test_sub.py").assert_outcomes(passed=1)
+    assert list(card_folder(suite).glob("0001_*.json"))
+    assert not (suite.path / "tests" / ".benchmarks").exists()
 
 
 # --- the gate -------------------------------------------------------------------------------------

@@ -247,6 +247,18 @@ def baseline_files(storage_dir: str | Path, machine_id: str, compare: bool | str
     return _query(storage_dir, platform_glob, name.rstrip("*") + "*.json")
 
 
+def missing_stats(path: str | Path, fields: list[str]) -> str:
+    """Which of `fields` the benchmarks of the pytest-benchmark run at `path` lack in their stats, as one
+    phrase ("" where none does). For the statistics pytest-benchmark's table and gate read from a baseline
+    beyond those read_run checks; call it on a file read_run accepted."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    gaps = [f"{bench['fullname']!r} lacks stats {', '.join(absent)}" for bench in data["benchmarks"]
+            if (absent := [field for field in fields if field not in bench["stats"]])]
+    if not gaps:
+        return ""
+    return "; ".join(gaps[:3]) + (f" (and {len(gaps) - 3} more benchmark(s))" if len(gaps) > 3 else "")
+
+
 def check_history_folder(root: str | Path) -> Path:
     """``root`` as a Path if it is a folder; else a HistoryError saying what it is and what to give."""
     root = Path(root)

@@ -86,16 +86,29 @@ class _Settings:
 
 
 def _optional_dir(text: str) -> Path | None:
+    """The official checkpoint folder, its five files present (nothing is read here)."""
     if not text:
         return None
     path = Path(text).expanduser()
     if not path.is_dir():
         raise ValueError(f"{text!r} is not a directory; expected the folder holding the official .pth checkpoints")
+    from lpperf.models.weights import official_files
+
+    try:
+        official_files(path)
+    except FileNotFoundError as error:
+        raise ValueError(str(error)) from None
     return path
 
 
 def _optional_folder(text: str) -> Path | None:
-    return Path(text).expanduser() if text else None
+    """A folder that may not exist yet (it is made on first save), but is not a file."""
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{text!r} is a file, not a history folder; give a folder (made on the first save)")
+    return path
 
 
 def _number(kind: type, accepts: Callable[[float], bool], expected: str) -> Callable[[str], float]:
@@ -134,6 +147,7 @@ class _OptionSpec:
     default: str = ""  # what an unset flag and ini key mean; "" is "off" for the folders
     field: str = ""  # the _Settings or LpperfThresholds field it sets (default: the name, "-" as "_")
     limit: tuple[str, str, bool] | None = None  # a threshold: (what it bounds, unit, at least?)
+    path: bool = False  # a folder: relative in the ini file means relative to the ini file's folder
 
     @property
     def key(self) -> str:
@@ -158,6 +172,7 @@ _OPTIONS = (
         _optional_dir,
         "folder of official LivePortrait checkpoints; when set, every test runs on them instead of synthetic weights",
         field="weights_dir",
+        path=True,
     ),
     _OptionSpec(
         "history",
@@ -166,6 +181,7 @@ _OPTIONS = (
         "root of the per-card benchmark history: pytest-benchmark stores runs in DIR/<card-slug> "
         "unless --benchmark-storage is given (unset: pytest-benchmark's own storage, no lpperf header)",
         field="history_dir",
+        path=True,
     ),
     _OptionSpec("min-speedup", "X", _positive_float, "least speedup of the optimized recipe over the strongest peer "
                 "measure of the session: .half() + torch.compile reduce-overhead per network, the faster of the whole "
@@ -192,6 +208,7 @@ _SETTINGS = pytest.StashKey[_Settings]()
 _CARD = pytest.StashKey[CardInfo]()
 _SESSION = pytest.StashKey[pytest.Session]()
 _INFO = pytest.StashKey[dict]()
+_COMPARED = pytest.StashKey[int]()  # benchmarks of this run that pytest-benchmark held against the baseline
 
 
 def _detect_card() -> CardInfo:
@@ -216,9 +233,14 @@ def _resolve_settings(config: pytest.Config) -> _Settings:
     for spec in _OPTIONS:
         from_command_line = config.getoption(spec.ini)
         if from_command_line is not None:
-            text, origin = from_command_line, f"{spec.flag} on the command line"
+            text, origin = from_command_line.strip(), f"{spec.flag} on the command line"
+            if not text and spec.default:  # an empty value is no setting: it must not loosen the ini's
+                raise pytest.UsageError(f"{spec.flag} was given an empty value; give {spec.metavar} or leave the "
+                                        f"flag out (then {spec.ini} in the ini file, else {spec.default}, applies).")
         else:
             text, origin = str(config.getini(spec.ini)).strip(), f"{spec.ini} in {config.inipath or 'the ini file'}"
+            if text and spec.path and config.inipath is not None and not Path(text).expanduser().is_absolute():
+                text = str(config.inipath.parent / text)  # as pytest's own path settings: not the current folder
         if not text:
             text, origin = spec.default, f"the default of {spec.flag}"
         try:
@@ -284,15 +306,52 @@ def _check_baseline(config: pytest.Config, storage_dir: Path, card: CardInfo) ->
             "Run `pytest -m gpu --benchmark-autosave` on main on this card first (the gpu workflow does it on "
             "every push to main), or restore that folder from main's history."
         )
+        if not card.cuda_available:
+            message += (f" This machine has no CUDA GPU ({card.no_cuda_reason}): its GPU benchmarks skip and save "
+                        "nothing, so compare them on the card whose history you hold.")
         if option.benchmark_compare_fail:
             raise pytest.UsageError(message)
         config.issue_config_time_warning(pytest.PytestConfigWarning(message + " Running without a comparison."), 2)
         return
+    needed = _compared_stats(option)
     for path in files:
         try:
-            history.read_run(path)
+            run = history.read_run(path)
         except history.HistoryError as error:
             raise pytest.UsageError(f"Benchmark baseline unusable for --benchmark-compare: {error}") from None
+        if run.format is not history.RunFormat.PYTEST_BENCHMARK:
+            raise pytest.UsageError(
+                f"Benchmark baseline unusable for --benchmark-compare: {path} is a {run.format.value} run, not a "
+                "pytest-benchmark run; pytest-benchmark would skip it and compare against an older file. Move it "
+                "out of the history's run folder.")
+        missing = history.missing_stats(path, needed)
+        if missing:
+            raise pytest.UsageError(
+                f"Benchmark baseline unusable for --benchmark-compare: {path}: {missing}, which pytest-benchmark "
+                "shows or gates on; re-save the run with pytest-benchmark or restore it from main's history.")
+
+
+def _compared_stats(option) -> list[str]:
+    """The statistics pytest-benchmark reads from a baseline: its table's columns and the gated fields."""
+    from pytest_benchmark.utils import DEFAULT_COLUMNS
+
+    columns = list(getattr(option, "benchmark_columns", None) or DEFAULT_COLUMNS)
+    gated = [check.field for check in (getattr(option, "benchmark_compare_fail", None) or ())]
+    return list(dict.fromkeys(columns + gated))
+
+
+def _check_benchmarks_run(config: pytest.Config) -> None:
+    """A gated run must time its benchmarks: pytest-benchmark turns them off under xdist and when told
+    to, and a gate over no timings would pass."""
+    option = config.option
+    if config.getoption("dist", "no") != "no":
+        raise pytest.UsageError(
+            "--benchmark-compare-fail gates benchmark timings, and pytest-benchmark turns benchmarks off under "
+            "xdist (-n): run the gated suite without -n (or with -n 0).")
+    for flag, given in (("--benchmark-disable", option.benchmark_disable), ("--benchmark-skip", option.benchmark_skip)):
+        if given:
+            raise pytest.UsageError(f"--benchmark-compare-fail gates benchmark timings, and {flag} leaves none to "
+                                    f"gate; drop one of them.")
 
 
 def _prepare_benchmark_history(config: pytest.Config, settings: _Settings, card: CardInfo) -> None:
@@ -305,6 +364,8 @@ def _prepare_benchmark_history(config: pytest.Config, settings: _Settings, card:
         raise pytest.UsageError(
             "--benchmark-compare-fail needs --benchmark-compare (which saved run to compare against)."
         )
+    if option.benchmark_compare_fail:
+        _check_benchmarks_run(config)
     storage_dir = _file_storage_dir(option.benchmark_storage)
     if option.benchmark_compare and storage_dir is not None:
         _check_baseline(config, storage_dir, card)
@@ -409,6 +470,21 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
             )
 
 
+@pytest.hookimpl(wrapper=True, optionalhook=True)
+def pytest_benchmark_group_stats(config: pytest.Config, benchmarks: list, group_by: str):
+    # pytest-benchmark hands its table the run's benchmarks and, beside each, the baseline's of the same name
+    # (those with a path): how many were compared, for the gate's check that it compared anything.
+    config.stash[_COMPARED] = sum(bench.get("path") is not None for bench in benchmarks)
+    return (yield)
+
+
+def _nothing_compared(config: pytest.Config) -> bool:
+    """A gated run (--benchmark-compare-fail) in which no benchmark met its namesake in the baseline: a
+    renamed suite, a baseline of other tests, or benchmarks that all skipped. Passing it would be a verdict
+    without a measurement."""
+    return bool(getattr(config.option, "benchmark_compare_fail", None)) and not config.stash.get(_COMPARED, 0)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config):
     # pytest-benchmark signals a failed --benchmark-compare-fail gate by raising out of pytest
@@ -421,7 +497,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         for name, text in info.items():
             terminalreporter.write_line(f"{name}: {text}")
     try:
-        return (yield)
+        result = yield
     except Exception as error:
         from pytest_benchmark.session import PerformanceRegression
 
@@ -435,6 +511,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             bold=True,
         )
         return None
+    session = config.stash[_SESSION]
+    if _nothing_compared(config) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        terminalreporter.write_line(
+            "lpperf gate: no verdict: no benchmark of this run has its namesake in the baseline in "
+            f"{config.option.benchmark_storage} (renamed tests, a baseline of other tests, or every benchmark "
+            "skipped), so nothing was compared; compare against a run of the same benchmarks.",
+            red=True,
+            bold=True,
+        )
+    return result
 
 
 @pytest.fixture(scope="session")
