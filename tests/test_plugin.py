@@ -329,6 +329,18 @@ def test_an_explicit_storage_with_another_card_s_baseline_is_refused(suite):
     assert "Traceback" not in output(result)
 
 
+@pytest.mark.filterwarnings("ignore:Benchmark machine_info is different:pytest_benchmark.logger.PytestBenchmarkWarning")
+def test_a_baseline_saved_without_the_plugin_is_named_as_such(suite):
+    add_test(suite, BENCHMARK_TEST)
+    bare = minimal_saved_run(CPU_CARD)
+    del bare["machine_info"]["card"]
+    write_baseline(suite, bare)
+    result = suite.runpytest(FAKE_TIMER, *GATE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "records no card (it was saved without lpperf's plugin" in output(result)
+    assert "--benchmark-storage" not in output(result).split("records no card")[1].splitlines()[0]
+
+
 def test_comparing_against_history_outside_the_current_directory_is_refused(suite, tmp_path):
     add_test(suite, BENCHMARK_TEST)
     result = suite.runpytest(FAKE_TIMER, f"--lpperf-history={tmp_path / 'elsewhere'}", *GATE)

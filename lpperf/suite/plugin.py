@@ -461,6 +461,13 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
         return
     saved = compared_benchmark.get("machine_info", {})
     for key in ("card", "weights"):
+        if saved.get(key) is None and machine_info.get(key) is not None:
+            raise pytest.UsageError(
+                f"The baseline in {benchmarksession.storage} records no {key} (it was saved without lpperf's "
+                "plugin, whose runs name their card and weights), so it cannot be matched to this run's "
+                f"{machine_info.get(key)!r}. Save the baseline with this suite (`pytest -m gpu --benchmark-autosave` "
+                "on main) or restore it from main's history."
+            )
         if saved.get(key) != machine_info.get(key):
             raise pytest.UsageError(
                 f"The baseline in {benchmarksession.storage} was measured with {key} {saved.get(key)!r}, this run "
