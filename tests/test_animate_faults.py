@@ -338,6 +338,17 @@ def test_a_driving_video_of_the_wrong_size_is_refused_before_anything_loads(tmp_
     assert "driving video" in (line := error_line(capsys)) and "128x128 pixels, expected 256x256" in line
 
 
+@pytest.mark.parametrize("name, content", [("notes.png", b"not an image at all"),
+                                           ("cut.mp4", None)], ids=["text named .png", "truncated mp4"])
+def test_a_driving_file_whose_frames_do_not_decode_is_refused_before_anything_loads(tmp_path, capsys, media,
+                                                                                     no_loading, name, content):
+    bad = tmp_path / name
+    bad.write_bytes(content if content is not None else media["driving"].read_bytes()[:600])
+    assert cli.main(animate_args(media, tmp_path, **{"--driving": str(bad)})) == 2
+    line = error_line(capsys)
+    assert str(bad) in line and ("cannot decode driving video" in line or "cannot read driving video" in line)
+
+
 def test_an_empty_driving_folder_is_named(tmp_path, capsys, media, no_loading):
     empty = tmp_path / "empty"
     empty.mkdir()

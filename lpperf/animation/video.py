@@ -180,7 +180,21 @@ class DrivingSource:
                 # the stream's size is its first frame's
                 _check_dimensions(stream.width, stream.height, f"frame 0 of driving video {self.path}", self.size)
             rate = stream.average_rate
+            first = self._first_frame(container)
+            if self.size is not None:  # a stream without a size in its header shows it here
+                _check_dimensions(first.width, first.height, f"frame 0 of driving video {self.path}", self.size)
         return Fraction(rate) if rate else Fraction(DEFAULT_FPS)
+
+    def _first_frame(self, container):
+        """The first frame, decoded: a file whose header opens but whose frames do not decode (a damaged
+        video, a text file named .png) is refused here, before any network loads."""
+        av = _pyav()
+        try:
+            return next(container.decode(video=0))
+        except (av.FFmpegError, StopIteration) as error:
+            why = "it holds no frame" if isinstance(error, StopIteration) else str(error)
+            raise ValueError(f"cannot decode driving video {self.path} ({why}); give a video FFmpeg can decode "
+                             "(e.g. .mp4) or a folder of frame images") from None
 
     def frames(self) -> Iterator[torch.Tensor]:
         """Each frame as 1x3xHxW float32 in [0, 1], read only when asked for."""
