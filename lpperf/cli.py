@@ -338,8 +338,8 @@ def cmd_history(args) -> int:
     else:
         written = charts.trend_charts(groups, out_dir)
         print(f"\n{len(written)} trend chart(s) in {args.out} (dashed lines: change points)")
-    if args.creep_limit is not None:
-        _no_creep_verdict(skipped, checked, crept)
+    if args.creep_limit is not None and not crept:  # a creep measured among the readable runs stands
+        _require_creep_verdict(skipped, checked)
     if crept:
         _say(f"lpperf history: FAILED: {len(crept)} benchmark(s) crept more than {history.percent(args.creep_limit)} "
              f"above the best of the {args.best_of} runs before or the pinned run: " + history.names_text(crept))
@@ -347,14 +347,13 @@ def cmd_history(args) -> int:
     return 0
 
 
-def _no_creep_verdict(skipped: list, checked: int, crept: list[str]) -> None:
-    """A creep check gives 0 or 1 only where it read the whole history and held a benchmark against an
-    earlier time; otherwise it stops with exit 2, saying why."""
+def _require_creep_verdict(skipped: list, checked: int) -> None:
+    """A creep check that flagged nothing passes only where it read the whole history and held a benchmark
+    against an earlier time; otherwise it stops with exit 2, saying why."""
     if skipped:
         raise history.HistoryError(
             f"no creep verdict: {len(skipped)} file(s) of the history could not be read (named above), and the "
-            f"latest run may be among them{f' ({len(crept)} benchmark(s) flagged among the rest)' if crept else ''}; "
-            "repair or remove them, then run again")
+            "latest run may be among them; repair or remove them, then run again")
     if not checked:
         raise history.HistoryError(
             "no creep verdict: no benchmark of a latest run has an earlier run (or the pinned run) to hold it "
@@ -498,7 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--any-card", action="store_true", help="put all cards in one series (not with --creep-limit)")
     hist.add_argument("--creep-limit", type=_fraction_below_one, metavar="FRACTION",
                       help="exit with status 1 when a benchmark of a card's latest run is more than FRACTION slower "
-                           "than the best of the --best-of runs before it (slow creep past each merge's gate)")
+                           "than the best of the --best-of runs before it (slow creep past each merge's gate); with "
+                           "none flagged, status 2 (no verdict) when a history file could not be read or no benchmark "
+                           "had an earlier time")
     hist.add_argument("--best-of", type=at_least(1), default=10, metavar="K", help="runs --creep-limit "
                       "compares with (default %(default)s)")
     hist.add_argument("--pinned", metavar="FILE", help="with --creep-limit: a recorded run (a release's) that the "
@@ -556,8 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except torch.cuda.OutOfMemoryError as error:
         if show_traceback:
             raise
-        _say(f"lpperf: error: the card ran out of memory ({_one_line(error).split('. ')[0]}); give a smaller --batch "
-             "where the command has one, or free the card (nvidia-smi lists what holds it), then run again")
+        _say(f"lpperf: error: the card ran out of memory: give a smaller --batch where the command has one, or free "
+             f"the card (nvidia-smi lists what holds it), then run again. torch said: {_one_line(error)}")
         return Exit.ERROR
     except (OSError, ValueError, RuntimeError, history.HistoryError) as error:
         if show_traceback:

@@ -283,15 +283,15 @@ def test_image_size_is_checked_from_the_header(tmp_path):
 
 
 @pytest.mark.parametrize(("suffix", "pixels"), [
-    (".tif", np.full((256, 256), np.nan, dtype=np.float32)),  # float NaN: used to read as a black image
-    (".tif", np.full((256, 256), 0.5, dtype=np.float32)),  # float in [0, 1]: also black
-    (".png", np.full((256, 256), 40000, dtype=np.uint16)),  # 16-bit: used to clip to white
-], ids=["float NaN", "float", "16-bit"])
+    (".tif", np.full((256, 256), np.nan, dtype=np.float32)),  # converted to 8 bits, NaN would read as black
+    (".tif", np.full((256, 256), 0.5, dtype=np.float32)),  # so would any float: Pillow clips, it does not scale
+    (".png", np.full((256, 256), 40000, dtype=np.uint16)),  # and 16-bit grey clips to white
+], ids=["float NaN", "float", "16-bit grey"])
 def test_an_image_of_more_than_8_bits_a_channel_is_refused_not_clipped(tmp_path, capsys, media, no_loading, suffix,
                                                                         pixels):
     wide = tmp_path / f"wide{suffix}"
     Image.fromarray(pixels).save(wide)
-    with pytest.raises(ValueError, match=r"holds '(I|F)[^']*' pixels \(16-bit or 32-bit"):
+    with pytest.raises(ValueError, match=r"holds '(I|F)[^']*' pixels \(grey of 16 or 32 bits, or floats\)"):
         video.read_image(wide)
     assert cli.main(animate_args(media, tmp_path, **{"--source": str(wide)})) == 2
     line = error_line(capsys)
@@ -338,15 +338,13 @@ def test_a_driving_video_of_the_wrong_size_is_refused_before_anything_loads(tmp_
     assert "driving video" in (line := error_line(capsys)) and "128x128 pixels, expected 256x256" in line
 
 
-@pytest.mark.parametrize("name, content", [("notes.png", b"not an image at all"),
-                                           ("cut.mp4", None)], ids=["text named .png", "truncated mp4"])
 def test_a_driving_file_whose_frames_do_not_decode_is_refused_before_anything_loads(tmp_path, capsys, media,
-                                                                                     no_loading, name, content):
-    bad = tmp_path / name
-    bad.write_bytes(content if content is not None else media["driving"].read_bytes()[:600])
+                                                                                     no_loading):
+    bad = tmp_path / "notes.png"  # FFmpeg opens it by its name and fails only on decoding
+    bad.write_bytes(b"not an image at all")
     assert cli.main(animate_args(media, tmp_path, **{"--driving": str(bad)})) == 2
     line = error_line(capsys)
-    assert str(bad) in line and ("cannot decode driving video" in line or "cannot read driving video" in line)
+    assert str(bad) in line and "cannot decode driving video" in line
 
 
 def test_an_empty_driving_folder_is_named(tmp_path, capsys, media, no_loading):

@@ -286,7 +286,8 @@ def test_out_of_memory_is_one_line_saying_what_to_do(tmp_path, capsys, monkeypat
     monkeypatch.setattr(bench, "run", out_of_memory)
     assert cli.main(["bench", "--device", "cpu", "--out", str(tmp_path / "r")]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "Traceback" not in line and "ran out of memory (CUDA out of memory)" in line and "smaller --batch" in line and "nvidia-smi" in line
+    assert "Traceback" not in line and "ran out of memory: give a smaller --batch" in line
+    assert "Tried to allocate 2.00 GiB" in line and "smaller --batch" in line and "nvidia-smi" in line
 
 
 def test_bench_interrupted_leaves_no_report(tmp_path, capsys, monkeypatch, small_nets):

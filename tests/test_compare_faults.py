@@ -325,6 +325,9 @@ def test_a_creep_check_over_an_unreadable_file_is_no_verdict(tmp_path, capsys, m
     line = err.strip().splitlines()[-1]
     assert "no creep verdict" in line and "1 file(s)" in line and "repair or remove" in line
     assert cli.main(["history", str(store)]) == 0  # without a creep check the charts and tables still come
+    write(store / "0004_d.json", pytest_benchmark_data({"frame": 0.020}, when="2026-11-28T10:00"))
+    assert cli.main(["history", str(store), "--creep-limit", "0.05"]) == 1  # a creep among the readable runs stands
+    assert "FAILED: 1 benchmark(s) crept" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("later", [None, "renamed"], ids=["one run", "no benchmark in common"])

@@ -371,6 +371,15 @@ def test_a_gate_over_benchmarks_that_will_not_run_is_refused(suite, extra, probl
     assert problem in output(result) and "Traceback" not in output(result)
 
 
+@pytest.mark.parametrize("extra", [("--benchmark-disable", "--benchmark-enable"), ("--benchmark-skip",
+                                                                                   "--benchmark-only")])
+def test_flags_that_pytest_benchmark_overrides_do_not_stop_a_gate(suite, extra):
+    add_test(suite, BENCHMARK_TEST)
+    write_baseline(suite, minimal_saved_run(CPU_CARD))
+    result = suite.runpytest(FAKE_TIMER, *GATE, *extra)
+    assert result.ret == pytest.ExitCode.OK, output(result)
+
+
 @pytest.mark.filterwarnings("ignore:Benchmark machine_info is different:pytest_benchmark.logger.PytestBenchmarkWarning")
 def test_a_gate_that_compared_nothing_is_no_verdict(suite):
     add_test(suite, BENCHMARK_TEST)

@@ -38,9 +38,9 @@ def test_a_wrong_edit_stops_with_what_was_wrong(edits, message):
         step_ab.edited_steps("fast", edits)
 
 
-def test_ratio_summary_is_the_median_of_per_round_ratios_and_its_percentiles():
+def test_a_ratio_is_the_median_of_per_round_ratios_and_its_percentiles():
     values, others = [2.0, 3.0, 4.0, 10.0], [1.0, 2.0, 2.0, 2.0]
-    ratio, low, high = step_ab.ratio_summary(values, others)
+    ratio, low, high = step_ab.pooled_summary([values], [others])
     assert ratio == pytest.approx(2.0)  # per round 2, 1.5, 2, 5: not the ratio of the medians (3.5 / 2)
     assert low == pytest.approx(1.5 + 0.15 * 0.5) and high == pytest.approx(5 - 0.15 * 3)
 
@@ -51,7 +51,6 @@ def test_a_pooled_ratio_pairs_every_build_of_one_side_with_every_build_of_the_ot
     ratio, low, high = step_ab.pooled_summary(a, b)
     # per round: 2/1, 2/2, 3/1, 3/2 -> 1, 1.5, 2, 3 twice over
     assert ratio == pytest.approx(1.75) and low == pytest.approx(1.0) and high == pytest.approx(3.0)
-    assert step_ab.ratio_summary([2.0, 3.0], [1.0, 2.0]) == step_ab.pooled_summary([[2.0, 3.0]], [[1.0, 2.0]])
 
 
 def test_a_side_against_itself_is_the_spread_between_its_builds():
@@ -102,6 +101,9 @@ def test_measure_builds_every_variant_and_the_peer_and_pools_their_rounds(monkey
         assert row["ratio_5th"] <= row["ratio"] <= row["ratio_95th"] and "speedup_over_peer" in row
         assert len(row["builds_apart"]) == 3
     assert "pad_warp_channels" not in result["variants"]["fewer"]["steps"]
+    base = result["variants"]["base"]  # against itself: only its two builds against each other
+    assert (base["ratio"], base["ratio_5th"], base["ratio_95th"]) == tuple(base["builds_apart"])
+    assert base["ratio_5th"] < 1 < base["ratio_95th"]  # the faked clock puts one build above the other
     times = sorted(t for row in [*result["variants"].values(), result["peer"]] for rounds in row["round_ms_by_build"]
                    for t in rounds)
     assert times == [float(t) for t in range(3 * 6 + 1, 3 * 6 + 13)]  # 6 builds x 3 warm-ups, then 2 x 6 timed

@@ -69,11 +69,6 @@ def round_ms(work: frame.FrameWork, device: torch.device) -> float:
     return sum(timing.cuda_sample_s(call, device) for call in work.calls.values()) * 1e3 / work.frames
 
 
-def ratio_summary(values: list[float], others: list[float]) -> tuple[float, float, float]:
-    """The median of the per-round ratios values / others, and their 5th and 95th percentiles."""
-    return pooled_summary([values], [others])
-
-
 def pooled_summary(builds: list[list[float]], other_builds: list[list[float]],
                    same: bool = False) -> tuple[float, float, float]:
     """The median and 5th and 95th percentiles of the per-round ratios of every build of one side to every
@@ -155,21 +150,23 @@ def measure(variants: dict[str, list[steps.Step]], nets: dict, device: torch.dev
     def by_build(label: str) -> list[list[float]]:
         return [timed[build_label(label, build)] for build in range(builds)]
 
-    def apart(label: str) -> str:
+    def apart(label: str, record: dict) -> str:
+        """How far the label's own builds lie apart, recorded and as the end of its line."""
         if builds < 2:
             return ""
-        ratio, low, high = pooled_summary(by_build(label), by_build(label), same=True)
+        ratio, low, high = record["builds_apart"] = pooled_summary(by_build(label), by_build(label), same=True)
         return f"; its builds apart {ratio:.4f} ({low:.4f}-{high:.4f})"
 
-    base = by_build(next(iter(variants)))
+    base_label = next(iter(variants))
+    base = by_build(base_label)
     if peer is not None:
         peer_samples = by_build(PEER)
         result["peer"].update(median_ms=statistics.median(sum(peer_samples, [])), round_ms_by_build=peer_samples)
-        print(f"{PEER + ' (' + peer + ')':32s} {result['peer']['median_ms']:.4f} ms per frame{apart(PEER)}",
-              flush=True)
+        print(f"{PEER + ' (' + peer + ')':32s} {result['peer']['median_ms']:.4f} ms per frame"
+              f"{apart(PEER, result['peer'])}", flush=True)
     for label in variants:
         values = by_build(label)
-        ratio, low, high = pooled_summary(values, base, same=values is base and builds > 1)
+        ratio, low, high = pooled_summary(values, base, same=label == base_label and builds > 1)
         summary = {"median_ms": statistics.median(sum(values, [])), "ratio": ratio, "ratio_5th": low,
                    "ratio_95th": high, "round_ms_by_build": values}
         line = f"{label:32s} {summary['median_ms']:.4f} ms per frame, ratio {ratio:.4f} ({low:.4f}-{high:.4f})"
@@ -177,10 +174,9 @@ def measure(variants: dict[str, list[steps.Step]], nets: dict, device: torch.dev
             speedup, low, high = pooled_summary(peer_samples, values)
             summary.update(speedup_over_peer=speedup, speedup_5th=low, speedup_95th=high)
             line += f", {speedup:.3f}x the peer ({low:.3f}-{high:.3f})"
-        if builds > 1:
-            summary["builds_apart"] = pooled_summary(values, values, same=True)
+        line += apart(label, summary)
         result["variants"][label].update(summary)
-        print(line + apart(label), flush=True)
+        print(line, flush=True)
     return result
 
 

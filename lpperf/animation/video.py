@@ -106,14 +106,15 @@ def _opened_image(path: Path, size: int | None) -> Iterator:
         if size is not None:
             _check_dimensions(image.width, image.height, f"image {path}", size)
         if _wide_mode(image.mode):
-            raise ValueError(f"image {path} holds {image.mode!r} pixels (16-bit or 32-bit integers, or floats), which "
-                             "do not map onto 8-bit colour without a range only its maker knows; save it as an 8-bit "
-                             "RGB PNG or JPEG")
+            raise ValueError(f"image {path} holds {image.mode!r} pixels (grey of 16 or 32 bits, or floats), which "
+                             "lpperf does not convert to 8-bit colour (a float image has no fixed range, and may hold "
+                             "NaN); save it as an 8-bit RGB PNG or JPEG")
         yield image
 
 
 def _wide_mode(mode: str) -> bool:
-    """Pillow's modes of more than 8 bits a channel ("I", "F", "I;16" and its byte orders)."""
+    """Pillow's grey modes of more than 8 bits ("I", "F", "I;16" and its byte orders); Pillow reads colour
+    images of 16 bits a channel as 8-bit RGB itself."""
     return mode in ("I", "F") or mode.startswith(("I;", "F;"))
 
 

@@ -477,4 +477,3 @@ def _shortened(text: str, limit: int = 2000) -> str:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -12,7 +12,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,7 +53,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:80] or "unnamed"
 
 
-def distinct_slugs(names: Sequence[str]) -> dict[str, str]:
+def distinct_slugs(names: Iterable[str]) -> dict[str, str]:
     """slug() of each name, with a short hash of the name added where two names share a slug (slug folds
     case and cuts at 80 characters), so one chart never overwrites another."""
     slugs = {name: slug(name) for name in names}

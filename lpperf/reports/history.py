@@ -253,7 +253,7 @@ def missing_stats(path: str | Path, fields: list[str]) -> str:
     beyond those read_run checks; call it on a file read_run accepted."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     gaps = [f"{bench['fullname']!r} lacks stats {', '.join(absent)}" for bench in data["benchmarks"]
-            if (absent := [field for field in fields if field not in bench["stats"]])]
+            if (absent := [field for field in fields if bench["stats"].get(field) is None])]
     if not gaps:
         return ""
     return "; ".join(gaps[:3]) + (f" (and {len(gaps) - 3} more benchmark(s))" if len(gaps) > 3 else "")

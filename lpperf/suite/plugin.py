@@ -348,8 +348,10 @@ def _check_benchmarks_run(config: pytest.Config) -> None:
         raise pytest.UsageError(
             "--benchmark-compare-fail gates benchmark timings, and pytest-benchmark turns benchmarks off under "
             "xdist (-n): run the gated suite without -n (or with -n 0).")
-    for flag, given in (("--benchmark-disable", option.benchmark_disable), ("--benchmark-skip", option.benchmark_skip)):
-        if given:
+    # pytest-benchmark's own precedence: --benchmark-enable overrides disable, --benchmark-only overrides skip
+    for flag, off in (("--benchmark-disable", option.benchmark_disable and not option.benchmark_enable),
+                      ("--benchmark-skip", option.benchmark_skip and not option.benchmark_only)):
+        if off:
             raise pytest.UsageError(f"--benchmark-compare-fail gates benchmark timings, and {flag} leaves none to "
                                     f"gate; drop one of them.")
 
