@@ -48,6 +48,26 @@ def test_pair_indices_must_match_the_rounds():
         stats.estimate_over_processes([0.0, 0.1], [0], ALPHA)
 
 
+@pytest.mark.parametrize("processes", [1, 2, 3, 4])
+def test_every_pair_alternates_abba_and_baab_over_its_own_rounds(processes):
+    from lpperf.gate.controller import block_order
+
+    for pair in range(processes):
+        orders = [block_order(number, processes) for number in range(pair, 8 * processes, processes)]
+        assert orders[0::2] == [("base", "head", "head", "base")] * 4
+        assert orders[1::2] == [("head", "base", "base", "head")] * 4
+
+
+def test_pairs_with_too_few_rounds_each_are_refused_before_any_worker_starts(capsys, tmp_path):
+    from lpperf import cli
+
+    code = cli.main(["gate", "--base", ".", "--device", "cpu", "--recipes", "fast", "--batches", "1", "--no-stages",
+                     "--processes", "2", "--rounds", "8", "--max-rounds", "8", "--out", str(tmp_path / "out")])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "each worker pair gets 4 of the 8 rounds" in line and "--max-rounds" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_gate_alternates_pairs_and_a_process_offset_is_not_a_regression(tmp_path):
     spec = {"noise": 0.003, "pair_offset": {"fast-2": 1.045}}
     result = run_fake(tmp_path, spec, processes=2, rounds=24, max_rounds=48)

@@ -234,6 +234,8 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
     _check_recipes(args.recipes)
     metrics = controller.default_metrics(args.recipes, args.batches, stages=not args.no_stages,
                                          gate_stages=args.gate_stages)
+    if config.processes > 1 and not args.calibrate:
+        _check_rounds_per_pair(config, sum(metric.gated for metric in metrics))
     gpus = _gpus(args.device, args.gpus)
     if args.inject_slowdown and gpus == [None]:
         raise GateError("--inject-slowdown spins the GPU, and this run is on the CPU; drop it or run on a card")
@@ -246,6 +248,21 @@ def _checked(args) -> tuple[controller.GateConfig, list[controller.Metric], list
     if args.summary and Path(args.summary).is_dir():
         raise GateError(f"--summary {args.summary} is a folder; give a file for the Markdown tables")
     return config, metrics, gpus
+
+
+def _check_rounds_per_pair(config: controller.GateConfig, gated: int) -> None:
+    """Each worker pair's interval needs a least number of its own rounds to close at the per-test alpha;
+    with K pairs taking rounds in turn, fewer than K times that number leave every verdict undecided, which
+    --rounds alone does not show (one pair with few rounds is the caller's plain choice)."""
+    from lpperf.gate import stats
+
+    need = stats.fewest_rounds(stats.per_test_alpha(config.alpha, gated, config.looks))
+    per_pair = config.max_rounds // config.processes
+    if per_pair < need:
+        raise GateError(
+            f"with --processes {config.processes}, each worker pair gets {per_pair} of the {config.max_rounds} "
+            f"rounds, fewer than the {need} its interval needs at this alpha: every verdict would be undecided; "
+            f"give --max-rounds {need * config.processes} or more (and --rounds to match)")
 
 
 def _check_weights_folder(folder: str) -> None:

@@ -268,7 +268,7 @@ class Lane:
             if stop.is_set():
                 return
             number = len(next(iter(self.results.values())).base_ms)
-            order = ("base", "head", "head", "base") if number % 2 == 0 else ("head", "base", "base", "head")
+            order = block_order(number, config.processes)
             first = True
             for result in self.results.values():
                 times = {"base": [], "head": []}
@@ -286,6 +286,14 @@ class Lane:
                 result.base_ms.append(float(np.mean(times["base"])))
                 result.head_ms.append(float(np.mean(times["head"])))
                 result.pair_of_round.append(pair)
+
+
+def block_order(number: int, processes: int) -> tuple[str, ...]:
+    """The sides' blocks in round `number`: ABBA or BAAB, so that a drift linear over the round cancels.
+    Pairs take rounds in turn (round number % processes), and each pair alternates the two orders over
+    its own rounds: alternated over all rounds, a pair of an even count would always run one side's two
+    blocks back to back, and any effect of that order would read as an offset of that pair."""
+    return ("base", "head", "head", "base") if (number // processes) % 2 == 0 else ("head", "base", "base", "head")
 
 
 # What a prepare answer holds per metric or recipe, merged over a side's workers in Lane.setup[role]

@@ -306,8 +306,8 @@ def calibration(result: GateResult) -> list[Noise]:
             estimate.low > 0 else math.inf
         noise.append(Noise(item.metric.name, item.metric.gated, len(values), sd, stats.robust_sd(values),
                            math.expm1(half), stats.smallest_detectable(
-                               max(sd, stats.robust_sd(values)), config.rounds, config.threshold,
-                               result.one_sided_alpha, POWER),
+                               max(sd, stats.robust_sd(values)), max(1, config.rounds // config.processes),
+                               config.threshold, result.one_sided_alpha, POWER),
                            estimate.ratio - 1, not estimate.low <= 1 <= estimate.high,
                            tuple(ratio - 1 for ratio in estimate.process_ratios)))
     return noise
@@ -340,7 +340,8 @@ def format_calibration(noise: list[Noise], result: GateResult) -> str:
                         f" ({max(item.pair_offsets) - min(item.pair_offsets):.2%})" if item.pair_offsets else ""))
     if any(not math.isfinite(item.half_width) for item in noise):
         lines.append(f"open: {noise[0].rounds} rounds cannot bound an interval at 1 - {result.one_sided_alpha:.2g}; "
-                     f"calibrate with --rounds {stats.fewest_rounds(result.one_sided_alpha)} or more")
+                     f"calibrate with --rounds {stats.fewest_rounds(result.one_sided_alpha) * config.processes} or more"
+                     + (f" ({config.processes} pairs, each its own rounds)" if config.processes > 1 else ""))
     if any(item.offset_is_real for item in noise):
         lines.append("* the interval excludes zero although both sides ran the same code: a steady offset between "
                      "the two worker processes, which a gate's interval cannot see; a gated metric needs it well "
