@@ -455,10 +455,15 @@ def test_start_up_and_steady_state_memory_are_tracked_apart(monkeypatch):
 
     monkeypatch.setattr(timing, "time_parts", recording_time_parts)
     cpu = torch.device("cpu")
-    monkeypatch.setattr(bench, "_track_memory", lambda stack, device: (stack.enter_context(fake_track(device)), ""))
+    baselines = []
+    monkeypatch.setattr(bench, "_device_used_before", lambda device: events.append("baseline") or 777)
+    monkeypatch.setattr(bench, "_track_memory", lambda stack, device, baseline: (
+        baselines.append(baseline), stack.enter_context(fake_track(device)), "")[1:])
     config = bench.BenchConfig(batch=2, warmup=0, parity_frames=1, rule=TWO_SAMPLES, stages=False)
     result = bench.measure_row(bench.recipe_row("fp32-eager"), small_networks(), cpu, config, None, None, None)
-    assert events == ["start 0", "stop 0", "start 1", "timed", "stop 1"]
+    assert events == ["baseline", "start 0", "stop 0", "start 1", "timed", "stop 1"]
+    # both count from the card's use before the build, where NVML lists no process (the device delta)
+    assert baselines == [777, 777]
     assert (result.startup_memory, result.memory) == ("report 0", "report 1")
 
 

@@ -6,6 +6,7 @@ exercised without a driver; the GPU test reads the real card.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from lpperf.measure.memory import (
     METHOD_PROCESS,
     NvmlUnavailable,
     available,
+    device_used_now,
     nvml_device_handle,
     nvml_session,
     track_peak_memory,
@@ -191,6 +193,35 @@ def test_pid_mismatch_falls_back_to_device_delta(monkeypatch):
     assert report.baseline_device_used_bytes == 1000 * MB
     assert report.process_peak_bytes == 500 * MB  # peak 1500 minus baseline 1000, not the other PID's 5000
     assert report.context_bytes is None  # a delta cannot separate the context
+
+
+def test_a_device_delta_counts_from_a_baseline_read_before_the_region(monkeypatch):
+    """A timed loop after its build allocates nothing new: from its own start the delta would read ~0."""
+    install(monkeypatch, FakeNvml(pid=os.getpid() + 1, device_used=[1000 * MB, 1600 * MB]))
+    before = device_used_now(0)  # before the build
+    with track_peak_memory(0, interval_s=0.001, baseline_bytes=before) as tracker:
+        pass  # the card stays at 1600 MiB: the build's memory, held through the region
+    assert tracker.report.method == METHOD_DEVICE_DELTA
+    assert tracker.report.baseline_device_used_bytes == 1000 * MB
+    assert tracker.report.process_peak_bytes == 600 * MB
+    with track_peak_memory(0, interval_s=0.001) as alone:
+        pass
+    assert alone.report.process_peak_bytes == 0  # what the region's own start gives
+
+
+def test_bench_hands_both_trackers_of_a_row_the_baseline_from_before_its_build(monkeypatch):
+    from lpperf.reports import bench
+
+    seen = []
+    monkeypatch.setattr(memory, "available", lambda: memory.NvmlAvailability(True, ""))
+    monkeypatch.setattr(memory, "device_used_now", lambda device: 1234)
+    monkeypatch.setattr(memory, "track_peak_memory",
+                        lambda device, baseline_bytes=None: seen.append(baseline_bytes) or contextlib.nullcontext())
+    cuda = torch.device("cuda")
+    assert bench._device_used_before(cuda) == 1234 and bench._device_used_before(torch.device("cpu")) is None
+    with contextlib.ExitStack() as stack:
+        bench._track_memory(stack, cuda, 1234)
+    assert seen == [1234]
 
 
 def test_unavailable_per_process_memory_falls_back_to_device_delta(monkeypatch):

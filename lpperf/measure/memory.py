@@ -172,7 +172,7 @@ class MemoryReport:
 class MemoryTracker:
     """Samples NVML in a background thread and keeps the peaks; see :func:`track_peak_memory`."""
 
-    def __init__(self, pynvml: Any, handle: Any, cuda_index: int, interval_s: float):
+    def __init__(self, pynvml: Any, handle: Any, cuda_index: int, interval_s: float, baseline_bytes: int | None = None):
         self._pynvml = pynvml
         self._handle = handle
         self._cuda_index = cuda_index
@@ -182,10 +182,10 @@ class MemoryTracker:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        self._baseline = int(info.used)
+        self._baseline = int(info.used) if baseline_bytes is None else baseline_bytes
         self._total = int(info.total)
         self._peak_process: int | None = None
-        self._peak_device = self._baseline
+        self._peak_device = max(self._baseline, int(info.used))
         self._samples = 0
         self.report: MemoryReport | None = None
 
@@ -268,11 +268,14 @@ def _cuda_index(device: int | str | torch.device) -> int:
 
 @contextlib.contextmanager
 def track_peak_memory(
-    device: int | str | torch.device = "cuda", interval_s: float = 0.005
+    device: int | str | torch.device = "cuda", interval_s: float = 0.005, baseline_bytes: int | None = None
 ) -> Iterator[MemoryTracker]:
     """Record the peak GPU memory of this process over the ``with`` block.
 
-    ``tracker.report`` (a :class:`MemoryReport`) is filled when the block exits.
+    ``tracker.report`` (a :class:`MemoryReport`) is filled when the block exits. ``baseline_bytes`` (from
+    :func:`device_used_now`, read earlier) is what the device-delta method subtracts instead of the card's
+    use on entry: a region that runs what an earlier step already allocated (a timed loop after its
+    build) would otherwise count only its growth.
     torch's peak counters are reset on entry so its maxima cover this region only,
     and the device is synchronised before the last reading so queued work counts.
     Raises :class:`NvmlUnavailable` on entry when NVML cannot be used.
@@ -285,7 +288,7 @@ def track_peak_memory(
         if torch.cuda.is_available():
             torch.cuda.synchronize(cuda_index)
             torch.cuda.reset_peak_memory_stats(cuda_index)
-        tracker = MemoryTracker(pynvml, handle, cuda_index, interval_s)
+        tracker = MemoryTracker(pynvml, handle, cuda_index, interval_s, baseline_bytes)
         tracker.start()
         try:
             yield tracker
@@ -294,6 +297,15 @@ def track_peak_memory(
                 torch.cuda.synchronize(cuda_index)
             tracker.stop()
 
+
+def device_used_now(device: int | str | torch.device = "cuda") -> int:
+    """The card's used memory now, through NVML (raises NvmlUnavailable where it cannot be read): the
+    baseline to hand to track_peak_memory for a region whose allocations start before it."""
+    cuda_index = _cuda_index(device)
+    with nvml_session() as pynvml:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize(cuda_index)
+        return device_used_bytes(pynvml, nvml_device_handle(pynvml, cuda_index))
 
 
 def release_cached_memory() -> None:

@@ -233,12 +233,15 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
     """Build the row's engine, run the first frames for parity, time the per-frame step with NVML
     tracking the process's GPU memory (where NVML is usable), then time each stage alone. A row of
     modules times its networks each alone instead (frame.modules_alone): no frame, so no parity."""
+    # The card's use before the row is built: where NVML does not list this process, both trackers count
+    # the row's memory from here (its weights, compiled graphs, workspaces), not from their own start.
+    before_row = _device_used_before(device)
     engine = recipes.build(row.steps, nets, device)
     precision = engine.precision
     # Start-up (compile, cuDNN's algorithm search at each shape, CUDA-graph recording) and the steady
     # state are tracked apart: the start-up's transients say nothing about what running the row needs.
     with contextlib.ExitStack() as stack:
-        startup, memory_unavailable = _track_memory(stack, device)
+        startup, memory_unavailable = _track_memory(stack, device, before_row)
         if row.modules:
             animator, outputs = None, None
             work = frame.modules_alone(engine, config.batch, row.modules, offset=config.parity_frames)
@@ -248,7 +251,7 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
             work = frame.step_work(animator, config.batch, offset=config.parity_frames)
         first_calls_s = sum(timing.host_call_s(call, device) for call in work.calls.values())  # compile, timed shapes
     with contextlib.ExitStack() as stack:
-        tracker, _ = _track_memory(stack, device)
+        tracker, _ = _track_memory(stack, device, before_row)
         result = timing.time_parts(work.calls, device, warmup=config.warmup, rule=config.rule)
     driving = frame.driving_batch(1, offset=config.parity_frames).to(device)
     stages = (frame.time_stages(animator, driving, device, warmup=config.warmup, rule=config.stage_rule)
@@ -280,14 +283,22 @@ def measure_row(row: Row, nets: dict, device: torch.device, config: BenchConfig,
         if row.modules else {})
 
 
-def _track_memory(stack: contextlib.ExitStack, device: torch.device) -> tuple[memory.MemoryTracker | None, str]:
+def _track_memory(stack: contextlib.ExitStack, device: torch.device,
+                  baseline_bytes: int | None) -> tuple[memory.MemoryTracker | None, str]:
     """An NVML tracker entered on `stack`, or None and the reason there is none."""
     if device.type != "cuda":
         return None, "memory is measured through NVML on CUDA devices only"
     availability = memory.available()
     if not availability:
         return None, availability.reason
-    return stack.enter_context(memory.track_peak_memory(device)), ""
+    return stack.enter_context(memory.track_peak_memory(device, baseline_bytes=baseline_bytes)), ""
+
+
+def _device_used_before(device: torch.device) -> int | None:
+    """The card's used memory now, or None where NVML cannot be read (the trackers then say why)."""
+    if device.type != "cuda" or not memory.available():
+        return None
+    return memory.device_used_now(device)
 
 
 def run(rows: Sequence[Row], nets: dict, device: str | torch.device = "cuda", config: BenchConfig = BenchConfig(),
@@ -350,7 +361,8 @@ COLUMNS = ("recipe", "ms/frame", "p90", "frames/s", "speedup", "vs peer", "TFLOP
            "PSNR dB", "max lvl", "NaN/Inf", "compile s")
 MEMORY_METHODS = {
     memory.METHOD_PROCESS: "NVML's entry for this process",
-    memory.METHOD_DEVICE_DELTA: "the card's used memory minus that before the row, other processes included",
+    memory.METHOD_DEVICE_DELTA: "the card's used memory minus that before the row was built, other processes "
+                                "included, the CUDA context made before not",
 }
 
 
