@@ -183,6 +183,14 @@ def test_context_share_is_process_minus_torch_reserved(monkeypatch):
     assert tracker.report.context_bytes == 700 * MB - 512 * MB
 
 
+def test_a_sampled_peak_below_torchs_exact_one_claims_no_context(monkeypatch):
+    install(monkeypatch, FakeNvml(process_memory=[300 * MB], device_used=[1000 * MB]))
+    monkeypatch.setattr(memory, "_torch_peaks", lambda index: (256 * MB, 512 * MB))
+    with track_peak_memory(0, interval_s=0.001) as tracker:
+        pass
+    assert tracker.report.process_peak_bytes == 300 * MB and tracker.report.context_bytes is None
+
+
 def test_pid_mismatch_falls_back_to_device_delta(monkeypatch):
     install(monkeypatch, FakeNvml(pid=os.getpid() + 1, process_memory=[5000 * MB],
                                   device_used=[1000 * MB, 1500 * MB, 1200 * MB]))

@@ -235,6 +235,12 @@ def test_stage_names_and_frames_must_match():
         compare({}, {}, precision="int8")
 
 
+def test_two_stages_that_flatten_to_one_name_are_refused_not_half_compared():
+    values = {"k/x": np.zeros(3), "k": {"x": np.ones(3)}}
+    with pytest.raises(ValueError, match="candidate stages give the name 'k/x' twice"):
+        compare(values, {"k/x": np.zeros(3), "k": {"x": np.ones(3)}})
+
+
 def test_empty_comparison_does_not_pass():
     report = ParityReport(stages=(), frame=None)
     with pytest.raises(ParityError, match="nothing was compared"):

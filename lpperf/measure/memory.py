@@ -150,7 +150,8 @@ class MemoryReport:
     ``context_bytes`` = process peak minus torch's peak reserved: the CUDA context,
     library workspaces and anything allocated outside torch's caching allocator.
     It is only given for the ``nvml_process`` method; the device delta misses what
-    existed before the baseline, so a difference there would not mean "context".
+    existed before the baseline, so a difference there would not mean "context". None
+    too where the sampled peak lies below torch's exact one (a spike between samples).
     """
 
     method: str
@@ -229,6 +230,8 @@ class MemoryTracker:
         if self._peak_process is not None:
             method, peak = METHOD_PROCESS, self._peak_process
             context = None if torch_reserved is None else peak - torch_reserved
+            if context is not None and context < 0:  # the sampler missed the peak that torch counted exactly
+                context = None
         else:
             method, peak = METHOD_DEVICE_DELTA, self._peak_device - self._baseline
             context = None

@@ -182,6 +182,19 @@ def _flatten(value: StageValue, prefix: str) -> dict[str, ArrayLike]:
     return {prefix: value}
 
 
+def _flattened(stages: Mapping[str, StageValue], side: str) -> dict[str, ArrayLike]:
+    """The stages as "stage/key" names; two that flatten to one name ("k/x" and {"k": {"x": ...}}) are
+    refused, since one of them would silently go uncompared."""
+    flat: dict[str, ArrayLike] = {}
+    for name, value in stages.items():
+        for key, item in _flatten(value, name).items():
+            if key in flat:
+                raise ValueError(f"{side} stages give the name {key!r} twice (a stage named with '/' and a nested "
+                                 "key); rename one so that each is compared")
+            flat[key] = item
+    return flat
+
+
 def compare_stage(name: str, actual: ArrayLike, reference: ArrayLike) -> StageParity:
     a, b = _pair(actual, reference, f"stage {name!r}")
     return StageParity(
@@ -280,12 +293,8 @@ def compare(
     Stage names must match exactly (a missing stage is a bug, not a pass); nested
     dicts are flattened to ``"stage/key"`` names, and their keys must match too.
     """
-    flat_actual: dict[str, ArrayLike] = {}
-    flat_reference: dict[str, ArrayLike] = {}
-    for name, value in actual_stages.items():
-        flat_actual.update(_flatten(value, name))
-    for name, value in reference_stages.items():
-        flat_reference.update(_flatten(value, name))
+    flat_actual = _flattened(actual_stages, "candidate")
+    flat_reference = _flattened(reference_stages, "reference")
     missing = sorted(set(flat_reference) - set(flat_actual))
     extra = sorted(set(flat_actual) - set(flat_reference))
     if missing or extra:
