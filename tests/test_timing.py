@@ -386,3 +386,57 @@ def test_the_synchronising_clock_waits_for_the_gpu():
     torch.cuda._sleep(20_000_000)  # about 10 ms at ~2 GHz
     launched = time.perf_counter()
     assert synchronized_perf_counter() - launched > 0.002
+
+
+# --- the CUDA clocks' order of operations, on a scripted torch.cuda -------------------------------------
+
+@pytest.fixture
+def scripted_cuda(monkeypatch):
+    """torch.cuda's synchronize, stream and events replaced by a log of what was called, in order; an
+    event pair reports 7 ms, as CUDA's elapsed_time does (milliseconds)."""
+    calls = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing, "an event without timing cannot be read"
+            self.name = f"event {sum(call.startswith('new event') for call in calls)}"
+            calls.append(f"new {self.name}")
+
+        def record(self, stream=None):
+            calls.append(f"record {self.name} on {stream}")
+
+        def synchronize(self):
+            calls.append(f"wait {self.name}")
+
+        def elapsed_time(self, end):
+            return 7.0
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("synchronize"))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: "the current stream")
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    return calls
+
+
+def test_a_cuda_sample_is_the_events_around_the_call_after_a_synchronize_in_seconds(scripted_cuda):
+    seconds = timing.cuda_sample_s(lambda: scripted_cuda.append("call"), torch.device("cuda"))
+    assert seconds == pytest.approx(0.007)
+    assert scripted_cuda == ["synchronize", "new event 0", "new event 1", "record event 0 on the current stream",
+                             "call", "record event 1 on the current stream", "wait event 1"]
+
+
+def test_a_host_call_on_the_card_waits_for_the_gpu_before_and_after(scripted_cuda):
+    timing.host_call_s(lambda: scripted_cuda.append("call"), torch.device("cuda"))
+    assert scripted_cuda == ["synchronize", "call", "synchronize"]
+
+
+def test_time_parts_on_the_card_samples_every_part_with_cuda_events(scripted_cuda, monkeypatch):
+    monkeypatch.setattr(timing, "_try_read_clocks", lambda index: (None, "scripted card"))
+    for name, value in (("is_available", True), ("device_count", 1), ("current_device", 0), ("is_initialized", True)):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, value=value: value)
+    result = timing.time_parts({"M": lambda: scripted_cuda.append("M"), "W": lambda: scripted_cuda.append("W")},
+                               torch.device("cuda"), warmup=1, rule=FAST_RULE)
+    assert result.clock == timing.CLOCK_CUDA_EVENT
+    assert result.stats.median_s == pytest.approx(0.014)  # two parts of 7 ms each, summed per round
+    timed = scripted_cuda[scripted_cuda.index("new event 0"):]  # after the first and warm-up calls
+    assert timed[:6] == ["new event 0", "new event 1", "record event 0 on the current stream", "M",
+                         "record event 1 on the current stream", "wait event 1"]
