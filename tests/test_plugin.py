@@ -371,6 +371,7 @@ def test_a_gate_over_benchmarks_that_will_not_run_is_refused(suite, extra, probl
     assert problem in output(result) and "Traceback" not in output(result)
 
 
+@pytest.mark.filterwarnings("ignore:Benchmark machine_info is different:pytest_benchmark.logger.PytestBenchmarkWarning")
 @pytest.mark.parametrize("extra", [("--benchmark-disable", "--benchmark-enable"), ("--benchmark-skip",
                                                                                    "--benchmark-only")])
 def test_flags_that_pytest_benchmark_overrides_do_not_stop_a_gate(suite, extra):
