@@ -195,6 +195,9 @@ def main() -> int:
         raise SystemExit("step_ab times frames with CUDA events: it needs a CUDA GPU (none is visible)")
     if args.batch < 1 or args.rounds < 2 or args.builds < 1:
         raise SystemExit("--batch and --builds must be >= 1 and --rounds >= 2")
+    if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
+        # found now, not after minutes of a lent card's time
+        raise SystemExit(f"--out {args.out}: give a file in an existing folder")
     variants = {}
     for spec in args.variants:
         label, equals, edits = spec.partition("=")
