@@ -4,6 +4,7 @@ the frame's split (the whole step, M, W, G each alone, the time outside them).""
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import pytest
 import torch
@@ -177,6 +178,10 @@ def test_gpu_activity_merges_busy_time_and_counts_kernels_not_copies():
     ("Memset (Unknown)", "copies and fills"), ("memset32", "copies and fills"),
     ("Memcpy DtoD (Device -> Device)", "copies and fills"),
     ("sample_trilinear", "other"), ("void at::native::elementwise_kernel<128, 4>", "other"),
+    ("void implicit_convolve_sgemm<float, float, 128, 5, 5, 3, 3, 3, 1, true, false, true>", "convolutions"),
+    ("void explicit_convolve_sgemm<float, int, 128, 6, 7, 3, 3, 5, 0, false>", "convolutions"),
+    ("void at::native::conv_depthwise2d_forward_kernel<1, c10::Half, int>", "convolutions"),
+    ("void at::native::vol2col_kernel<c10::Half>", "convolutions"), ("fft2d_r2c_32x32<float, false, 1u>", "convolutions"),
 ])
 def test_kernels_are_sorted_into_families_by_name(name, family):
     assert profile.kernel_family(name).startswith(family)
@@ -195,6 +200,27 @@ def test_kernel_families_count_time_per_frame_and_the_wait_after_each_fill():
     assert "mean of 2 frames" in text and "idle after fills (memsets)" in text
     with pytest.raises(ValueError, match="frames"):
         profile.KernelFamilies.from_intervals(intervals, frames=0)
+
+
+def test_a_fill_by_any_spelling_counts_as_a_fill_and_not_as_a_kernel():
+    intervals = [(0.0, 1.0, "memset32"), (5.0, 6.0, "sm90_xmma_fprop_x")]
+    families = profile.KernelFamilies.from_intervals(intervals, frames=1)
+    assert families.fills_per_frame == 1 and families.wait_after_fills_ms == pytest.approx(0.004)
+    assert profile.GpuActivity.from_intervals(intervals, frames=1).kernels_per_frame == 1
+
+
+def test_gpu_intervals_of_cuda_without_an_index_are_the_current_cards(monkeypatch):
+    from torch.autograd import DeviceType
+
+    def event(index, name):
+        return types.SimpleNamespace(device_type=DeviceType.CUDA, is_user_annotation=False, device_index=index,
+                                     name=name, time_range=types.SimpleNamespace(start=0.0, end=1.0))
+
+    profiler = types.SimpleNamespace(events=lambda: [event(0, "on card 0"), event(1, "on card 1")])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert profile._gpu_intervals(profiler, torch.device("cuda")) == [(0.0, 1.0, "on card 0")]
+    with pytest.raises(RuntimeError, match="no GPU work on cuda:2"):
+        profile._gpu_intervals(profiler, torch.device("cuda", 2))
 
 
 def test_an_interval_that_ends_before_it_starts_is_refused():

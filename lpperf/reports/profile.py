@@ -204,12 +204,29 @@ def kernel_table(animator: OptimizedAnimator, driving: torch.Tensor, device: tor
     return table + "\n" + format_families(families)
 
 
+def is_fill(name: str) -> bool:
+    """A memset on the GPU timeline, as the profiler names it ("Memset (Device)") or a kernel does."""
+    return name.lower().startswith("memset")
+
+
+def is_copy_or_fill(name: str) -> bool:
+    return name.startswith("Memcpy") or is_fill(name)
+
+
+def _is_convolution(name: str) -> bool:
+    # cuDNN's and CUTLASS's forward kernels (fprop), cuDNN's older ones (implicit/explicit_convolve_sgemm,
+    # whose names also hold "gemm"), ATen's (conv_depthwise2d, vol2col) and FFT convolutions; C++ kernel
+    # names may begin with their return type ("void ").
+    bare = name.removeprefix("void ").lower()
+    return ("fprop" in bare or "cudnn" in bare or "convolve" in bare or bare.startswith(("conv", "at::native::conv"))
+            or "vol2col" in bare or "im2col" in bare or bare.startswith("fft"))
+
+
 # Kernel families by the names the profiler gives them; the first family whose test a name passes.
 KERNEL_FAMILIES: tuple[tuple[str, Callable[[str], bool]], ...] = (
-    ("copies and fills", lambda name: name.startswith(("Memcpy", "Memset", "memset"))),
+    ("copies and fills", is_copy_or_fill),
     ("inductor's generated kernels", lambda name: name.startswith("triton_")),
-    ("convolutions (cuDNN, CUTLASS, ATen)", lambda name: "fprop" in name or "cudnn" in name.lower()
-     or name.startswith("conv")),
+    ("convolutions (cuDNN, CUTLASS, ATen)", _is_convolution),
     ("matrix products (cuBLAS, CUTLASS)", lambda name: name.startswith(("nvjet", "cutlass")) or "gemm" in name
      or "gemv" in name),
 )
@@ -242,7 +259,7 @@ class KernelFamilies:
             total = totals.setdefault(kernel_family(name), [0, 0.0])
             total[0] += 1
             total[1] += end - start
-        fills = [i for i, (_, _, name) in enumerate(ordered) if name.startswith("Memset")]
+        fills = [i for i, (_, _, name) in enumerate(ordered) if is_fill(name)]
         wait_us = sum(max(0.0, ordered[i + 1][0] - ordered[i][1]) for i in fills if i + 1 < len(ordered))
         per_frame = {family: (count / frames, us / 1e3 / frames)
                      for family, (count, us) in sorted(totals.items(), key=lambda item: -item[1][1])}
@@ -263,9 +280,14 @@ def _gpu_intervals(profiler, device: torch.device) -> list[tuple[float, float, s
     ranges, also mirrored on the GPU timeline) span idle time: left out."""
     from torch.autograd import DeviceType
 
-    return [(event.time_range.start, event.time_range.end, event.name) for event in profiler.events()
-            if event.device_type == DeviceType.CUDA and not event.is_user_annotation
-            and event.device_index == device.index]
+    index = torch.cuda.current_device() if device.index is None else device.index  # "cuda" is the current card
+    intervals = [(event.time_range.start, event.time_range.end, event.name) for event in profiler.events()
+                 if event.device_type == DeviceType.CUDA and not event.is_user_annotation
+                 and event.device_index == index]
+    if not intervals:
+        raise RuntimeError(f"the profiler recorded no GPU work on cuda:{index}; profile on the card that runs the "
+                           "recipe (--device cuda:N)")
+    return intervals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,7 +416,7 @@ class GpuActivity:
         them: a copy is "Memcpy ...", a fill "Memset ..."."""
         intervals = list(intervals)
         busy_us = sum(end - start for start, end in merge_intervals((start, end) for start, end, _ in intervals))
-        kernels = sum(1 for _, _, name in intervals if not name.startswith(("Memcpy", "Memset")))
+        kernels = sum(1 for _, _, name in intervals if not is_copy_or_fill(name))
         return cls(busy_us / 1e3 / frames, kernels / frames)
 
 
