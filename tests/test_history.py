@@ -1,5 +1,6 @@
 """lpperf.reports.history: reading runs, keeping cards apart, comparing runs (pure functions, hand-made inputs)."""
 
+import dataclasses
 import json
 import math
 
@@ -171,6 +172,15 @@ def test_compare_runs_refuses_two_cards():
     current = history.parse_run(pytest_benchmark_run(H200, {"a": 1.0}), "new.json")
     with pytest.raises(HistoryError, match="not comparable"):
         history.compare_runs(baseline, current)
+
+
+def test_compare_runs_refuses_a_run_without_a_card_against_one_with_a_card():
+    carded = history.parse_run(pytest_benchmark_run(H100, {"a": 0.007}), "h100.json")
+    bare = dataclasses.replace(history.parse_run(pytest_benchmark_run(H100, {"a": 0.5}), "bare.json"), card=None)
+    for baseline, current in ((bare, carded), (carded, bare)):
+        with pytest.raises(HistoryError, match="bare.json records no card, h100.json was measured on"):
+            history.compare_runs(baseline, current)
+    assert history.compare_runs(bare, bare).deltas[0].verdict is Verdict.SAME  # neither records one: as before
 
 
 def test_compare_runs_rejects_a_percentage_threshold():

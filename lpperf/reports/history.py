@@ -301,6 +301,13 @@ def compare_runs(baseline: Run, current: Run, threshold: float = 0.10) -> Compar
     """
     if not (0 <= threshold < 1):
         raise ValueError(f"threshold is a fraction in [0, 1), e.g. 0.10 for 10%; got {threshold!r}")
+    if (baseline.card is None) != (current.card is None):
+        recorded, unrecorded = (baseline, current) if current.card is None else (current, baseline)
+        raise HistoryError(
+            f"{unrecorded.source} records no card, {recorded.source} was measured on {recorded.card!r}; a run "
+            "without a card cannot be matched to one. Compare runs of the same card, or give --any-card "
+            "(lpperf compare, history) to compare them anyway"
+        )
     if baseline.card is not None and current.card is not None and card_slug(baseline.card) != card_slug(current.card):
         raise HistoryError(
             f"{baseline.source} was measured on {baseline.card!r} but {current.source} on {current.card!r}; "
