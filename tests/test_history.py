@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 from pytest_benchmark.storage.file import FileStorage
@@ -181,6 +182,18 @@ def test_compare_runs_refuses_a_run_without_a_card_against_one_with_a_card():
         with pytest.raises(HistoryError, match="bare.json records no card, h100.json was measured on"):
             history.compare_runs(baseline, current)
     assert history.compare_runs(bare, bare).deltas[0].verdict is Verdict.SAME  # neither records one: as before
+
+
+def test_history_orders_runs_by_their_instant_not_their_text(tmp_path):
+    stamps = {"a": "2026-11-28T09:30:00+02:00",  # 07:30 UTC: the oldest, though its text sorts last
+              "b": "2026-11-28T08:00:00+00:00", "c": "2026-11-28T08:10:00Z", "d": "2026-11-28T08:20:00",
+              "e": "not a date"}
+    for name, stamp in stamps.items():
+        data = pytest_benchmark_run(H100, {"f": 0.01})
+        data["datetime"] = stamp
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    order = [Path(run.source).stem for run in history.load_history(tmp_path)]
+    assert order == ["e", "a", "b", "c", "d"]  # an undated run never becomes the latest
 
 
 def test_compare_runs_rejects_a_percentage_threshold():

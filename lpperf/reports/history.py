@@ -34,6 +34,7 @@ Over 400 lines as one module: both run formats are read into one Run, which comp
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import functools
 import json
@@ -284,7 +285,21 @@ def load_history(root: str | Path, on_skip: Callable[[HistoryError], None] | Non
             if on_skip is None:
                 raise
             on_skip(error)
-    return sorted(runs, key=lambda run: (run.datetime or "", run.source))
+    return sorted(runs, key=_chronological)
+
+
+def _chronological(run: Run) -> tuple:
+    """A run's place in time: its recorded instant in UTC (a stamp without a zone read as UTC, as both
+    pytest-benchmark and lpperf bench write UTC), so runs of different zones order by when they ran, not
+    by their text; a stamp that is not an ISO date (or none) orders by its text, before every dated run,
+    so it never becomes the latest over a run that can be placed."""
+    try:
+        moment = dt.datetime.fromisoformat(run.datetime or "")
+    except ValueError:
+        return (0, 0.0, run.datetime or "", run.source)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return (1, moment.timestamp(), "", run.source)
 
 
 def runs_for_card(runs: Iterable[Run], card: str) -> list[Run]:
